@@ -1,0 +1,123 @@
+"""The dataset manifest (`DATASET_DIR/dataset.json`): what training trusts instead of a glob.
+
+Written by `imnet64 shard-records` (last, atomically); read by training, evaluation,
+`inspect` and the demo. Format version 1:
+
+{
+  "format": "imnet64-dataset", "version": 1,
+  "encoding": "png" | "raw",
+  "image_size": 64,
+  "classes": [{"id": 0, "name": "tabby", "teacher_id": 282}, ...],
+  "splits": {
+    "train": {"count": N, "class_counts": [n_0, ..., n_{C-1}],
+              "shards": [{"file": "train-00000-of-00002.tfrecord", "examples": n,
+                          "bytes": b, "sha256": "..."}, ...]},
+    "val": {...}
+  },
+  "teacher": "...",            # the teacher that made the labels
+  "source": "...",             # what shard-records read
+  "options": {...}             # the options that made it
+}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imnet64.errors import UserError
+
+MANIFEST_NAME = "dataset.json"
+FORMAT = "imnet64-dataset"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    examples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    count: int
+    class_counts: tuple[int, ...]
+    shards: tuple[ShardInfo, ...]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    name: str
+    teacher_id: int | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    encoding: str
+    image_size: int
+    classes: tuple[ClassInfo, ...]
+    splits: dict[str, SplitInfo]
+    teacher: str | None
+    raw: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            have = sorted(self.splits)
+            raise UserError(f"dataset {self.root} has no split {name!r} (has {have})")
+        return self.splits[name]
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.root / s.file for s in self.split(split).shards]
+
+
+def manifest_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / MANIFEST_NAME
+
+
+def load_manifest(dataset_dir: str | Path) -> Manifest:
+    """Read and check `DATASET_DIR/dataset.json`; a clear UserError if it is not one."""
+    root = Path(dataset_dir)
+    path = manifest_path(root)
+    if not path.is_file():
+        raise UserError(f"{root} is not an imnet64 dataset (no {MANIFEST_NAME}; run shard-records)")
+    try:
+        raw = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        raise UserError(f"{path} is not an {FORMAT} manifest of version {VERSION}")
+    splits = {
+        name: SplitInfo(
+            count=int(s["count"]),
+            class_counts=tuple(int(c) for c in s["class_counts"]),
+            shards=tuple(ShardInfo(**shard) for shard in s["shards"]),
+        )
+        for name, s in raw["splits"].items()
+    }
+    classes = tuple(
+        ClassInfo(id=int(c["id"]), name=str(c["name"]), teacher_id=c.get("teacher_id"))
+        for c in raw["classes"]
+    )
+    return Manifest(
+        root=root,
+        encoding=raw["encoding"],
+        image_size=int(raw.get("image_size", 64)),
+        classes=classes,
+        splits=splits,
+        teacher=raw.get("teacher"),
+        raw=raw,
+    )

@@ -1,0 +1,33 @@
+"""Shared fixtures. Importing imnet64 first selects Keras 2 before TensorFlow loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imnet64  # noqa: F401
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Built artefacts (the offline teacher) are cached across test runs in the work tree.
+os.environ.setdefault("IMNET64_HOME", str(REPO / ".cache" / "imnet64"))
+
+
+@pytest.fixture(scope="session")
+def offline_teacher_dir() -> Path:
+    """The real MobileNet V2 teacher (torchvision ImageNet weights) as a TF Hub-style
+    SavedModel, built once and cached under IMNET64_HOME."""
+    from imnet64.teacher.offline import ensure_offline_teacher
+
+    return ensure_offline_teacher()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """120 real 64x64 photos (crops of package photos) in sub-folders."""
+    from imnet64.sample_images import write_sample
+
+    root = tmp_path_factory.mktemp("sample")
+    write_sample(root, 120, per_folder=50)
+    return root
