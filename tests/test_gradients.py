@@ -1,0 +1,178 @@
+"""The derivations of docs/gradients.md checked against TensorFlow's autodiff.
+
+Every closed form in imnet64.gradients is compared with tf.GradientTape in float64 to 1e-6
+on random inputs (several sizes K, several seeds). A deliberately wrong formula (the seed
+notebook's de/dH) is run through the same check and must fail it.
+"""
+
+from __future__ import annotations
+
+import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
+from imnet64 import gradients as G
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+TOL = 1e-6
+SIZES = (2, 5, 10, 1001)
+SEEDS = (0, 1, 2)
+CASES = [(k, s) for k in SIZES for s in SEEDS]
+
+
+def _rng(K: int, seed: int) -> np.random.Generator:
+    return np.random.default_rng(1000 * seed + K)
+
+
+def _tape_xent(x: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    """Loss and gradient from TF's fused softmax cross-entropy on logits."""
+    xt = tf.constant(x, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        e = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.constant(k), logits=xt)
+    return float(e.numpy()), tape.gradient(e, xt).numpy()
+
+
+def _tape_residual(x, H, v, g):
+    """de/dx, de/dv, de/dH from the tape, with e = g . y so that de/dy = g exactly."""
+    xt, Ht, vt = (tf.Variable(a, dtype=tf.float64) for a in (x, H, v))
+    with tf.GradientTape() as tape:
+        pre = tf.linalg.matvec(Ht, xt) + vt
+        y = xt + tf.nn.relu(pre)
+        e = tf.reduce_sum(tf.constant(g) * y)
+    dx, dv, dH = tape.gradient(e, [xt, vt, Ht])
+    return dx.numpy(), dv.numpy(), dH.numpy()
+
+
+def _residual_inputs(K: int, seed: int):
+    rng = _rng(K, seed)
+    x = rng.normal(size=K)
+    H = rng.normal(size=(K, K)) / np.sqrt(K)
+    v = rng.normal(size=K)
+    g = rng.normal(size=K)
+    # Keep pre-activations away from ReLU's kink at 0, where the derivative is undefined.
+    pre = H @ x + v
+    v = v + np.where(np.abs(pre) < 1e-3, 1e-2, 0.0)
+    return x, H, v, g
+
+
+@pytest.mark.parametrize("K,seed", CASES)
+def test_softmax_xent_gradient_matches_tape(K: int, seed: int) -> None:
+    rng = _rng(K, seed)
+    x = rng.normal(scale=3.0, size=K)
+    k = int(rng.integers(K))
+    e_tf, grad_tf = _tape_xent(x, k)
+    np.testing.assert_allclose(G.softmax_xent(x, k), e_tf, atol=TOL, rtol=0)
+    np.testing.assert_allclose(G.softmax_xent_grad(x, k), grad_tf, atol=TOL, rtol=0)
+    # The gradient sums to zero: softmax sums to 1, and so does the one-hot target.
+    assert abs(grad_tf.sum()) < TOL
+
+
+@pytest.mark.parametrize("K,seed", [c for c in CASES if c[0] <= 10])
+def test_softmax_jacobian_gradient_matches_tape(K: int, seed: int) -> None:
+    x = tf.constant(_rng(K, seed).normal(scale=2.0, size=K), dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        s = tf.nn.softmax(x)
+    J_tf = tape.jacobian(s, x).numpy()  # J[i, j] = d s_i / d x_j
+    J = G.softmax_jacobian(x.numpy())
+    np.testing.assert_allclose(J, J_tf, atol=TOL, rtol=0)
+    # The two cases of the derivation, entry by entry.
+    sv = G.softmax(x.numpy())
+    i, j = 0, K - 1
+    assert abs(J_tf[i, i] - sv[i] * (1 - sv[i])) < TOL
+    assert abs(J_tf[i, j] - (-sv[i] * sv[j])) < TOL
+
+
+@pytest.mark.parametrize("K,seed", [c for c in CASES if c[0] <= 10])
+def test_chain_rule_jacobian_times_xent_gradient(K: int, seed: int) -> None:
+    """de/dx = J^T de/dsoftMax, with de/dsoftMax = -1/s_k at k and 0 elsewhere."""
+    rng = _rng(K, seed)
+    x = rng.normal(size=K)
+    k = int(rng.integers(K))
+    de_ds = np.zeros(K)
+    de_ds[k] = -1.0 / G.softmax(x)[k]
+    np.testing.assert_allclose(G.softmax_jacobian(x).T @ de_ds, _tape_xent(x, k)[1], atol=TOL)
+
+
+@pytest.mark.parametrize("K,seed", CASES[:9])
+def test_residual_block_gradients_match_tape(K: int, seed: int) -> None:
+    x, H, v, g = _residual_inputs(K, seed)
+    dx_tf, dv_tf, dH_tf = _tape_residual(x, H, v, g)
+    dx, dv, dH = G.residual_block_grads(x, H, v, g)
+    assert dx.shape == (K,) and dv.shape == (K,) and dH.shape == (K, K)
+    np.testing.assert_allclose(dx, dx_tf, atol=TOL, rtol=0)
+    np.testing.assert_allclose(dv, dv_tf, atol=TOL, rtol=0)
+    np.testing.assert_allclose(dH, dH_tf, atol=TOL, rtol=0)
+    # The Jacobian dy/dx is I + D H (rows = outputs), seen through tape.jacobian.
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = xt + tf.nn.relu(tf.linalg.matvec(tf.constant(H), xt) + tf.constant(v))
+    J_tf = tape.jacobian(y, xt).numpy()
+    D = np.diag(G.relu_mask(x, H, v))
+    np.testing.assert_allclose(np.eye(K) + D @ H, J_tf, atol=TOL, rtol=0)
+
+
+def test_residual_identity_path_keeps_gradient_when_relu_is_off() -> None:
+    """With every unit switched off (D = 0) the plain branch passes no gradient, the
+    residual block still passes de/dx = de/dy through its identity path."""
+    K = 6
+    x, H, _, g = _residual_inputs(K, 0)
+    v = np.full(K, -1e3)  # every pre-activation negative
+    dx_tf, dv_tf, dH_tf = _tape_residual(x, H, v, g)
+    np.testing.assert_allclose(dx_tf, g, atol=TOL)
+    assert not dv_tf.any() and not dH_tf.any()
+
+
+def _seed_dH(x, H, v, g) -> np.ndarray:
+    """The seed notebook's answer, de/dH = de/dy I(0,1) H, read as the K x K matrix
+    diag(D g) H (the only reading that even has H's shape)."""
+    return np.diag(G.relu_mask(x, H, v) * g) @ H
+
+
+@pytest.mark.parametrize("K,seed", [(5, 0), (5, 1), (10, 2)])
+def test_seed_wrong_dH_gradient_differs_from_tape(K: int, seed: int) -> None:
+    x, H, v, g = _residual_inputs(K, seed)
+    _, _, dH_tf = _tape_residual(x, H, v, g)
+    wrong = _seed_dH(x, H, v, g)
+    # Same shape as the true gradient, yet far outside the tolerance the right form meets.
+    assert np.max(np.abs(wrong - dH_tf)) > 100 * TOL
+    # Read literally (row vector de/dy times diag times H) it is a K-vector, not K x K.
+    assert (g @ np.diag(G.relu_mask(x, H, v)) @ H).shape != dH_tf.shape
+    # And it cannot be right in general: it ignores x, while the true de/dH scales with x.
+    x2 = 2.0 * x
+    v2 = v - H @ x  # keeps H x2 + v2 = Hx + v, so D and the seed's answer are unchanged
+    _, _, dH_tf2 = _tape_residual(x2, H, v2, g)
+    np.testing.assert_allclose(_seed_dH(x2, H, v2, g), wrong, atol=TOL)
+    np.testing.assert_allclose(dH_tf2, 2.0 * dH_tf, atol=TOL)
+
+
+@pytest.mark.parametrize("K", (2, 10, 1001))
+def test_extreme_logits_gradient_fused_is_finite_separate_is_not(K: int) -> None:
+    """Logits of +-1000: softmax then log gives -inf (loss inf, gradient nan); the fused op
+    and the closed form stay finite and agree."""
+    x_np = np.full(K, -1000.0)
+    x_np[0] = 1000.0
+    k = K - 1  # the true class has the tiny logit: its softmax underflows to exactly 0
+    x = tf.constant(x_np, dtype=tf.float64)
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        e_sep = -tf.math.log(tf.nn.softmax(x))[k]
+    g_sep = tape.gradient(e_sep, x).numpy()
+    assert np.isinf(e_sep.numpy())
+    assert np.isnan(g_sep).any()
+
+    # Without the max-subtraction trick softmax itself is already inf / inf = nan.
+    naive = tf.exp(x) / tf.reduce_sum(tf.exp(x))
+    assert np.isnan(naive.numpy()[0])
+
+    e_fused, g_fused = _tape_xent(x_np, k)
+    assert np.isfinite(e_fused) and np.isfinite(g_fused).all()
+    np.testing.assert_allclose(e_fused, 2000.0, atol=TOL)
+    np.testing.assert_allclose(G.softmax_xent(x_np, k), e_fused, atol=TOL)
+    np.testing.assert_allclose(G.softmax_xent_grad(x_np, k), g_fused, atol=TOL, rtol=0)
+    expected = np.zeros(K)
+    expected[0], expected[k] = 1.0, -1.0
+    np.testing.assert_allclose(g_fused, expected, atol=TOL)
