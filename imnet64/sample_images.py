@@ -73,7 +73,14 @@ def _crop_boxes(width: int, height: int) -> Iterator[tuple[int, int, int, int, b
 def iter_sample(count: int) -> Iterator[tuple[str, Image.Image]]:
     """(name, 64x64 RGB image) pairs, round-robin over the photos so any prefix is varied."""
     photos = [(Path(name).stem, load_photo(pkg, name)) for pkg, name in PHOTOS]
-    streams = [((stem, im, box) for box in _crop_boxes(*im.size)) for stem, im in photos]
+
+    def stream_of(stem: str, im: Image.Image):
+        # a function, not a nested generator expression: that one binds `stem`/`im` late
+        # and made every stream crop the last photo
+        for box in _crop_boxes(*im.size):
+            yield stem, im, box
+
+    streams = [stream_of(stem, im) for stem, im in photos]
     produced = 0
     for round_ in itertools.count():
         alive = False
