@@ -176,3 +176,70 @@ def test_extreme_logits_gradient_fused_is_finite_separate_is_not(K: int) -> None
     expected = np.zeros(K)
     expected[0], expected[k] = 1.0, -1.0
     np.testing.assert_allclose(g_fused, expected, atol=TOL)
+
+
+# ---- which feature maps the backward pass keeps (docs/gradients.md, section 3) ----------
+
+MEM_CASES = [("plain", False), ("plain", True), ("residual", False), ("residual", True)]
+
+
+def _graph_layer(tensor_name: str, layers: set[str]) -> str:
+    """The calculator's layer name for a tensor of the traced training graph."""
+    if tensor_name.startswith("SparseSoftmaxCrossEntropyWithLogits"):
+        return "xent"
+    parts = tensor_name.split("/")
+    hits = [p for p in parts if p in layers]
+    assert hits, f"{tensor_name} belongs to none of {sorted(layers)}"
+    return hits[0]  # the outermost layer (a recomputed level wraps its inner layers)
+
+
+@pytest.mark.parametrize("arch,recompute", MEM_CASES)
+def test_activation_memory_gradient_calculator_matches_saved_tensors(arch, recompute) -> None:
+    """The calculator names exactly the feature maps that the real training step of
+    imnet64.model reads in its backward pass, with their shapes and bytes."""
+    from imnet64.activation_memory import (
+        activation_memory_bytes,
+        recompute_checkpoints,
+        saved_for_backward,
+        saved_tensors,
+    )
+    from imnet64.model import build_model
+
+    batch, classes, repeats, widths = 2, 7, (2, 1, 2), (8, 16, 24)
+    model = build_model(classes, arch=arch, repeats=repeats, widths=widths, recompute=recompute)
+    measured = saved_for_backward(model, batch)
+    pick = recompute_checkpoints if recompute else saved_tensors
+    computed = pick(batch, arch, repeats, widths, num_classes=classes)
+
+    names = {t.layer for t in computed}
+    from_graph = {_graph_layer(name, names): shape for name, shape, _ in measured}
+    assert len(from_graph) == len(measured), "two graph tensors mapped to one layer"
+    assert from_graph == {t.layer: t.shape for t in computed}
+    assert sum(b for *_, b in measured) == sum(t.nbytes for t in computed)
+    if not recompute:
+        assert activation_memory_bytes(
+            batch, arch, repeats, widths, num_classes=classes
+        ) == sum(b for *_, b in measured)
+        # ... and every map is the output of the model layer of that name.
+        for t in computed:
+            if t.layer != "xent":
+                assert tuple(model.get_layer(t.layer).output_shape[1:]) == t.shape[1:]
+
+
+def test_activation_memory_gradient_figures_for_the_default_encoder() -> None:
+    """Worked figures quoted in docs/gradients.md (batch 32, float32, 1001 classes)."""
+    from imnet64.activation_memory import activation_memory_bytes
+
+    def mib(arch: str, recompute: bool = False) -> float:
+        b = activation_memory_bytes(32, arch, (3, 3, 3), (32, 64, 128), recompute=recompute)
+        return b / 2**20
+
+    # plain: per level 6 maps (conv, relu x 3): 6*16 + 6*8 + 6*4 MiB; pools 4 + 2 MiB;
+    # the scaled image 1.5 MiB; head 32*(128 + 1001)*4 bytes.
+    head = 32 * (128 + 1001) * 4 / 2**20
+    assert mib("plain") == pytest.approx(96 + 48 + 24 + 6 + 1.5 + head)
+    # residual: + one add output per block except the very last: 3*16 + 3*8 + 2*4 MiB more.
+    assert mib("residual") == pytest.approx(mib("plain") + 48 + 24 + 8)
+    # recompute: image, level 0/1 outputs, pools, head + level 0 rebuilt (6 maps of 16 MiB).
+    assert mib("plain", True) == pytest.approx(1.5 + 16 + 8 + 4 + 2 + head + 96)
+    assert mib("residual", True) == pytest.approx(1.5 + 16 + 8 + 4 + 2 + head + 8 * 16)
