@@ -1,0 +1,352 @@
+"""What `imnet64 label` reads: a folder, a text file listing paths, or an uncompressed .tar.
+
+All three give an `InputSet`: a sorted list of names (the path relative to INPUT; for a tar,
+the member name) and a way to read each one's bytes. A tar is read in place, by seeking to
+each member's data, so 1.28 M small files never have to be unpacked on a parallel
+filesystem.
+
+`shard_range` splits the sorted names into contiguous, balanced ranges: a pure function of
+(number of inputs, shard index, shard count), so every input lands in exactly one shard on
+any machine. Contiguous ranges keep a shard's files together on disk and in the archive.
+
+Reading never raises for one bad input: `read` raises `InputReadError` with a short reason,
+which the labeler records as a reject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import stat
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imnet64.errors import UserError
+
+# File name endings taken as images in a folder (case-insensitive). A list file or a tar
+# member with another ending is still an input if listed/archived under an image name;
+# anything that does not decode is rejected with a reason, never silently dropped.
+IMAGE_SUFFIXES = frozenset({
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+})
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst")
+# A member or file larger than this is not a 64x64 image; refuse to pull it into memory.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+class InputReadError(Exception):
+    """One input could not be read; the message is the reject reason."""
+
+
+def is_image_name(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _hidden(name: str) -> bool:
+    # dot files (.DS_Store, macOS "._x.png" resource forks, our own atomic temp files)
+    return name.startswith(".")
+
+
+def _printable(name: str) -> str:
+    """A name that can go into UTF-8 text (JSON) even if the filesystem name is not UTF-8."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class InputSet:
+    """Sorted input names plus how to read them. Subclasses know the storage."""
+
+    root: Path
+    kind: str  # "folder", "list" or "tar"
+    names: list[str] = field(default_factory=list)
+
+    def read(self, index: int) -> bytes:
+        raise NotImplementedError
+
+    def local_path(self, index: int) -> Path | None:
+        """The file on disk behind input `index` (None for tar members)."""
+        return None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def close(self) -> None:
+        pass
+
+    def subset(self, start: int, stop: int) -> InputSet:
+        """The inputs [start, stop) as an InputSet of the same kind (for one shard)."""
+        raise NotImplementedError
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """Bytes of `path`, refusing anything that is not a regular file of sane size.
+
+    FIFOs/sockets/devices would block or stream forever, so they are checked with lstat/stat
+    before opening, and opened non-blocking as a second guard.
+    """
+    try:
+        st = os.stat(path)  # follows symlinks: a broken one fails here
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputReadError("broken symbolic link") from None
+        raise InputReadError("file not found") from None
+    except OSError as e:
+        raise InputReadError(f"cannot stat: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputReadError("is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputReadError("not a regular file (FIFO, socket or device)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise InputReadError(f"file too large ({st.st_size} bytes)")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise InputReadError(f"cannot open: {e.strerror or e}") from None
+    try:
+        chunks, remaining = [], MAX_FILE_BYTES + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as e:
+        raise InputReadError(f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_FILE_BYTES:
+        raise InputReadError("file too large")
+    return data
+
+
+class FileInputSet(InputSet):
+    """Inputs that are files on disk: a folder's images or a list file's entries."""
+
+    def __init__(self, root: Path, kind: str, names: list[str], paths: list[Path]):
+        super().__init__(root=root, kind=kind, names=names)
+        self.paths = paths
+
+    def read(self, index: int) -> bytes:
+        return _read_regular_file(self.paths[index])
+
+    def local_path(self, index: int) -> Path | None:
+        return self.paths[index]
+
+    def subset(self, start: int, stop: int) -> FileInputSet:
+        return FileInputSet(self.root, self.kind, self.names[start:stop], self.paths[start:stop])
+
+
+def _walk_images(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative name, path) of image-named entries under `root`, recursively.
+
+    Symlinked folders are followed once (a loop is not followed twice); symlinked files,
+    FIFOs and other non-folders with image names are inputs (and rejected later if they are
+    not readable images). Hidden names are skipped.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [("", root)]
+    while stack:
+        prefix, folder = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            # an unreadable sub-folder has no image names we could list
+            continue
+        for entry in entries:
+            if _hidden(entry.name):
+                continue
+            rel = f"{prefix}{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append((rel + "/", Path(entry.path)))
+            elif is_image_name(entry.name):
+                yield rel, Path(entry.path)
+
+
+def _folder_input(root: Path) -> FileInputSet:
+    pairs = sorted(_walk_images(root))
+    return FileInputSet(root, "folder", [n for n, _ in pairs], [p for _, p in pairs])
+
+
+def _list_input(list_file: Path) -> FileInputSet:
+    """One path per line; blank lines and lines starting with '#' are ignored. Relative
+    paths are relative to the list file's folder; the name kept for a path inside that
+    folder is its relative path, otherwise the path as written."""
+    base = list_file.parent.resolve()
+    try:
+        raw = list_file.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read list file {list_file}: {e.strerror or e}") from None
+    if b"\0" in raw[:8192]:
+        raise UserError(f"{list_file} is not a text file listing image paths")
+    entries: dict[str, Path] = {}
+    for line in os.fsdecode(raw).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(os.path.normpath(base / line))
+        try:
+            name = path.relative_to(base).as_posix()
+        except ValueError:
+            name = path.as_posix()
+        entries.setdefault(name, path)  # a path listed twice is one input
+    names = sorted(entries)
+    return FileInputSet(list_file, "list", names, [entries[n] for n in names])
+
+
+@dataclass(frozen=True)
+class _Member:
+    offset: int  # of the data in the archive
+    size: int
+    link: str | None = None  # target member name for hard/symbolic links
+    problem: str | None = None  # set when the member cannot be read in place
+
+
+class TarInputSet(InputSet):
+    """Members of an uncompressed tar, read by offset (no unpacking, no tarfile at read time).
+
+    Reads use os.pread on one shared descriptor, so parallel readers need no lock.
+    """
+
+    def __init__(self, root: Path, names: list[str], members: dict[str, _Member],
+                 all_members: dict[str, _Member] | None = None):
+        super().__init__(root=root, kind="tar", names=names)
+        self.members = members
+        # links may point at members outside this shard's subset
+        self._all = all_members if all_members is not None else members
+        self._fd = os.open(root, os.O_RDONLY)
+
+    def _resolve(self, name: str) -> _Member:
+        member = self._all.get(name)
+        for _ in range(16):  # bounded: link cycles are a reject, not a hang
+            if member is None:
+                raise InputReadError("broken link inside the archive")
+            if member.problem:
+                raise InputReadError(member.problem)
+            if member.link is None:
+                return member
+            member = self._all.get(member.link)
+        raise InputReadError("too many levels of links inside the archive")
+
+    def read(self, index: int) -> bytes:
+        member = self._resolve(self.names[index])
+        if member.size > MAX_FILE_BYTES:
+            raise InputReadError(f"archive member too large ({member.size} bytes)")
+        try:
+            data = os.pread(self._fd, member.size, member.offset)
+        except OSError as e:
+            raise InputReadError(f"cannot read archive: {e.strerror or e}") from None
+        if len(data) != member.size:
+            raise InputReadError("archive member truncated (archive ends early)")
+        return data
+
+    def subset(self, start: int, stop: int) -> TarInputSet:
+        names = self.names[start:stop]
+        # link targets keep their full table; plain members need only this shard's entries
+        has_links = any(m.link for m in self._all.values())
+        members = {n: self.members[n] for n in names}
+        return TarInputSet(self.root, names, members, self._all if has_links else members)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _tar_input(path: Path) -> TarInputSet:
+    members: dict[str, _Member] = {}
+    try:
+        # "r:" = uncompressed only: random access by offset needs a plain archive
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                # tarfile keeps every TarInfo in tar.members; drop them as we go so listing
+                # a 1.28 M-member archive holds only (offset, size) per member.
+                tar.members.clear()
+                name = posixpath.normpath(info.name).lstrip("/")
+                base = posixpath.basename(name)
+                if info.isdir() or _hidden(base) or not is_image_name(base):
+                    continue
+                if any(_hidden(part) for part in name.split("/")[:-1]):
+                    continue
+                if info.islnk():
+                    members[name] = _Member(0, 0, link=posixpath.normpath(info.linkname))
+                elif info.issym():
+                    target = posixpath.normpath(
+                        posixpath.join(posixpath.dirname(name), info.linkname)
+                    ).lstrip("/")
+                    members[name] = _Member(0, 0, link=target)
+                elif info.issparse():
+                    members[name] = _Member(0, 0, problem="sparse archive member")
+                elif info.isreg():
+                    members[name] = _Member(info.offset_data, info.size)
+                else:
+                    members[name] = _Member(0, 0, problem="not a regular file in the archive")
+    except tarfile.ReadError as e:
+        raise UserError(f"cannot read {path} as an uncompressed tar archive: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    names = sorted(members)
+    return TarInputSet(path, names, members)
+
+
+def open_inputs(path: str | os.PathLike) -> InputSet:
+    """The inputs named by INPUT: a folder, a `.tar` archive, or a text file of paths."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"INPUT {path} does not exist")
+    if path.is_dir():
+        return _folder_input(path)
+    lower = path.name.lower()
+    if lower.endswith(COMPRESSED_TAR_SUFFIXES):
+        raise UserError(
+            f"{path} is a compressed archive, which cannot be read in place; "
+            "use an uncompressed .tar (tar -cf) or unpack it"
+        )
+    if lower.endswith(".tar"):
+        return _tar_input(path)
+    if not path.is_file():
+        raise UserError(f"INPUT {path} is neither a folder, a .tar archive nor a list file")
+    return _list_input(path)
+
+
+def shard_range(total: int, index: int, count: int) -> tuple[int, int]:
+    """[start, stop) of shard `index` of `count` over `total` sorted inputs.
+
+    Balanced contiguous ranges: sizes differ by at most one, and the ranges tile 0..total.
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in 0..{count - 1}")
+    return index * total // count, (index + 1) * total // count
+
+
+def names_fingerprint(names: Sequence[str]) -> str:
+    """sha256 over the sorted input names: tells whether a summary belongs to these inputs."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def printable_name(name: str) -> str:
+    return _printable(name)

@@ -1,0 +1,442 @@
+"""Label one shard of the input with the teacher and write its part files.
+
+Pipeline (tf.data, so reading, decoding and inference overlap):
+
+    shard index i ─map(read + PIL decode, parallel threads)─▶ uint8 image (or a reject)
+      ─filter(rejects out)─▶ float32 [0,1], bilinear resize to the teacher's size (like the
+      seed: convert_image_dtype then tf.image.resize) ─batch─prefetch─▶ teacher.logits
+      ─▶ softmax, top-k ─▶ TFRecord + CSV rows, written in input order
+
+The original file bytes and reject reasons travel beside the pipeline in dictionaries keyed by
+input index (no large string tensors through tf.data); entries are dropped once written, so
+memory holds only what is in flight, whatever the number of inputs.
+
+Outputs of one shard (see label_parts): the TFRecord and CSV are written to temporary names
+and renamed when complete; the JSON summary is written last and marks the shard done. Their
+bytes depend only on the inputs, the teacher, top-k and the batch size (no timestamps), so a
+run killed with `kill -9` and re-run gives the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imnet64
+from imnet64 import atomic
+from imnet64.errors import UserError
+from imnet64.image_decode import decode_image
+from imnet64.inputs import (
+    InputReadError,
+    InputSet,
+    names_fingerprint,
+    open_inputs,
+    printable_name,
+    shard_range,
+)
+from imnet64.label_parts import (
+    CSV_HEADER,
+    SUMMARY_FORMAT,
+    PartPaths,
+    part_paths,
+    read_summary,
+)
+
+ProgressFn = Callable[[int, int], None]
+LogFn = Callable[[str], None]
+
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_TOP_K = 5
+# Threads reading + decoding files. Decoding a 64x64 PNG takes ~0.1 ms; the threads are
+# there to hide file-system latency (Lustre/GPFS opens take milliseconds).
+DEFAULT_READ_THREADS = 4
+# Images larger than this on a side are first shrunk by an integer factor in PIL, so one odd
+# 8000x8000 photo cannot make a 0.75 GB float tensor on its way to 224x224.
+MAX_DECODE_SIDE = 1024
+
+
+@dataclass
+class ShardPlan:
+    """What one shard has to do, known before any TensorFlow or teacher is loaded."""
+
+    input_path: Path
+    out_dir: Path
+    index: int
+    count: int
+    inputs: InputSet  # this shard's inputs only
+    total_inputs: int  # over all shards
+    fingerprint: str
+    paths: PartPaths
+    existing: dict[str, Any] | None  # the summary on disk, if any
+
+    @property
+    def done(self) -> bool:
+        """A matching summary and both part files exist: nothing to do."""
+        s = self.existing
+        return (
+            s is not None
+            and s.get("inputs_sha256") == self.fingerprint
+            and s.get("inputs") == len(self.inputs)
+            and self.paths.tfrecord.is_file()
+            and self.paths.csv.is_file()
+        )
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def plan_shard(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    index: int,
+    count: int,
+    export_dir: str | os.PathLike | None = None,
+) -> ShardPlan:
+    """Enumerate INPUT, pick this shard's contiguous slice of the sorted names, look at disk."""
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"shard index {index} is not in 0..{count - 1} (--num-shards {count})")
+    if input_path.is_dir():
+        # our outputs must never be read back as inputs (or be written into the user's tree)
+        for what, target in (("OUT_DIR", out_dir), ("--export-folders", export_dir)):
+            if target is not None and _inside(Path(target), input_path):
+                raise UserError(f"{what} {target} is inside INPUT {input_path}; choose another")
+    all_inputs = open_inputs(input_path)
+    if len(all_inputs) == 0:
+        raise UserError(f"no image files found in {input_path}")
+    start, stop = shard_range(len(all_inputs), index, count)
+    inputs = all_inputs.subset(start, stop)
+    if inputs is not all_inputs:
+        all_inputs.close()
+    paths = part_paths(out_dir, index, count)
+    return ShardPlan(
+        input_path=input_path,
+        out_dir=out_dir,
+        index=index,
+        count=count,
+        inputs=inputs,
+        total_inputs=len(all_inputs),
+        fingerprint=names_fingerprint(inputs.names),
+        paths=paths,
+        existing=read_summary(paths.summary),
+    )
+
+
+@contextlib.contextmanager
+def _shard_lock(paths: PartPaths) -> Iterator[None]:
+    """Refuse to run a shard twice at once (e.g. a requeued job while the old one lives).
+
+    flock is advisory and some parallel filesystems do not support it; then we go on
+    without a lock rather than refuse to work.
+    """
+    import fcntl
+
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(
+                    f"shard {paths.stem} is being labeled by another process right now"
+                ) from None
+            # ENOLCK/EOPNOTSUPP/ENOSYS: no locking on this filesystem
+        yield
+    finally:
+        os.close(fd)
+
+
+class _SideTable:
+    """Per-input data that does not go through tf.data: original bytes and reject reasons."""
+
+    def __init__(self) -> None:
+        self.encoded: dict[int, tuple[bytes, str, int, int]] = {}
+        self.rejects: dict[int, str] = {}
+        self.lock = threading.Lock()
+
+
+def _build_dataset(inputs: InputSet, side: _SideTable, image_size: tuple[int, int],
+                   batch_size: int, read_threads: int):
+    import numpy as np
+    import tensorflow as tf
+
+    placeholder = np.zeros((1, 1, 3), np.uint8)
+
+    def load(index: np.int64):
+        i = int(index)
+        try:
+            data = inputs.read(i)
+            decoded = decode_image(data, max_side=MAX_DECODE_SIDE)
+            if decoded.ok:
+                with side.lock:
+                    side.encoded[i] = (data, decoded.image_format, decoded.height, decoded.width)
+                return True, decoded.image
+            reason = decoded.reason or "undecodable"
+        except InputReadError as e:
+            reason = str(e)
+        except Exception as e:  # never let one file end the job
+            reason = f"unexpected error: {type(e).__name__}: {e}"
+        with side.lock:
+            side.rejects[i] = reason
+        return False, placeholder
+
+    def read_and_decode(i):
+        ok, image = tf.numpy_function(load, [i], [tf.bool, tf.uint8], stateful=True)
+        ok.set_shape([])
+        image.set_shape([None, None, 3])
+        return i, ok, image
+
+    def to_teacher_input(i, ok, image):
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        return i, tf.image.resize(image, image_size, method="bilinear")
+
+    ds = tf.data.Dataset.range(len(inputs))
+    ds = ds.map(read_and_decode, num_parallel_calls=read_threads, deterministic=True)
+    ds = ds.filter(lambda i, ok, image: ok)
+    ds = ds.map(to_teacher_input, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
+    return ds.prefetch(2)
+
+
+_PREDICTORS: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def _predictor(teacher, top_k: int):
+    """probabilities' top-k of the teacher, one traced function per (teacher, k) per process."""
+    key = (id(teacher), top_k)
+    if key in _PREDICTORS and _PREDICTORS[key][0] is teacher:
+        return _PREDICTORS[key][1]
+    import tensorflow as tf
+
+    size = tuple(teacher.image_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3], tf.float32)])
+    def predict(images):
+        probs = tf.nn.softmax(teacher.logits(images), axis=-1)
+        top_probs, top_ids = tf.math.top_k(probs, k=top_k, sorted=True)
+        return top_ids, top_probs
+
+    if len(_PREDICTORS) >= 4:
+        _PREDICTORS.clear()
+    _PREDICTORS[key] = (teacher, predict)
+    return predict
+
+
+def _csv_line(name: str, label: int, class_name: str, confidence: float) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([name, label, class_name, f"{confidence:.6f}"])
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def label_shard(
+    plan: ShardPlan,
+    teacher,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    top_k: int = DEFAULT_TOP_K,
+    read_threads: int = DEFAULT_READ_THREADS,
+    teacher_spec: str | None = None,
+    progress: ProgressFn | None = None,
+    log: LogFn | None = None,
+) -> dict[str, Any]:
+    """Label `plan`'s inputs with `teacher`; write the part files; return the summary.
+
+    Overwrites the shard's part files (the caller decides whether a done shard is redone).
+    """
+    from imnet64.records import LabeledImage, serialize_labeled
+
+    import numpy as np
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+    if not 1 <= top_k <= teacher.num_classes:
+        raise UserError(f"--top-k must be in 1..{teacher.num_classes} (got {top_k})")
+    log = log or (lambda message: None)
+    progress = progress or (lambda done, total: None)
+    inputs, paths = plan.inputs, plan.paths
+    class_names = list(teacher.class_names)
+    total = len(inputs)
+
+    with _shard_lock(paths):
+        stale = paths.temp_files()
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) left by an interrupted run")
+        # the old summary must not outlive part files we are about to replace
+        paths.summary.unlink(missing_ok=True)
+
+        side = _SideTable()
+        dataset = _build_dataset(inputs, side, tuple(teacher.image_size), batch_size,
+                                 read_threads)
+        predict = _predictor(teacher, top_k)
+        labeled = 0
+        start = time.monotonic()
+        progress(0, total)
+        with atomic.atomic_path(paths.tfrecord) as tf_tmp, \
+                atomic.atomic_open(paths.csv, "wb") as csv_file:
+            csv_file.write(",".join(CSV_HEADER).encode() + b"\n")
+            with tf.io.TFRecordWriter(str(tf_tmp)) as writer:
+                for indices, images in dataset:
+                    top_ids, top_probs = predict(images)
+                    top_ids, top_probs = top_ids.numpy(), top_probs.numpy()
+                    for row, i in enumerate(indices.numpy().tolist()):
+                        with side.lock:
+                            encoded, fmt, height, width = side.encoded.pop(i)
+                        ids = tuple(int(v) for v in top_ids[row])
+                        probs = tuple(float(v) for v in top_probs[row])
+                        name = inputs.names[i]
+                        item = LabeledImage(
+                            encoded=encoded,
+                            image_format=fmt,
+                            height=height,
+                            width=width,
+                            filename=name,
+                            label=ids[0],
+                            class_name=class_names[ids[0]],
+                            confidence=probs[0],
+                            topk_ids=ids,
+                            topk_probs=probs,
+                        )
+                        writer.write(serialize_labeled(item))
+                        # the confidence as stored in the record (float32), 6 decimals
+                        conf32 = float(np.float32(probs[0]))
+                        csv_file.write(_csv_line(name, ids[0], class_names[ids[0]], conf32))
+                        labeled += 1
+                    progress(int(indices[-1]) + 1, total)
+        seconds = time.monotonic() - start
+        progress(total, total)
+
+        rejects = dict(side.rejects)
+        missing = total - labeled - len(rejects)
+        if missing:  # cannot happen unless tf.data dropped elements; never hide it
+            raise RuntimeError(f"{missing} inputs neither labeled nor rejected")
+        summary = {
+            "format": SUMMARY_FORMAT,
+            "imnet64_version": imnet64.__version__,
+            "input": str(plan.input_path),
+            "input_kind": inputs.kind,
+            "shard_index": plan.index,
+            "shard_count": plan.count,
+            "total_inputs": plan.total_inputs,
+            "inputs": total,
+            "labeled": labeled,
+            "rejected": len(rejects),
+            "rejects": [
+                {"path": printable_name(inputs.names[i]), "reason": rejects[i]}
+                for i in sorted(rejects)
+            ],
+            "inputs_sha256": plan.fingerprint,
+            "first_input": printable_name(inputs.names[0]) if total else None,
+            "last_input": printable_name(inputs.names[-1]) if total else None,
+            "teacher": teacher.name,
+            "teacher_spec": teacher_spec,
+            "num_classes": teacher.num_classes,
+            "top_k": top_k,
+            "batch_size": batch_size,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(total / seconds, 2) if seconds > 0 else None,
+            "files": {"tfrecord": _file_facts(paths.tfrecord), "csv": _file_facts(paths.csv)},
+        }
+        atomic.write_json(paths.summary, summary)  # last: marks the shard done
+        return summary
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
+    """(path, label, class_name, confidence) rows of a part CSV."""
+    text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if tuple(header or ()) != CSV_HEADER:
+        raise ValueError(f"{path} is not a label part CSV")
+    return [(r[0], int(r[1]), r[2], float(r[3])) for r in reader]
+
+
+def run(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    teacher_spec: str,
+    teacher: Any = None,
+    index: int,
+    count: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    top_k: int = DEFAULT_TOP_K,
+    force: bool = False,
+    read_threads: int = DEFAULT_READ_THREADS,
+    export_dir: str | os.PathLike | None = None,
+    copy: bool = False,
+    progress: ProgressFn | None = None,
+    log: LogFn | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The whole `imnet64 label` for one shard. Returns (summary, skipped).
+
+    The teacher is loaded from `teacher_spec` only if the shard has work to do, unless a
+    loaded `teacher` is passed (to label several shards in one process).
+    """
+    log = log or (lambda message: None)
+    plan = plan_shard(input_path, out_dir, index, count, export_dir)
+    log(
+        f"shard {index}/{count}: {len(plan.inputs)} of {plan.total_inputs} inputs "
+        f"({plan.inputs.kind} {plan.input_path})"
+    )
+    try:
+        if plan.done and not force:
+            summary, skipped = plan.existing, True
+            log(f"{plan.paths.summary} exists and matches its inputs: skipped (--force redoes it)")
+        else:
+            if plan.existing is not None and not force and not plan.done:
+                old = plan.existing
+                if old.get("inputs_sha256") != plan.fingerprint:
+                    raise UserError(
+                        f"{plan.paths.summary} was written for other inputs "
+                        f"({old.get('inputs')} inputs, {old.get('first_input')} .. "
+                        f"{old.get('last_input')}); use --force to relabel or another OUT_DIR"
+                    )
+            if teacher is None:
+                from imnet64.teacher import load_teacher
+
+                teacher = load_teacher(teacher_spec)
+            log(f"teacher: {teacher.name}")
+            summary = label_shard(
+                plan,
+                teacher,
+                batch_size=batch_size,
+                top_k=top_k,
+                read_threads=read_threads,
+                teacher_spec=teacher_spec,
+                progress=progress,
+                log=log,
+            )
+            skipped = False
+        if export_dir is not None:
+            from imnet64.export_folders import export_folders
+
+            rows = read_csv_rows(plan.paths.csv)
+            made = export_folders(plan.inputs, rows, export_dir, copy=copy)
+            log(f"--export-folders: {made} entries in {export_dir}")
+    finally:
+        plan.inputs.close()
+    return summary, skipped
