@@ -58,7 +58,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="imnet64", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="imnet64", standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         return e.exit_code
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    # click >= 8.2 returns (not raises) the code of `click.exceptions.Exit` without standalone mode
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
