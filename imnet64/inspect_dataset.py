@@ -1,0 +1,146 @@
+"""`imnet64 inspect`: what a dataset holds (from its manifest) and whether its shards are intact.
+
+`summarize` reads only the manifest. `verify` re-reads every shard: size, sha256 and record
+count must equal the manifest's; any difference is a problem (the CLI exits 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imnet64.manifest import Manifest
+from imnet64.tfrecord_file import RecordFileError, count_records
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    name: str
+    examples: int
+    shards: int
+    bytes: int
+    shard_bytes_min: int
+    shard_bytes_max: int
+    shard_examples_min: int
+    shard_examples_max: int
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    id: int
+    name: str
+    teacher_id: int | None
+    counts: dict[str, int]  # split -> examples
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class Summary:
+    root: str
+    encoding: str
+    teacher: str | None
+    num_classes: int
+    splits: list[SplitSummary]
+    classes: list[ClassRow]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def examples(self) -> int:
+        return sum(s.examples for s in self.splits)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.splits)
+
+
+def summarize(manifest: Manifest) -> Summary:
+    splits = []
+    for name, info in manifest.splits.items():
+        sizes = [s.bytes for s in info.shards] or [0]
+        counts = [s.examples for s in info.shards] or [0]
+        splits.append(
+            SplitSummary(
+                name,
+                info.count,
+                len(info.shards),
+                sum(sizes),
+                min(sizes),
+                max(sizes),
+                min(counts),
+                max(counts),
+            )
+        )
+    classes = [
+        ClassRow(
+            c.id,
+            c.name,
+            c.teacher_id,
+            {name: info.class_counts[c.id] for name, info in manifest.splits.items()},
+        )
+        for c in manifest.classes
+    ]
+    return Summary(
+        root=str(manifest.root),
+        encoding=manifest.encoding,
+        teacher=manifest.teacher,
+        num_classes=manifest.num_classes,
+        splits=splits,
+        classes=classes,
+        options=dict(manifest.raw.get("options", {})),
+    )
+
+
+def _sha256(path, on_bytes: Callable[[int], None] | None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    return h.hexdigest()
+
+
+def verify(manifest: Manifest, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """One line per problem found (empty list = every shard matches the manifest)."""
+    problems: list[str] = []
+    shards = [s for info in manifest.splits.values() for s in info.shards]
+    total = sum(s.bytes for s in shards)
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    for shard in shards:
+        path = manifest.root / shard.file
+        if not path.is_file():
+            problems.append(f"{shard.file}: missing")
+            continue
+        size = path.stat().st_size
+        if size != shard.bytes:
+            problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes}")
+        sha = _sha256(path, on_bytes)
+        if sha != shard.sha256:
+            problems.append(
+                f"{shard.file}: sha256 {sha[:16]}... differs from the manifest's "
+                f"{shard.sha256[:16]}..."
+            )
+        try:
+            records = count_records(path)
+        except RecordFileError as e:
+            problems.append(f"{shard.file}: {e}")
+            continue
+        if records != shard.examples:
+            problems.append(f"{shard.file}: {records} records, manifest says {shard.examples}")
+    for name, info in manifest.splits.items():
+        if sum(s.examples for s in info.shards) != info.count:
+            problems.append(f"split {name}: shard examples do not add up to its count {info.count}")
+        if sum(info.class_counts) != info.count:
+            problems.append(f"split {name}: class counts do not add up to its count {info.count}")
+    return problems

@@ -1,0 +1,354 @@
+"""What `shard-records` reads: the OUT_DIR of `imnet64 label`, or a class-folder tree.
+
+Either way the result is a `Source`: one small `SourceItem` per labeled image (name, class,
+teacher confidence, where its bytes are) and the class catalog. Image bytes are not held:
+label parts are read again by record offset when a shard is written, folder files by path.
+
+- Label OUT_DIR: `OUT_DIR/labels/part-IIIII-of-NNNNN.tfrecord` + `.json`; a part is done when
+  its `.json` exists. Missing or unfinished parts are an error unless `allow_partial`.
+  (SOURCE may also be the `labels/` folder itself.) Class key = teacher id.
+- Class folders: `SOURCE/<class>/**/<image>`; class key = folder name. A folder named like
+  an ImageNet class ("tabby", or "0282_tiger_cat" as `class_names.safe_folder_name` makes
+  it) keeps its teacher id; otherwise the teacher id is unknown (-1 in records).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Union
+
+from imnet64.class_names import imagenet_class_names, safe_folder_name
+from imnet64.errors import UserError
+from imnet64.inputs import is_image_name
+from imnet64.label_parts import LABELS_DIR, PART_RE, part_stem
+from imnet64.label_status import label_status
+from imnet64.tfrecord_file import RecordFileError, iter_records, read_record_at
+
+# A 64x64 image never needs more than this in a shard (raw pixels + PNG overhead); used to
+# estimate shard sizes of sources holding bigger files that will be resized.
+MAX_IMAGE_ESTIMATE = 64 * 64 * 3 + 1024
+
+ClassKey = Union[int, str]  # teacher id (label source) or folder name (class folders)
+
+
+class SourceItem(NamedTuple):
+    """One labeled image. `part`/`offset` locate it in a label part; -1 for folder files."""
+
+    filename: str  # relative to the labeling INPUT, or to the class-folder root
+    class_key: ClassKey
+    confidence: float
+    part: int
+    offset: int
+    size: int  # bytes of the original image
+
+
+@dataclass
+class Source:
+    kind: str  # "labels" or "class-folders"
+    root: Path  # the labels/ folder, or the class-folder root
+    items: list[SourceItem]
+    class_names: dict[ClassKey, str]
+    teacher_ids: dict[ClassKey, int]  # -1 = unknown
+    teacher: str | None
+    fingerprint: str
+    info: dict[str, Any] = field(default_factory=dict)
+    part_files: list[str] = field(default_factory=list)  # index -> part file name
+
+
+def _hash_text(lines: Iterator[str]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8", "surrogateescape"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- label OUT_DIR
+
+
+def labels_dir(source: Path) -> Path | None:
+    """The labels/ folder holding label parts, if SOURCE is a label OUT_DIR (or its labels/)."""
+    for folder in (source / LABELS_DIR, source):
+        if (
+            folder.name == LABELS_DIR
+            and folder.is_dir()
+            and any(PART_RE.match(name) for name in os.listdir(folder))
+        ):
+            return folder
+    return None
+
+
+@dataclass(frozen=True)
+class LabelParts:
+    folder: Path
+    count: int  # NNNNN
+    done: tuple[int, ...]  # shards `label-status` calls done (summary valid, files complete)
+    not_done: tuple[tuple[int, str, str], ...]  # (index, state, detail)
+
+    def name(self, index: int, ext: str) -> str:
+        return f"{part_stem(index, self.count)}.{ext}"
+
+
+def find_parts(folder: Path) -> LabelParts:
+    """The state of every label part, judged exactly as `imnet64 label-status` judges it."""
+    counts = {int(m.group(2)) for name in os.listdir(folder) if (m := PART_RE.match(name))}
+    if len(counts) != 1:
+        raise UserError(
+            f"{folder} holds label parts of different shard counts ({sorted(counts)}); "
+            "keep the parts of one labeling run only"
+        )
+    status = label_status(folder.parent, counts.pop())
+    return LabelParts(
+        folder,
+        status.num_shards,
+        tuple(s.index for s in status.of("done")),
+        tuple((s.index, s.state, s.detail) for s in status.shards if s.state != "done"),
+    )
+
+
+def _teacher_text(teacher: Any) -> str | None:
+    if teacher is None or isinstance(teacher, str):
+        return teacher
+    if isinstance(teacher, dict):
+        for key in ("handle", "name", "source", "path"):
+            if isinstance(teacher.get(key), str):
+                return teacher[key]
+    return json.dumps(teacher, sort_keys=True)
+
+
+def _parts_fingerprint(parts: LabelParts) -> str:
+    def lines() -> Iterator[str]:
+        for i in parts.done:
+            record = parts.folder / parts.name(i, "tfrecord")
+            summary = parts.folder / parts.name(i, "json")
+            yield f"{record.name}\t{record.stat().st_size}"
+            yield hashlib.sha256(summary.read_bytes()).hexdigest()
+
+    return _hash_text(lines())
+
+
+def _check_parts(parts: LabelParts, allow_partial: bool) -> None:
+    if parts.not_done and not allow_partial:
+        shown = ", ".join(f"{i} {state}" for i, state, _ in parts.not_done[:8])
+        more = " ..." if len(parts.not_done) > 8 else ""
+        raise UserError(
+            f"label output {parts.folder.parent} is incomplete: {len(parts.not_done)} of "
+            f"{parts.count} parts not done ({shown}{more}); finish labeling (see "
+            "`imnet64 label-status`) or pass --allow-partial"
+        )
+    if not parts.done:
+        raise UserError(f"label output {parts.folder.parent} has no finished part")
+
+
+def source_fingerprint(source: Path, allow_partial: bool) -> str:
+    """Cheap identity of SOURCE (no image read): what the manifest's up-to-date check uses."""
+    folder = labels_dir(source)
+    if folder is not None:
+        parts = find_parts(folder)
+        _check_parts(parts, allow_partial)
+        return _parts_fingerprint(parts)
+    return _folder_fingerprint(_list_class_folders(source))
+
+
+def scan_labels(folder: Path, allow_partial: bool) -> Source:
+    from imnet64.records import parse_labeled  # TensorFlow only when really scanning
+
+    parts = find_parts(folder)
+    _check_parts(parts, allow_partial)
+    items: list[SourceItem] = []
+    class_names: dict[ClassKey, str] = {}
+    teachers: set[str] = set()
+    totals = {"inputs": 0, "labeled": 0, "rejected": 0}
+    part_files = [""] * parts.count
+    for i in parts.done:
+        record_path = folder / parts.name(i, "tfrecord")
+        summary_path = folder / parts.name(i, "json")
+        try:
+            summary = json.loads(summary_path.read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read label summary {summary_path}: {e}") from None
+        teacher = _teacher_text(summary.get("teacher"))
+        if teacher is not None:
+            teachers.add(teacher)
+        for key in totals:
+            if isinstance(summary.get(key), int):
+                totals[key] += summary[key]
+        part_files[i] = record_path.name
+        before = len(items)
+        try:
+            for offset, data in iter_records(record_path):
+                item = parse_labeled(data)
+                class_names.setdefault(item.label, item.class_name)
+                items.append(
+                    SourceItem(
+                        item.filename, item.label, item.confidence, i, offset, len(item.encoded)
+                    )
+                )
+        except RecordFileError as e:
+            raise UserError(f"label part is damaged: {e}") from None
+        found = len(items) - before
+        if isinstance(summary.get("labeled"), int) and summary["labeled"] != found:
+            raise UserError(
+                f"{record_path} holds {found} records but its summary says {summary['labeled']} "
+                "labeled; re-run that label shard"
+            )
+    if len(teachers) > 1:
+        raise UserError(f"label parts in {folder} come from different teachers: {sorted(teachers)}")
+    return Source(
+        kind="labels",
+        root=folder,
+        items=items,
+        class_names=class_names,
+        teacher_ids={k: int(k) for k in class_names},
+        teacher=next(iter(teachers), None),
+        fingerprint=_parts_fingerprint(parts),
+        info={
+            "parts": parts.count,
+            "parts_used": len(parts.done),
+            "parts_not_done": [i for i, _, _ in parts.not_done],
+            **totals,
+        },
+        part_files=part_files,
+    )
+
+
+# ---------------------------------------------------------------- class folders
+
+
+def _list_class_folders(root: Path) -> list[tuple[str, list[tuple[str, int]]]]:
+    """[(folder name, [(relative file name, size), ...])] sorted; hidden names skipped."""
+    if not root.is_dir():
+        raise UserError(f"SOURCE {root} is not a folder")
+    classes = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        files = []
+        for folder, dirs, names in os.walk(entry.path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel_folder = Path(folder).relative_to(root).as_posix()
+            for name in sorted(names):
+                if name.startswith(".") or not is_image_name(name):
+                    continue
+                try:
+                    size = os.stat(os.path.join(folder, name)).st_size
+                except OSError as e:
+                    raise UserError(
+                        f"cannot read {os.path.join(folder, name)}: {e.strerror}"
+                    ) from None
+                files.append((f"{rel_folder}/{name}", size))
+        classes.append((entry.name, files))
+    return classes
+
+
+def _folder_fingerprint(classes: list[tuple[str, list[tuple[str, int]]]]) -> str:
+    return _hash_text(f"{name}\t{size}" for _, files in classes for name, size in files)
+
+
+def _teacher_id_for_folder(folder: str) -> int:
+    """The ImageNet (teacher) id a folder name stands for, or -1."""
+    names = imagenet_class_names()
+    m = re.match(r"^(\d{4})_", folder)
+    if m and int(m.group(1)) < len(names):
+        i = int(m.group(1))
+        if safe_folder_name(names[i], i) == folder:
+            return i
+    matches = [i for i, n in enumerate(names) if n == folder]
+    return matches[0] if len(matches) == 1 else -1
+
+
+def scan_class_folders(root: Path) -> Source:
+    classes = _list_class_folders(root)
+    items: list[SourceItem] = []
+    class_names: dict[ClassKey, str] = {}
+    teacher_ids: dict[ClassKey, int] = {}
+    names = imagenet_class_names()
+    for folder, files in classes:
+        if not files:
+            continue
+        tid = _teacher_id_for_folder(folder)
+        teacher_ids[folder] = tid
+        # "0282_tiger_cat" reads better as the class name "tiger cat"
+        class_names[folder] = names[tid] if tid >= 0 and folder != names[tid] else folder
+        items.extend(SourceItem(name, folder, 1.0, -1, -1, size) for name, size in files)
+    if not items:
+        raise UserError(
+            f"SOURCE {root} is neither a label OUT_DIR (no labels/part-*.tfrecord) nor a "
+            "class-folder tree (no images in sub-folders)"
+        )
+    return Source(
+        kind="class-folders",
+        root=root,
+        items=items,
+        class_names=class_names,
+        teacher_ids=teacher_ids,
+        teacher=None,
+        fingerprint=_folder_fingerprint(classes),
+        info={"class_folders": len(class_names), "inputs": len(items), "labeled": len(items)},
+    )
+
+
+def scan_source(source: str | os.PathLike, allow_partial: bool = False) -> Source:
+    """Read SOURCE's catalog: every labeled image once, with its class and location."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"SOURCE {source} does not exist")
+    folder = labels_dir(source)
+    scanned = scan_labels(folder, allow_partial) if folder else scan_class_folders(source)
+    seen: set[str] = set()
+    for item in scanned.items:
+        if item.filename in seen:
+            raise UserError(f"{item.filename} appears twice in SOURCE {source}")
+        seen.add(item.filename)
+    return scanned
+
+
+# ---------------------------------------------------------------- reading bytes back
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """What a shard writer needs to read items back (picklable, for worker processes)."""
+
+    kind: str
+    root: str
+    part_files: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, source: Source) -> SourceRef:
+        return cls(source.kind, str(source.root), tuple(source.part_files))
+
+
+class ItemReader:
+    """Reads items of one source; keeps label part files open between reads."""
+
+    def __init__(self, ref: SourceRef):
+        self.ref = ref
+        self._open: dict[int, Any] = {}
+
+    def read(self, item: SourceItem):
+        """The label record (records.LabeledImage) for a label source, else the file bytes."""
+        if self.ref.kind == "labels":
+            from imnet64.records import parse_labeled
+
+            f = self._open.get(item.part)
+            if f is None:
+                path = Path(self.ref.root) / self.ref.part_files[item.part]
+                f = self._open[item.part] = open(path, "rb")  # noqa: SIM115 (closed in close())
+            return parse_labeled(read_record_at(f, item.offset, f.name))
+        path = Path(self.ref.root) / item.filename
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
