@@ -32,12 +32,6 @@ class _ProgressOnFirstUse:
         self.update(done, total)
 
 
-def _default_teacher() -> str:
-    from imnet64.teacher import DEFAULT_HANDLE
-
-    return os.environ.get("IMNET64_TEACHER") or DEFAULT_HANDLE
-
-
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=str))
@@ -85,7 +79,9 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
         slot = shard_slot(shard_index, num_shards)
     except ValueError as e:
         raise UserError(f"{e} (--shard-index/--num-shards or Slurm variables)") from None
-    spec = teacher_spec or _default_teacher()
+    # None = the teacher package's default (the TF Hub handle), resolved only if needed, so a
+    # skipped shard or a bad option never imports TensorFlow
+    spec = teacher_spec or os.environ.get("IMNET64_TEACHER") or None
     with contextlib.ExitStack() as stack:
         update = _ProgressOnFirstUse(stack, f"label {slot.index}/{slot.count}", progress_every)
         summary, skipped = run(

@@ -378,7 +378,7 @@ def run(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    teacher_spec: str,
+    teacher_spec: str | None,
     teacher: Any = None,
     index: int,
     count: int,
