@@ -1,0 +1,44 @@
+"""`imnet64 evaluate RUN_DIR`: a table (or JSON) of loss, top-1/top-5, per class, confusions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--dataset", "dataset_dir", default=None, type=click.Path(file_okay=False),
+              help="Dataset to evaluate on [default: the one the run trained on].")
+@click.option("--split", default="val", show_default=True, help="Split of the dataset.")
+@click.option("--checkpoint", default="best", show_default=True,
+              help="'best' (lowest val loss), 'latest', or a checkpoint path.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--top-confused", default=10, show_default=True,
+              help="How many confused class pairs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, as_json) -> None:
+    """Evaluate RUN_DIR's model; also writes RUN_DIR/evaluation-<split>.json."""
+    from imnet64.evaluate import evaluate_run
+
+    result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(f"{result.split} split of {result.dataset}: {result.count} images "
+               f"(checkpoint {result.checkpoint})")
+    click.echo(f"loss {result.loss:.4f}   top-1 {result.top1:.4f}   "
+               f"top-{result.k} {result.top5:.4f}")
+    click.echo("")
+    name_w = max([len("class")] + [len(c.name) for c in result.per_class])
+    click.echo(f"{'id':>5}  {'class':<{name_w}}  {'images':>7}  {'correct':>7}  accuracy")
+    for c in result.per_class:
+        acc = f"{c.accuracy:.4f}" if c.accuracy is not None else "-"
+        click.echo(f"{c.id:>5}  {c.name:<{name_w}}  {c.count:>7}  {c.correct:>7}  {acc:>8}")
+    if result.most_confused:
+        click.echo("")
+        click.echo("most confused (true -> predicted):")
+        for m in result.most_confused:
+            click.echo(f"  {m.true_name} -> {m.predicted_name}: {m.count} "
+                       f"({100 * m.share_of_true:.1f}% of {m.true_name})")

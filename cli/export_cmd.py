@@ -1,0 +1,26 @@
+"""`imnet64 export RUN_DIR OUT`: SavedModel (serving signature) or .keras, checked on reload."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "keras"]),
+              default="savedmodel", show_default=True)
+@click.option("--encoder-only", is_flag=True,
+              help="Export the encoder up to the pooled features (no head).")
+@click.option("--checkpoint", default="best", show_default=True,
+              help="'best' (lowest val loss), 'latest', or a checkpoint path.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export(run_dir, out, fmt, encoder_only, checkpoint, force) -> None:
+    """Export RUN_DIR's model to OUT; reloads it and checks the outputs match to 1e-6."""
+    from imnet64.export import export_run
+
+    result = export_run(run_dir, out, fmt=fmt, encoder_only=encoder_only,
+                        checkpoint=checkpoint, force=force)
+    what = "encoder" if encoder_only else "classifier"
+    click.echo(f"exported {what} ({result.format}) to {result.path}: reloaded {result.output} "
+               f"match on {result.checked_images} images (max |diff| {result.max_abs_diff:.2g})")

@@ -1,0 +1,197 @@
+"""`imnet64 train` and `imnet64 model-summary`: options in, library call, lines out."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from imnet64.errors import UserError
+
+import click
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(
+            f"{what} must be comma-separated integers, e.g. 3,3,3 (got {text!r})") from None
+    if not values:
+        raise UserError(f"{what} is empty")
+    return values
+
+
+def _setup_logging() -> None:
+    """Our progress lines on stderr (not TensorFlow's own INFO chatter)."""
+    logger = logging.getLogger("imnet64")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _child_args(ctx: click.Context, drop: tuple[str, ...] = ("np",)) -> list[str]:
+    """This command's parsed parameters as command-line arguments again (for the ranks)."""
+    positional, options = [], []
+    for param in ctx.command.params:
+        if param.name in drop:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            positional.append(str(value))
+        elif isinstance(param, click.Option) and param.is_flag:
+            if value:
+                options.append(param.opts[0])
+            elif param.secondary_opts:
+                options.append(param.secondary_opts[0])
+        elif value is not None:
+            options += [param.opts[0], str(value)]
+    return positional + options
+
+
+def model_options(f):
+    f = click.option("--recompute", is_flag=True,
+                     help="Recompute each level's activations in the backward pass "
+                          "(less memory, more compute).")(f)
+    f = click.option("--widths", default="32,64,128", show_default=True,
+                     help="Filters per level.")(f)
+    f = click.option("--repeats", default="3,3,3", show_default=True,
+                     help="Conv-BN-ReLU blocks per level.")(f)
+    f = click.option("--arch", type=click.Choice(["plain", "residual"]), default="plain",
+                     show_default=True,
+                     help="The seed's VGG-style encoder, or residual blocks y = x + f(Hx + v).")(f)
+    return f
+
+
+@click.command()
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@model_options
+@click.option("--epochs", default=30, show_default=True, help="Epochs in all (warmup included).")
+@click.option("--warmup-epochs", default=5.0, show_default=True,
+              help="Linear warmup epochs before the quarter-cosine decay.")
+@click.option("--batch-size", default=32, show_default=True, help="Batch size per rank.")
+@click.option("--lr-max", default=1e-3, show_default=True,
+              help="Peak learning rate for one rank (x ranks unless --no-lr-scaling).")
+@click.option("--lr-init-scale", default=0.01, show_default=True,
+              help="Warmup starts at lr_max x this.")
+@click.option("--lr-final-scale", default=0.01, show_default=True,
+              help="The decay ends at lr_max x this.")
+@click.option("--lr-scaling/--no-lr-scaling", default=True, show_default=True,
+              help="Multiply the learning rates by the number of ranks.")
+@click.option("--steps-per-epoch", type=int, default=None,
+              help="Steps per epoch [default: one pass over the train split].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="Mixed precision policy (fp16 uses loss scaling).")
+@click.option("--xla", is_flag=True, help="Compile the forward/backward step with XLA.")
+@click.option("--seed", default=0, show_default=True, help="Initial weights and data order.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Pad-and-random-crop and horizontal flip.")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+              help="Shuffle the training examples (--no-shuffle: a fixed, reproducible order).")
+@click.option("--keep-checkpoints", default=3, show_default=True,
+              help="How many recent checkpoints to keep (the best one is kept apart).")
+@click.option("--checkpoint-every", default=0, show_default=True,
+              help="Also checkpoint every N steps (0: once per epoch).")
+@click.option("--signal", "signal_name", default="USR1", show_default=True,
+              help="Signal that means: checkpoint now and exit 75 to be requeued.")
+@click.option("--peak-flops", type=float, default=None,
+              help="Peak FLOP/s of one rank for the MFU figure [default: estimated].")
+@click.option("--log-every", default=30.0, show_default=True,
+              help="Seconds between progress lines.")
+@click.option("--np", "np_", default=None,
+              help="Start N Horovod ranks on this machine ('auto': one per GPU) when not "
+                   "already under horovodrun/mpirun/srun.")
+@click.option("--dump-weights", default=None, hidden=True,
+              help="Write each rank's final weights to this path ({rank} is replaced).")
+@click.pass_context
+def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recompute, epochs,
+          warmup_epochs, batch_size, lr_max, lr_init_scale, lr_final_scale, lr_scaling,
+          steps_per_epoch, precision, xla, seed, augment, shuffle, keep_checkpoints,
+          checkpoint_every, signal_name, peak_flops, log_every, np_, dump_weights) -> None:
+    """Train the encoder on DATASET_DIR (made by shard-records) into RUN_DIR.
+
+    Run the same command again to resume from RUN_DIR's latest checkpoint. On the --signal
+    (default USR1) or when RUN_DIR/stop-request appears, the ranks finish the step, write a
+    checkpoint and exit with code 75 (requeue me).
+    """
+    from imnet64 import launch
+    from imnet64.preemption import parse_signal
+
+    np_count = launch.resolve_np(np_)
+    if launch.should_self_launch(np_count):
+        code = launch.run_ranks(np_count, _child_args(ctx), run_dir, [parse_signal(signal_name)])
+        if code:
+            raise click.exceptions.Exit(code)
+        return
+
+    from imnet64.train import TrainConfig
+    from imnet64.train import train as run_training
+
+    _setup_logging()
+    cfg = TrainConfig(
+        run_dir=run_dir, dataset=dataset_dir, arch=arch, repeats=_ints(repeats, "--repeats"),
+        widths=_ints(widths, "--widths"), recompute=recompute, epochs=epochs,
+        warmup_epochs=warmup_epochs, batch_size=batch_size, lr_max=lr_max,
+        init_scale=lr_init_scale, final_scale=lr_final_scale, lr_scaling=lr_scaling,
+        steps_per_epoch=steps_per_epoch, precision=precision, xla=xla, seed=seed,
+        augment=augment, shuffle=shuffle, keep_checkpoints=keep_checkpoints,
+        checkpoint_every=checkpoint_every, signal=signal_name, peak_flops=peak_flops,
+        log_every=log_every, dump_weights=dump_weights)
+    result = run_training(cfg)
+    if result.rank == 0 and result.state == "finished" and result.history:
+        last = result.history[-1]
+        click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
+                   f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
+                   f"run in {run_dir}")
+    if result.exit_code:
+        raise click.exceptions.Exit(result.exit_code)
+
+
+def _fmt_flops(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+@click.command("model-summary")
+@model_options
+@click.option("--num-classes", default=1000, show_default=True,
+              help="Classes of the head (or take them from --dataset).")
+@click.option("--dataset", "dataset_dir", default=None, type=click.Path(file_okay=False),
+              help="Take the number of classes from this dataset's manifest.")
+def model_summary(arch, repeats, widths, recompute, num_classes, dataset_dir) -> None:
+    """The encoder's layer table with parameters and FLOPs per 64x64 image."""
+    from imnet64.model import build_model, layer_table
+
+    if dataset_dir:
+        from imnet64.manifest import load_manifest
+
+        num_classes = load_manifest(dataset_dir).num_classes
+    try:
+        model = build_model(num_classes, arch=arch, repeats=_ints(repeats, "--repeats"),
+                            widths=_ints(widths, "--widths"), recompute=recompute)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    rows = layer_table(model)
+    header = ("layer", "type", "output shape", "params", "FLOPs")
+    table = [(r.name, r.kind, str(tuple(r.output_shape)).replace("None", "B"),
+              f"{r.params:,}", _fmt_flops(r.flops) if r.flops else "-") for r in rows]
+    widths_ = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths_[:3]) + "  " + "  ".join(
+        f"{{:>{w}}}" for w in widths_[3:])
+    click.echo(f"Model: {model.name} ({arch}, repeats {repeats}, widths {widths}, "
+               f"{num_classes} classes)")
+    click.echo(line.format(*header))
+    click.echo("-" * (sum(widths_) + 2 * (len(widths_) - 1)))
+    for row in table:
+        click.echo(line.format(*row))
+    total = sum(r.flops for r in rows)
+    trainable = sum(int(v.shape.num_elements()) for v in model.trainable_variables)
+    click.echo("-" * (sum(widths_) + 2 * (len(widths_) - 1)))
+    click.echo(f"params: {model.count_params():,} ({trainable:,} trainable)")
+    click.echo(f"FLOPs per image: {total:,} forward ({_fmt_flops(total)}), "
+               f"~{_fmt_flops(3 * total)} per training image (forward + backward)")

@@ -1,0 +1,131 @@
+"""`imnet64 evaluate`: loss, top-1, top-5, per-class accuracy and the most-confused pairs.
+
+One pass over a split (in the manifest's order), accumulating per batch: the summed
+cross-entropy (fused, on logits), top-1 and top-k hits, and a C x C confusion matrix, so
+memory stays flat for 1000 classes and any split size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from imnet64 import atomic
+from imnet64.data import training_dataset
+from imnet64.errors import UserError
+from imnet64.manifest import load_manifest
+from imnet64.run_dir import load_trained_run
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    id: int
+    name: str
+    count: int
+    correct: int
+    accuracy: float | None  # None when the split has no example of the class
+
+
+@dataclass(frozen=True)
+class Confusion:
+    true_id: int
+    true_name: str
+    predicted_id: int
+    predicted_name: str
+    count: int
+    share_of_true: float  # of the true class's examples
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    run_dir: str
+    checkpoint: str
+    dataset: str
+    split: str
+    count: int
+    loss: float
+    top1: float
+    top5: float
+    k: int  # the k of "top5" (fewer than 5 classes: all of them)
+    per_class: list[ClassScore]
+    most_confused: list[Confusion]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _batch_stats(model: tf.keras.Model, k: int):
+    @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.uint8),
+                                  tf.TensorSpec([None], tf.int32)])
+    def stats(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        loss = tf.reduce_sum(tf.cast(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits),
+            tf.float64))
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        in_top_k = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
+        return loss, predicted, in_top_k
+
+    return stats
+
+
+def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[Confusion]:
+    """The largest off-diagonal cells of a confusion matrix (rows: true, columns: predicted)."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:n]
+    rows = confusion.sum(axis=1)
+    out = []
+    for flat in order:
+        t, p = np.unravel_index(flat, off.shape)
+        if off[t, p] == 0:
+            break
+        out.append(Confusion(int(t), names[t], int(p), names[p], int(off[t, p]),
+                             float(off[t, p] / rows[t])))
+    return out
+
+
+def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None, split: str = "val",
+                 checkpoint: str = "best", batch_size: int = 256,
+                 top_confused: int = 10, write: bool = True) -> Evaluation:
+    """Evaluate a run's model on `split` of `dataset` (default: the dataset it trained on).
+    Writes RUN_DIR/evaluation-<split>.json unless `write` is False."""
+    run = load_trained_run(run_dir, checkpoint)
+    manifest = load_manifest(dataset or run.dataset)
+    if manifest.num_classes != run.config["num_classes"]:
+        raise UserError(f"dataset {manifest.root} has {manifest.num_classes} classes, the run "
+                        f"was trained on {run.config['num_classes']}")
+    names = run.class_names
+    num_classes = manifest.num_classes
+    k = min(5, num_classes)
+    stats = _batch_stats(run.model, k)
+    ds = training_dataset(manifest, split, batch_size, shuffle=False, augment=False,
+                          repeat=False, drop_remainder=False)
+    loss_sum, top_k_hits, count = 0.0, 0, 0
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for images, labels in ds:
+        loss, predicted, hits = stats(images, labels)
+        loss_sum += float(loss)
+        top_k_hits += int(hits)
+        count += int(labels.shape[0])
+        np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
+    if count == 0:
+        raise UserError(f"split {split!r} of {manifest.root} is empty")
+    per_class_counts = confusion.sum(axis=1)
+    per_class = [
+        ClassScore(c, names[c], int(per_class_counts[c]), int(confusion[c, c]),
+                   float(confusion[c, c] / per_class_counts[c]) if per_class_counts[c] else None)
+        for c in range(num_classes)
+    ]
+    result = Evaluation(
+        run_dir=str(run.run_dir), checkpoint=run.checkpoint, dataset=str(manifest.root),
+        split=split, count=count, loss=loss_sum / count,
+        top1=float(np.trace(confusion) / count), top5=top_k_hits / count, k=k,
+        per_class=per_class, most_confused=most_confused(confusion, names, top_confused))
+    if write:
+        atomic.write_json(Path(run_dir) / f"evaluation-{split}.json", result.to_json())
+    return result

@@ -1,0 +1,168 @@
+"""`imnet64 export`: a trained run as a SavedModel (or a .keras file) people can serve.
+
+SavedModel: the `serving_default` signature takes `images`, uint8 [N, 64, 64, 3] (raw
+pixels; the model scales them), and returns `probabilities` [N, C] (softmax of the logits),
+`class_id` [N] and `class_name` [N]; the class names ship as the asset
+`assets/class_names.txt` (one per line, line i = class i) and the name lookup reads it.
+With `encoder_only`, the signature returns `features` [N, D]: the pooled encoder output
+(the seed's last example), for transfer learning.
+
+`.keras`: the Keras model with a softmax layer on top (or the encoder alone).
+
+Both are written to a temporary folder/file next to OUT, reloaded and checked (outputs equal
+to the in-memory model's to 1e-6 on real images of the run's val split when the dataset is
+there, else on fixed random images), and only then renamed to OUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from imnet64.errors import UserError
+from imnet64.model import ENCODER_OUTPUT
+from imnet64.run_dir import load_trained_run
+
+import numpy as np
+import tensorflow as tf
+
+FORMATS = ("savedmodel", "keras")
+TOLERANCE = 1e-6
+CLASS_NAMES_ASSET = "class_names.txt"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    encoder_only: bool
+    checkpoint: str
+    checked_images: int
+    max_abs_diff: float
+    output: str  # the compared output's name
+
+
+class ServingModule(tf.Module):
+    """What the SavedModel holds: the Keras model, the class-name asset and the signature."""
+
+    def __init__(self, model: tf.keras.Model, class_names_file: str | None, encoder_only: bool):
+        super().__init__()
+        self.model = model
+        self.encoder_only = encoder_only
+        if not encoder_only:
+            self.class_names = tf.saved_model.Asset(class_names_file)
+            self.class_table = tf.lookup.StaticHashTable(
+                tf.lookup.TextFileInitializer(
+                    self.class_names, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                    tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
+                default_value="")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.uint8, name="images")])
+    def serve(self, images):
+        outputs = tf.cast(self.model(images, training=False), tf.float32)
+        if self.encoder_only:
+            return {"features": outputs}
+        probabilities = tf.nn.softmax(outputs, axis=-1)
+        class_id = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "class_id": class_id,
+                "class_name": self.class_table.lookup(class_id)}
+
+
+def _check_images(dataset: Path, n: int = 64) -> np.ndarray:
+    """Real images from the run's val split if the dataset is there, else fixed random ones."""
+    try:
+        from imnet64.data import training_dataset
+        from imnet64.manifest import load_manifest
+
+        manifest = load_manifest(dataset)
+        split = "val" if "val" in manifest.splits else next(iter(manifest.splits))
+        ds = training_dataset(manifest, split, n, shuffle=False, repeat=False,
+                              drop_remainder=False)
+        for images, _ in ds.take(1):
+            return images.numpy()
+    except Exception:  # noqa: BLE001  (no dataset: random pixels still check the export)
+        pass
+    return np.random.RandomState(0).randint(0, 256, (n, 64, 64, 3)).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def _staging(out: Path, suffix: str):
+    """A temporary path next to OUT (same filesystem: the final rename is atomic)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield folder / f"export{suffix}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _replace(staged: Path, out: Path, force: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise UserError(f"{out} exists (pass --force to replace it)")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(staged, out)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.replace(staged, out)
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "savedmodel",
+               encoder_only: bool = False, checkpoint: str = "best",
+               force: bool = False) -> ExportResult:
+    if fmt not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if fmt == "keras" and out.suffix != ".keras":
+        raise UserError(f"a Keras export is a file ending in .keras, not {out.name!r}")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out} exists (pass --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = load_trained_run(run_dir, checkpoint)
+    model = run.model
+    if encoder_only:
+        model = tf.keras.Model(model.input, model.get_layer(ENCODER_OUTPUT).output,
+                               name="encoder")
+    images = _check_images(run.dataset)
+    expected = model(images, training=False).numpy()
+    output = "features" if encoder_only else "probabilities"
+    if not encoder_only:
+        expected = tf.nn.softmax(expected, axis=-1).numpy()
+
+    with _staging(out, ".keras" if fmt == "keras" else "") as staged:
+        if fmt == "savedmodel":
+            names_file = staged.parent / CLASS_NAMES_ASSET
+            names_file.write_text("".join(f"{name}\n" for name in run.class_names), "utf-8")
+            module = ServingModule(model, str(names_file), encoder_only)
+            tf.saved_model.save(module, str(staged), signatures={"serving_default": module.serve})
+            loaded = tf.saved_model.load(str(staged))
+            got = loaded.signatures["serving_default"](images=tf.constant(images))[output]
+            got = got.numpy()
+            if not encoder_only:
+                names = loaded.signatures["serving_default"](
+                    images=tf.constant(images))["class_name"].numpy()
+                want = [run.class_names[i] for i in expected.argmax(axis=1)]
+                if [n.decode("utf-8") for n in names] != want:
+                    raise UserError("export check failed: class names from the asset differ")
+        else:
+            keras_model = model if encoder_only else tf.keras.Model(
+                model.input, tf.keras.layers.Softmax(name="probabilities")(model.output),
+                name=f"{model.name}_probabilities")
+            keras_model.save(str(staged))
+            got = tf.keras.models.load_model(str(staged), compile=False)(
+                images, training=False).numpy()
+        diff = float(np.max(np.abs(got - expected)))
+        if not diff <= TOLERANCE:
+            raise UserError(f"export check failed: reloaded {output} differ by {diff:.3g} "
+                            f"(> {TOLERANCE})")
+        _replace(staged, out, force)
+    return ExportResult(out, fmt, encoder_only, run.checkpoint, len(images), diff, output)

@@ -1,0 +1,484 @@
+"""`imnet64 train`: the encoder on a dataset's shards, one process or many Horovod ranks.
+
+A custom loop on `hvd.DistributedGradientTape` (Horovod's Keras callbacks are broken on
+TF >= 2.16). Per step: the learning rate from the seed's schedule at t = global_step /
+steps_per_epoch, a forward/backward pass with gradients averaged over ranks, an Adam update,
+and a stop flag OR-ed over ranks in the same allreduce round. Per epoch: BatchNorm
+statistics averaged over ranks, validation on every rank's part of the val split, metrics
+summed over ranks, then rank 0 writes history.json, curves.png, TensorBoard scalars and a
+checkpoint (plus the best one by validation loss).
+
+Restarting the same command in the same RUN_DIR resumes from the latest checkpoint: same
+epoch, step, optimizer state and learning rate. Each epoch reads the data in an order fixed
+by (seed, epoch), and a resume inside an epoch skips the batches already trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from imnet64 import atomic, data
+from imnet64.checkpointing import Checkpoints, TrainState
+from imnet64.distributed import World, init_world
+from imnet64.errors import UserError
+from imnet64.history import EpochRecord, TensorBoardLog, load_history, plot_curves, write_history
+from imnet64.manifest import Manifest, load_manifest
+from imnet64.model import ModelConfig, flops_per_image
+from imnet64.peak_flops import mfu, peak_per_rank
+from imnet64.preemption import REQUEUE_EXIT_CODE, STOP_FILE, StopRequest, parse_signal
+from imnet64.run_dir import CLASSES, CONFIG
+from imnet64.schedule import Schedule
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+STATUS = "status.json"
+PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# These decide what training computes; a resume with other values would not continue the
+# same run (different schedule, batches or model), so it is refused.
+RESUME_MUST_MATCH = (
+    "arch", "repeats", "widths", "recompute", "epochs", "warmup_epochs", "batch_size",
+    "lr_max", "init_scale", "final_scale", "lr_scaling", "precision", "seed", "augment",
+    "shuffle", "world_size", "steps_per_epoch", "num_classes",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str
+    dataset: str
+    arch: str = "plain"
+    repeats: tuple[int, ...] = (3, 3, 3)
+    widths: tuple[int, ...] = (32, 64, 128)
+    recompute: bool = False
+    epochs: int = 30
+    warmup_epochs: float = 5.0
+    batch_size: int = 32  # per rank
+    lr_max: float = 1e-3  # before scaling with the number of ranks
+    init_scale: float = 0.01
+    final_scale: float = 0.01
+    lr_scaling: bool = True
+    steps_per_epoch: int | None = None  # default: one pass over the train split
+    precision: str = "fp32"
+    xla: bool = False
+    seed: int = 0
+    augment: bool = False
+    shuffle: bool = True
+    keep_checkpoints: int = 3
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: per epoch only)
+    signal: str = "USR1"
+    peak_flops: float | None = None  # per rank; default: an estimate (peak_flops.py)
+    log_every: float = 30.0  # seconds between progress lines
+    dump_weights: str | None = field(default=None, compare=False)  # "path-{rank}.npz"
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        return ModelConfig(num_classes, self.arch, self.repeats, self.widths, self.recompute)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state: str  # "finished" or "preempted"
+    epoch: int  # epochs completed
+    step_in_epoch: int
+    global_step: int
+    history: list[EpochRecord]
+    rank: int
+    world_size: int
+
+    @property
+    def exit_code(self) -> int:
+        return REQUEUE_EXIT_CODE if self.state == "preempted" else 0
+
+
+# ---- setup ---------------------------------------------------------------------------------
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UserError("epochs and batch size must be at least 1")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise UserError(f"warmup epochs ({cfg.warmup_epochs}) must be in 0..epochs-1 "
+                        f"(epochs = {cfg.epochs})")
+    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
+        raise UserError("steps per epoch must be at least 1")
+    try:
+        ModelConfig(2, cfg.arch, cfg.repeats, cfg.widths)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    parse_signal(cfg.signal)
+
+
+def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
+              schedule: Schedule, flops: int) -> dict:
+    """The run's config.json: the options, plus everything derived from them."""
+    d = asdict(cfg)
+    d.pop("dump_weights")
+    d.update(
+        repeats=list(cfg.repeats), widths=list(cfg.widths),
+        dataset=str(Path(cfg.dataset).resolve()),
+        num_classes=manifest.num_classes,
+        train_examples=manifest.split("train").count,
+        world_size=world.size,
+        steps_per_epoch=steps,
+        global_batch_size=cfg.batch_size * world.size,
+        lr_scale=world.size if cfg.lr_scaling else 1,
+        schedule=schedule.to_json(),
+        flops_per_image=flops,
+        model=cfg.model_config(manifest.num_classes).to_json(),
+        versions={"imnet64": imnet64.__version__, "tensorflow": tf.__version__},
+    )
+    return d
+
+
+def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> str | None:
+    """Rank 0: write config.json for a new run, or check a resumed run's. Returns an error
+    message (to be raised on every rank) or None."""
+    path = run_dir / CONFIG
+    if path.exists():
+        old = atomic.read_json(path)
+        diffs = [f"{k} {old.get(k)!r} -> {resolved[k]!r}" for k in RESUME_MUST_MATCH
+                 if old.get(k) != resolved[k]]
+        if diffs:
+            return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
+                    "rerun with the same options to resume, or use a new RUN_DIR")
+        if old.get("dataset") != resolved["dataset"]:
+            log.warning("resuming with dataset %s (the run started with %s)",
+                        resolved["dataset"], old.get("dataset"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, resolved)
+    atomic.write_json(run_dir / CLASSES, class_names)
+    return None
+
+
+def _make_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
+    optimizer = tf.keras.optimizers.Adam(learning_rate=cfg.lr_max)
+    if cfg.precision == "fp16":
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _all_variables(root: tf.train.Checkpoint) -> list[tf.Variable]:
+    """Every variable a checkpoint holds (model, optimizer incl. loss scale, counters), in
+    the same order on every rank (the objects are built identically)."""
+    seen, out = set(), []
+    for obj in tf.train.TrackableView(root).descendants():
+        if isinstance(obj, tf.Variable) and id(obj) not in seen:
+            seen.add(id(obj))
+            out.append(obj)
+    return out
+
+
+# ---- steps ---------------------------------------------------------------------------------
+
+
+def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState, *,
+                    fp16: bool = False, xla: bool = False):
+    """A tf.function (images, labels, stop) -> (loss, stop on any rank).
+
+    The loss is the fused sparse softmax cross-entropy on logits. With `xla` the forward and
+    backward computation is compiled by XLA; the allreduce and the update stay outside it
+    (Horovod's ops are not XLA ops).
+    """
+    variables = model.trainable_variables
+
+    def forward(images, labels):
+        logits = tf.cast(model(images, training=True), tf.float32)
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+        return loss, tf.reduce_sum(tf.cast(hits, tf.float32))
+
+    if xla:
+        forward = tf.function(forward, jit_compile=True)
+
+    @tf.function
+    def step(images, labels, stop):
+        with tf.GradientTape() as tape:
+            loss, correct = forward(images, labels)
+            objective = optimizer.get_scaled_loss(loss) if fp16 else loss
+        grads = world.tape(tape).gradient(objective, variables)
+        if fp16:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, variables))
+        n = tf.cast(tf.shape(labels)[0], tf.float64)
+        state.loss_sum.assign_add(tf.cast(loss, tf.float64) * n)
+        state.correct.assign_add(tf.cast(correct, tf.float64))
+        state.seen.assign_add(n)
+        state.global_step.assign_add(1)
+        state.step_in_epoch.assign_add(1)
+        return loss, world.any_in_graph(stop)
+
+    return step
+
+
+def make_eval_step(model: tf.keras.Model):
+    """A tf.function (images, labels) -> (loss sum, correct, count) for any batch size."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.uint8),
+                                  tf.TensorSpec([None], tf.int32)])
+    def step(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+        return (tf.reduce_sum(tf.cast(losses, tf.float64)),
+                tf.reduce_sum(tf.cast(hits, tf.float64)),
+                tf.cast(tf.size(labels), tf.float64))
+
+    return step
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, world: World):
+        self.cfg, self.world = cfg, world
+        self.run_dir = Path(cfg.run_dir)
+        self.manifest = load_manifest(cfg.dataset)
+        chief = world.is_chief
+        tf.keras.utils.set_random_seed(cfg.seed)
+        self.steps = cfg.steps_per_epoch or data.steps_per_epoch(
+            self.manifest, "train", cfg.batch_size, world.size)
+        if self.steps < 1:
+            raise UserError(
+                f"the train split ({self.manifest.split('train').count} examples) is too small "
+                f"for batches of {cfg.batch_size} on {world.size} rank(s)")
+        base = Schedule(cfg.lr_max, cfg.init_scale, cfg.final_scale, cfg.warmup_epochs,
+                        cfg.epochs - cfg.warmup_epochs)
+        self.schedule = base.scaled(world.size if cfg.lr_scaling else 1)
+
+        self.model = cfg.model_config(self.manifest.num_classes).build(
+            policy=PRECISIONS[cfg.precision])
+        self.flops = flops_per_image(self.model)
+        self.optimizer = _make_optimizer(cfg)
+        self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
+        self.state = TrainState()
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              state=self.state)
+
+        resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops)
+        error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names) \
+            if chief else None
+        error = world.broadcast_object(error, name="config_check")
+        if error:
+            raise UserError(error)
+
+        self.checkpoints = Checkpoints(self.run_dir, self.checkpoint, cfg.keep_checkpoints) \
+            if chief else None
+        resumed = self.checkpoints.restore_latest() if chief else None
+        self.resumed_from = world.broadcast_object(resumed, name="resumed_from")
+        # rank 0's weights, moments, counters (restored or freshly initialised) everywhere
+        world.broadcast_variables(_all_variables(self.checkpoint))
+        if not chief:
+            self.state.reset_sums()  # rank 0 holds the epoch's sums so far for everyone
+
+        self.history = []
+        if chief:
+            done = int(self.state.epoch.numpy())
+            self.history = [r for r in load_history(self.run_dir) if r.epoch <= done]
+        self.tensorboard = TensorBoardLog(self.run_dir) if chief else None
+        peak = peak_per_rank(cfg.precision, cfg.peak_flops, world.local_size)
+        self.peak_total = peak.flops_per_s * world.size if peak.flops_per_s else None
+        self.peak_source = peak.source
+        self.train_step = make_train_step(self.model, self.optimizer, world, self.state,
+                                          fp16=cfg.precision == "fp16", xla=cfg.xla)
+        self.eval_step = make_eval_step(self.model)
+
+    # -- helpers
+
+    def info(self, msg: str, *args) -> None:
+        if self.world.is_chief:
+            log.info(msg, *args)
+
+    def epoch_batches(self, epoch: int, skip: int) -> tf.data.Dataset:
+        cfg, w = self.cfg, self.world
+        ds = data.training_dataset(
+            self.manifest, "train", cfg.batch_size, rank=w.rank, size=w.size,
+            shuffle=cfg.shuffle, augment=cfg.augment, repeat=True,
+            seed=cfg.seed * 1000 + epoch, drop_remainder=True)
+        return ds.skip(skip).take(self.steps - skip)
+
+    def validate(self) -> tuple[float, float]:
+        cfg, w = self.cfg, self.world
+        ds = data.training_dataset(
+            self.manifest, "val", cfg.batch_size, rank=w.rank, size=w.size, shuffle=False,
+            augment=False, repeat=False, drop_remainder=False)
+        sums = np.zeros(3)
+        for images, labels in ds:
+            sums += np.array([t.numpy() for t in self.eval_step(images, labels)])
+        loss_sum, correct, count = w.sum(sums, name="val_sums")
+        if count == 0:
+            return math.nan, math.nan
+        return loss_sum / count, correct / count
+
+    def set_status(self, state: str, **extra) -> None:
+        if self.world.is_chief:
+            atomic.write_json(self.run_dir / STATUS, {
+                "state": state, "epoch": int(self.state.epoch.numpy()),
+                "step_in_epoch": int(self.state.step_in_epoch.numpy()),
+                "global_step": int(self.state.global_step.numpy()),
+                "epochs": self.cfg.epochs, "steps_per_epoch": self.steps,
+                "time": time.time(), **extra})
+
+    def save_checkpoint(self) -> str | None:
+        """Collective: every rank calls it at the same step."""
+        # The epoch's running sums of all ranks go into rank 0's copy (saved); the others
+        # restart from zero, so an epoch's metrics stay exact across a resume.
+        totals = self.world.sum([v.numpy() for v in self.state.sums], name="ckpt_sums")
+        for v, total in zip(self.state.sums, totals):
+            v.assign(total if self.world.is_chief else 0.0)
+        path = self.checkpoints.save(int(self.state.global_step.numpy())) \
+            if self.world.is_chief else None
+        self.world.barrier()
+        return path
+
+    def dump_weights(self) -> None:
+        if not self.cfg.dump_weights:
+            return
+        path = Path(self.cfg.dump_weights.format(rank=self.world.rank))
+        arrays = {f"{i:03d}:{v.name}": v.numpy() for i, v in enumerate(self.model.variables)}
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    def result(self, state: str) -> TrainResult:
+        return TrainResult(state, int(self.state.epoch.numpy()),
+                           int(self.state.step_in_epoch.numpy()),
+                           int(self.state.global_step.numpy()), list(self.history),
+                           self.world.rank, self.world.size)
+
+    def preempt(self, stop: StopRequest) -> TrainResult:
+        path = self.save_checkpoint()
+        self.info("stop requested (%s): checkpoint %s at epoch %d step %d; exit %d to requeue",
+                  stop.reason, path, int(self.state.epoch.numpy()) + 1,
+                  int(self.state.step_in_epoch.numpy()), REQUEUE_EXIT_CODE)
+        self.set_status("preempted", checkpoint=path, exit_code=REQUEUE_EXIT_CODE)
+        if self.world.is_chief and stop.stop_file is not None:
+            stop.stop_file.unlink(missing_ok=True)  # consumed: the rerun must not stop again
+        self.dump_weights()
+        self.world.barrier()
+        return self.result("preempted")
+
+    # -- one epoch
+
+    def run_epoch(self, epoch: int, stop: StopRequest) -> bool:
+        """Train the rest of `epoch`; returns False if the run must stop (preemption)."""
+        cfg, w, state = self.cfg, self.world, self.state
+        start = int(state.step_in_epoch.numpy())
+        if start:
+            self.info("epoch %d: resuming at step %d/%d", epoch + 1, start, self.steps)
+        per_step_images = cfg.batch_size * w.size
+        timed_steps, t_first, last_log = 0, None, time.monotonic()
+        t_begin = time.perf_counter()
+        for images, labels in self.epoch_batches(epoch, start):
+            global_step = int(state.global_step.numpy())
+            lr = self.schedule.at_step(global_step, self.steps)
+            self.optimizer.learning_rate.assign(lr)
+            loss, stop_all = self.train_step(images, labels, tf.constant(stop.requested))
+            if t_first is None:  # the first step of a session includes tracing: not timed
+                t_first = time.perf_counter()
+            else:
+                timed_steps += 1
+            if cfg.checkpoint_every and (global_step + 1) % cfg.checkpoint_every == 0 \
+                    and not bool(stop_all):
+                self.save_checkpoint()
+            if bool(stop_all):
+                return False
+            if w.is_chief and timed_steps and time.monotonic() - last_log >= cfg.log_every:
+                last_log = time.monotonic()
+                rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
+                self._log_progress(epoch, int(state.step_in_epoch.numpy()), float(loss), lr,
+                                   rate)
+        seconds = time.perf_counter() - t_begin
+        if timed_steps:
+            self._rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
+        else:
+            self._rate = (self.steps - start) * per_step_images / max(seconds, 1e-9)
+        self._seconds = seconds
+        return True
+
+    def _log_progress(self, epoch, step, loss, lr, rate) -> None:
+        util = mfu(rate, self.flops, self.peak_total)
+        self.info("epoch %d/%d step %d/%d loss %.4f lr %.3g | %.1f images/s%s", epoch + 1,
+                  self.cfg.epochs, step, self.steps, loss, lr, rate,
+                  f" | MFU {100 * util:.2f}%" if util is not None else "")
+        if self.tensorboard:
+            self.tensorboard.step(int(self.state.global_step.numpy()), loss=loss, lr=lr,
+                                  images_per_s=rate)
+
+    def end_epoch(self, epoch: int) -> None:
+        w, state = self.world, self.state
+        # each rank's BatchNorm statistics come from its own batches: average them
+        bn = [v for v in self.model.non_trainable_variables if "moving_" in v.name]
+        w.average_variables(bn, name="bn_stats")
+        loss_sum, correct, seen = w.sum([v.numpy() for v in state.sums], name="train_sums")
+        val_loss, val_acc = self.validate()
+        lr = self.schedule.at_step(int(state.global_step.numpy()), self.steps)
+        record = EpochRecord(
+            epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
+            val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=self._rate,
+            seconds=self._seconds, mfu=mfu(self._rate, self.flops, self.peak_total))
+        state.epoch.assign(epoch + 1)
+        state.step_in_epoch.assign(0)
+        state.reset_sums()
+        improved = math.isfinite(val_loss) and val_loss < float(state.best_val_loss.numpy())
+        if improved:
+            state.best_val_loss.assign(val_loss)
+        if w.is_chief:
+            self.history.append(record)
+            # history first, checkpoint second: a kill in between redoes this epoch, and the
+            # rerun replaces its history row
+            write_history(self.run_dir, self.history)
+            plot_curves(self.run_dir, self.history)
+            self.tensorboard.epoch(record)
+            if improved:
+                self.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val_loss)
+            self.checkpoints.save(int(state.global_step.numpy()))
+        w.barrier()
+        util = f" | MFU {100 * record.mfu:.2f}%" if record.mfu is not None else ""
+        self.info("epoch %d/%d done: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.3g "
+                  "| %.1f images/s%s", epoch + 1, self.cfg.epochs, record.loss, record.accuracy,
+                  val_loss, val_acc, lr, record.images_per_s, util)
+
+    def run(self) -> TrainResult:
+        cfg, w, state = self.cfg, self.world, self.state
+        stop_file = self.run_dir / STOP_FILE if w.is_chief else None
+        if stop_file is not None:
+            stop_file.unlink(missing_ok=True)  # a stale request from before this start
+        self.info("training %s (%d ranks x batch %d, %d steps/epoch, %d epochs, %.3g FLOPs/image"
+                  ", peak %s) in %s", cfg.arch, w.size, cfg.batch_size, self.steps, cfg.epochs,
+                  self.flops, self.peak_source, self.run_dir)
+        if self.resumed_from:
+            self.info("resumed from %s: epoch %d, step %d, lr %.6g", self.resumed_from,
+                      int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()),
+                      self.schedule.at_step(int(state.global_step.numpy()), self.steps))
+        self.set_status("running")
+        with StopRequest([parse_signal(cfg.signal)], stop_file) as stop:
+            while int(state.epoch.numpy()) < cfg.epochs:
+                epoch = int(state.epoch.numpy())
+                if not self.run_epoch(epoch, stop):
+                    return self.preempt(stop)
+                self.end_epoch(epoch)
+                # a request that came during validation: the epoch's checkpoint is written
+                if w.sum([float(stop.requested)], name="stop_after_epoch")[0] > 0:
+                    return self.preempt(stop)
+        self.set_status("finished", exit_code=0)
+        self.dump_weights()
+        if self.tensorboard:
+            self.tensorboard.close()
+        return self.result("finished")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) the run in `cfg.run_dir`. Rank 0 alone writes files."""
+    _check(cfg)
+    world = init_world()
+    return _Trainer(cfg, world).run()
