@@ -89,6 +89,7 @@ ENV TF_USE_LEGACY_KERAS=1 \
     IMNET64_HOME=/opt/imnet64 \
     TFHUB_CACHE_DIR=/opt/imnet64/tfhub \
     PYTHONUNBUFFERED=1 \
+    PYTHONNOUSERSITE=1 \
     OMPI_MCA_btl_vader_single_copy_mechanism=none \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
