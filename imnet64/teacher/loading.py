@@ -12,6 +12,7 @@ top-1 as the plain SavedModel (tests/test_teacher_model.py states the logit tole
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from imnet64.teacher import hub as hub_cache
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/classification/2"
 OFFLINE_SPEC = "offline"
+TEACHER_ENV = "IMNET64_TEACHER"  # the teacher when none is given (else DEFAULT_HANDLE)
 IMAGE_SIZE = (224, 224)
 NUM_CLASSES = 1001
 # Fastest batch size measured for the frozen MobileNet V2 on 2 CPU cores (bench/teacher_speed.py).
@@ -53,7 +55,7 @@ class Teacher:
 def load_teacher(spec: str | None = None, optimize: bool = True) -> Teacher:
     """Load a teacher from `spec`:
 
-    - None: the seed's TF Hub handle (DEFAULT_HANDLE);
+    - None: $IMNET64_TEACHER if set, else the seed's TF Hub handle (DEFAULT_HANDLE);
     - an http(s):// or gs:// TF Hub handle: from $TFHUB_CACHE_DIR if cached there (no network),
       else downloaded into it;
     - a local SavedModel directory;
@@ -62,7 +64,7 @@ def load_teacher(spec: str | None = None, optimize: bool = True) -> Teacher:
     `optimize=False` keeps the plain SavedModel call (the reference the fast path is checked
     against). Any unusable spec raises a one-line UserError.
     """
-    spec = DEFAULT_HANDLE if spec is None or not str(spec).strip() else str(spec).strip()
+    spec = str(spec or "").strip() or os.environ.get(TEACHER_ENV, "").strip() or DEFAULT_HANDLE
     if spec == OFFLINE_SPEC:
         from imnet64.teacher.offline import ensure_offline_teacher
 
