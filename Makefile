@@ -33,6 +33,16 @@ $(VENV)/.stamp-project: $(VENV)/.stamp-horovod pyproject.toml
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# The main job on the embedded demo data: real photos, the offline teacher, 2 label shards,
+# TFRecord shards, Horovod training on 2 ranks, evaluation and export (~10 min on 2 cores).
+DEMO_DIR ?= imnet64-demo
+demo: install
+	$(BIN)/imnet64 demo --workdir $(DEMO_DIR)
+
+# Every benchmark, side by side in one run: bench/results.json and bench/results.md.
+bench: install
+	$(BIN)/python bench/run_all.py --out bench
+
 lint: install
 	$(BIN)/ruff check .
 

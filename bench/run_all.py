@@ -1,0 +1,101 @@
+"""`make bench`: run every benchmark (each measures its ratios side by side in one run),
+then merge their figures into bench/results.json and a markdown table bench/results.md.
+
+Each benchmark is a script taking `--json PATH`; a failing one is recorded, not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = {
+    "label": ["bench/label.py"],
+    "records": ["bench/records.py"],
+    "train": ["bench/train.py"],
+    "memory": ["bench/memory.py"],
+}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1),
+            "python": platform.python_version(), "system": platform.platform()}
+
+
+def flatten(obj, prefix: str = "") -> list[tuple[str, object]]:
+    """Leaves of a JSON document as (dotted.path, value), numbers and short strings only."""
+    if isinstance(obj, dict):
+        return [kv for k, v in obj.items() for kv in flatten(v, f"{prefix}{k}.")]
+    if isinstance(obj, list):
+        if len(obj) > 12:
+            return []
+        return [kv for i, v in enumerate(obj) for kv in flatten(v, f"{prefix}{i}.")]
+    if isinstance(obj, (bool, int, float)) or (
+            isinstance(obj, str) and len(obj) < 60):
+        return [(prefix.rstrip("."), obj)]
+    return []
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=str(HERE), help="folder for results.json/results.md")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "benchmarks": {}}
+    for name, script in BENCHES.items():
+        if args.only and name not in args.only:
+            continue
+        path = out / f".{name}.json"
+        path.unlink(missing_ok=True)
+        print(f"== bench {name}: {' '.join(script)}", flush=True)
+        started = time.monotonic()
+        code = subprocess.call([sys.executable, *script, "--json", str(path)],
+                               cwd=HERE.parent)
+        entry = {"exit_code": code, "seconds": round(time.monotonic() - started, 1)}
+        if path.exists():
+            entry["figures"] = json.loads(path.read_text())
+            path.unlink()
+        results["benchmarks"][name] = entry
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+             f"Python {m['python']} ({results['started']}).", "",
+             "| benchmark | figure | value |", "|---|---|---|"]
+    for name, entry in results["benchmarks"].items():
+        if entry["exit_code"]:
+            lines.append(f"| {name} | FAILED (exit {entry['exit_code']}) | |")
+        for key, value in flatten(entry.get("figures", {})):
+            lines.append(f"| {name} | {key} | {fmt(value)} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return max((e["exit_code"] for e in results["benchmarks"].values()), default=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
