@@ -243,3 +243,23 @@ def test_activation_memory_gradient_figures_for_the_default_encoder() -> None:
     # recompute: image, level 0/1 outputs, pools, head + level 0 rebuilt (6 maps of 16 MiB).
     assert mib("plain", True) == pytest.approx(1.5 + 16 + 8 + 4 + 2 + head + 96)
     assert mib("residual", True) == pytest.approx(1.5 + 16 + 8 + 4 + 2 + head + 8 * 16)
+
+
+def test_activation_memory_gradient_doc_table_matches_calculator() -> None:
+    """The table of computed MiB in docs/gradients.md is the calculator's output."""
+    import re
+    from pathlib import Path
+
+    from imnet64.activation_memory import activation_memory_bytes
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "gradients.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", doc, re.M)
+    assert [int(r[0]) for r in rows] == [32, 64, 128, 256]
+    for batch, *cells in rows:
+        expected = [
+            activation_memory_bytes(int(batch), arch, (3, 3, 3), (32, 64, 128), recompute=rc)
+            / 2**20
+            for arch in ("plain", "residual")
+            for rc in (False, True)
+        ]
+        assert [float(c) for c in cells] == [round(e, 1) for e in expected]
