@@ -21,7 +21,6 @@ largest logit difference.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -141,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _real_photos(tf):
     """Real photos from packages, full size and after 64x64 down-scaling, at 224x224."""
-    import numpy as np
-
     from imnet64.sample_images import PHOTOS, load_photo
+
+    import numpy as np
 
     images = []
     for package, name in PHOTOS:

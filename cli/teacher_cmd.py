@@ -66,6 +66,11 @@ def classify(images: tuple[str, ...], teacher_spec: str | None, top: int, as_jso
     Images are resized to 224x224 the way `imnet64 label` does (bilinear on [0, 1] floats);
     probabilities are the softmax over all 1001 classes.
     """
+    from imnet64.errors import UserError
+
+    for path in images:  # before the seconds spent loading the teacher
+        if not os.path.isfile(path):
+            raise UserError(f"image not found: {path}")
     from imnet64.teacher import load_teacher
     from imnet64.teacher.classify import classify_files
 

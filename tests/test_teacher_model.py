@@ -4,15 +4,15 @@ loading it (hub.load, hub.KerasLayer, load_teacher fast and plain, the in-proces
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import tensorflow as tf
-import tensorflow_hub as hub
-
 from imnet64.sample_images import load_photo
 from imnet64.teacher import DEFAULT_HANDLE, load_teacher
 from imnet64.teacher.mobilenet_v2 import INVERTED_RESIDUAL_SETTINGS, build_mobilenet_v2
 from imnet64.teacher.offline import default_weights_path, read_verified_weights
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
 
 # Logits are O(10); float32 through 52 layers in different op orders (BN folded or not,
 # oneDNN fusions) differ by ~2e-5 (seen on 6 photos). The bounds are 10x that.

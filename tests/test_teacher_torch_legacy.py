@@ -7,9 +7,6 @@ import pickle
 import struct
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from imnet64.errors import UserError
 from imnet64.teacher.offline import (
     WEIGHTS_SHA256,
@@ -22,6 +19,9 @@ from imnet64.teacher.torch_legacy import (
     TorchFormatError,
     read_legacy_state_dict,
 )
+
+import numpy as np
+import pytest
 
 # ---- a minimal writer of the legacy format, opcode by opcode (torch is not installed) ------
 

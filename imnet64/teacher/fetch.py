@@ -28,7 +28,7 @@ def fetch_handle(handle: str, cache_dir: str | os.PathLike) -> Path:
         raise UserError(f"cannot create cache directory {cache}: {e.strerror}") from None
     was_cached = hub_cache.is_cached(handle, cache)
     with hub_cache.tfhub_cache_env(cache):
-        path = hub_cache.resolve_handle(handle)
+        path = hub_cache.resolve_handle(handle, fetching=True)
         from imnet64.teacher.loading import _load_saved_model
 
         try:

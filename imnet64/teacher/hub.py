@@ -74,9 +74,10 @@ def fetch_hint(handle: str) -> str:
             f"internet) and set {TFHUB_CACHE_ENV}=DIR here, or use --teacher offline")
 
 
-def resolve_handle(handle: str, download: bool = True) -> Path:
+def resolve_handle(handle: str, download: bool = True, fetching: bool = False) -> Path:
     """The local SavedModel directory of URL `handle`: from the TF Hub cache if there,
-    else downloaded into it (unless `download` is False). Errors are one-line UserErrors."""
+    else downloaded into it (unless `download` is False). Errors are one-line UserErrors;
+    `fetching` words them for `imnet64 teacher fetch` (no advice to run fetch)."""
     cache = cache_dir()
     if is_cached(handle, cache):
         return cached_module_dir(handle, cache)
@@ -92,7 +93,18 @@ def resolve_handle(handle: str, download: bool = True) -> Path:
     except (OSError, ValueError, tf.errors.OpError) as e:
         # OSError covers URLError/HTTPError, timeouts, refused connections and TF Hub's
         # "does not appear to be a valid module" for a response that is no tar archive.
-        reason = " ".join(str(getattr(e, "reason", None) or e).split())[:200]
+        if fetching:
+            raise UserError(f"cannot download {handle} ({_reason(e)})") from None
         raise UserError(f"teacher {handle} is not in the TF Hub cache {cache} and cannot be "
-                        f"downloaded ({reason}); {fetch_hint(handle)}") from None
+                        f"downloaded ({_reason(e)}); {fetch_hint(handle)}") from None
     return path
+
+
+def _reason(e: BaseException) -> str:
+    import urllib.error
+
+    if isinstance(e, urllib.error.HTTPError):
+        text = f"HTTP {e.code} {e.reason}"
+    else:
+        text = str(getattr(e, "reason", None) or e)
+    return " ".join(text.split())[:200]

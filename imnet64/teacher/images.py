@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imnet64.errors import UserError
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from imnet64.errors import UserError
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -15,14 +15,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
-import tensorflow as tf
+from typing import TYPE_CHECKING, Callable
 
 from imnet64.class_names import imagenet_class_names
 from imnet64.errors import UserError
 from imnet64.teacher import hub as hub_cache
+
+import numpy as np
+
+if TYPE_CHECKING:  # TensorFlow loads on first use: bad specs fail in a blink, --help is fast
+    import tensorflow as tf
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/classification/2"
 OFFLINE_SPEC = "offline"
@@ -47,6 +49,8 @@ class Teacher:
 
     def top_k(self, images, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [N, k], class indices [N, k]) of the softmax over all 1001 logits."""
+        import tensorflow as tf
+
         probs = tf.nn.softmax(self.logits(tf.convert_to_tensor(images, tf.float32)), axis=-1)
         values, indices = tf.math.top_k(probs, k=k)
         return values.numpy(), indices.numpy()
@@ -82,6 +86,8 @@ def load_teacher(spec: str | None = None, optimize: bool = True) -> Teacher:
 
 
 def _load_saved_model(path: Path, name: str, optimize: bool) -> Teacher:
+    import tensorflow as tf
+
     if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt").is_file():
         raise UserError(f"teacher {name}: {path} is not a SavedModel directory "
                         "(no saved_model.pb)")
@@ -115,6 +121,7 @@ def _load_saved_model(path: Path, name: str, optimize: bool) -> Teacher:
 
 
 def _frozen(concrete, spec: tf.TensorSpec) -> Callable[[tf.Tensor], tf.Tensor]:
+    import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )

