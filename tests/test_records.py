@@ -400,3 +400,40 @@ def test_cli_shard_records_and_one_line_errors(labeled, tmp_path):
         lines = [line for line in out.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), out
         assert message in lines[0]
+
+
+@pytest.mark.slow
+def test_two_slurm_ranks_under_srun_write_one_dataset(labeled, dataset, tmp_path):
+    """Two concurrent `imnet64 shard-records` processes with SLURM_PROCID 0/1 of
+    SLURM_NTASKS 2 (what srun starts): disjoint shard sets, one manifest, the same bytes as
+    one process."""
+    out = tmp_path / "srun"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "imnet64_cli.main",
+                "shard-records",
+                str(labeled[0]),
+                str(out),
+                "--shard-size-mb",
+                "0.25",
+                "--seed",
+                "3",
+            ],
+            env={**env, "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_JOB_ID": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+        for rank in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "dataset.json: 5 classes" in logs[0]  # rank 0 returns only with the manifest
+    written = [int(log.split("wrote ")[1].split(" shard")[0]) for log in logs]
+    assert written == [3, 2]  # shard jobs 0,2,4 on rank 0; 1,3 on rank 1
+    assert _tree_bytes(out) == _tree_bytes(dataset)
