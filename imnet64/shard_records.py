@@ -29,7 +29,14 @@ from typing import Any
 
 from imnet64 import atomic, image64
 from imnet64.errors import UserError
-from imnet64.label_source import ItemReader, Source, SourceRef, scan_source, source_fingerprint
+from imnet64.label_source import (
+    ItemReader,
+    Source,
+    SourceRef,
+    labels_dir,
+    scan_source,
+    source_fingerprint,
+)
 from imnet64.manifest import FORMAT, MANIFEST_NAME, VERSION
 from imnet64.split import (
     SPLITS,
@@ -172,24 +179,36 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) ->
     label_of_teacher = {c.teacher_id: c.id for c in job.classes if c.teacher_id >= 0}
     class_counts = [0] * len(job.classes)
     converted = 0
+    examples = job.plan.examples
+    # Read in storage order (part, offset / file name), write in the plan's shuffled order:
+    # forward reads through each label part instead of a random seek per image. The
+    # shard's serialized records (about --shard-size-mb) are held meanwhile.
+    serialized: list[bytes] = [b""] * len(examples)
+    storage_order = sorted(
+        range(len(examples)),
+        key=lambda i: (examples[i].item.part, examples[i].item.offset, examples[i].item.filename),
+    )
     reader = ItemReader(job.ref)
     try:
-        with atomic.atomic_path(out) as tmp:
-            with tf.io.TFRecordWriter(str(tmp)) as writer:
-                for n, ex in enumerate(job.plan.examples, 1):
-                    example, was_converted = _dataset_example(
-                        job, ex, reader.read(ex.item), label_of_teacher
-                    )
-                    writer.write(serialize_dataset_example(example))
-                    class_counts[ex.label] += 1
-                    converted += was_converted
-                    if progress and n % 256 == 0:
-                        progress(256)
-            sha, size = _file_sha256(tmp), tmp.stat().st_size
+        for n, i in enumerate(storage_order, 1):
+            ex = examples[i]
+            example, was_converted = _dataset_example(
+                job, ex, reader.read(ex.item), label_of_teacher
+            )
+            serialized[i] = serialize_dataset_example(example)
+            class_counts[ex.label] += 1
+            converted += was_converted
+            if progress and n % 256 == 0:
+                progress(256)
     finally:
         reader.close()
+    with atomic.atomic_path(out) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for record in serialized:
+                writer.write(record)
+        sha, size = _file_sha256(tmp), tmp.stat().st_size
     if progress:
-        progress(len(job.plan.examples) % 256)
+        progress(len(examples) % 256)
     sidecar = {
         "file": job.plan.file,
         "examples": len(job.plan.examples),
@@ -314,9 +333,12 @@ def _remove_stale_outputs(out_dir: Path, keep: set[str]) -> None:
 
 
 def _check_out_dir(source: Path, out_dir: Path) -> None:
-    src, out = source.resolve(), out_dir.resolve()
-    if out == src or src in out.parents:
-        raise UserError(f"OUT_DIR {out_dir} must not be SOURCE or inside it")
+    """OUT_DIR must not land inside what is read: a class-folder tree would then hold
+    our shards as a "class" on the next run; a labels/ folder holds only label parts."""
+    protected = (labels_dir(source) or source).resolve()
+    out = out_dir.resolve()
+    if out == protected or protected in out.parents:
+        raise UserError(f"OUT_DIR {out_dir} must not be inside SOURCE {protected}")
     if out.exists() and not out.is_dir():
         raise UserError(f"OUT_DIR {out_dir} exists and is not a folder")
 

@@ -395,6 +395,10 @@ def test_cli_shard_records_and_one_line_errors(labeled, tmp_path):
             "--classes K must be at least 1",
         ),
         (("inspect", str(tmp_path)), "is not an imnet64 dataset"),
+        (
+            ("shard-records", str(labeled[0]), str(labeled[0] / "labels" / "ds")),
+            "must not be inside SOURCE",
+        ),
     ]:
         code, out = _cli(*args)
         lines = [line for line in out.splitlines() if line.strip()]
