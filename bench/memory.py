@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             r = dict(runs[mode][0])
             for key in ("allocator_step_peak_bytes", "peak_rss_bytes", "images_per_s"):
                 r[key] = statistics.median(run[key] for run in runs[mode])
-            r["rounds"] = runs[mode]
+            r["images_per_s_rounds"] = [run["images_per_s"] for run in runs[mode]]
             r["recompute"] = mode == "train+recompute"
             r["computed_activation_bytes"] = activation_memory_bytes(
                 args.batch, arch, (3, 3, 3), (32, 64, 128), recompute=r["recompute"],
@@ -162,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['images_per_s']:8.1f}")
     summary = {}
     for arch in dict.fromkeys(r["arch"] for r in rows):
-        plain, rec = (next(r for r in rows if r["arch"] == arch and r["recompute"] == flag)
+        base_row, rec = (next(r for r in rows if r["arch"] == arch and r["recompute"] == flag)
                       for flag in (False, True))
         summary[arch] = {
-            "computed_ratio": rec["computed_activation_bytes"] / plain["computed_activation_bytes"],
+            "computed_ratio":
+                rec["computed_activation_bytes"] / base_row["computed_activation_bytes"],
             "allocator_peak_ratio":
-                rec["allocator_step_peak_bytes"] / plain["allocator_step_peak_bytes"],
-            "speed_ratio": rec["images_per_s"] / plain["images_per_s"],
+                rec["allocator_step_peak_bytes"] / base_row["allocator_step_peak_bytes"],
+            "speed_ratio": rec["images_per_s"] / base_row["images_per_s"],
         }
         s = summary[arch]
         print(f"{arch}: recompute/no-recompute  computed {s['computed_ratio']:.2f}x  "
@@ -177,8 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from imnet64.atomic import write_json
 
-        write_json(args.json, {"batch": args.batch, "classes": args.classes, "rows": rows,
-                               "summary": summary})
+        # Compact (make bench flattens it into a table): MiB figures per configuration.
+        configs = {
+            r["arch"] + ("+recompute" if r["recompute"] else ""): {
+                "computed_activation_mib": round(r["computed_activation_bytes"] / MIB, 1),
+                "allocator_step_peak_mib": round(r["allocator_step_peak_bytes"] / MIB, 1),
+                "peak_rss_mib": round(r["peak_rss_bytes"] / MIB, 1),
+                "rss_over_baseline_mib": round(r["rss_over_baseline_bytes"] / MIB, 1),
+                "images_per_s": round(r["images_per_s"], 1),
+            }
+            for r in rows
+        }
+        write_json(args.json, {"batch": args.batch, "classes": args.classes,
+                               "steps": args.steps, "rounds": args.rounds,
+                               "configs": configs, "recompute_vs_not": summary})
     return 0
 
 

@@ -127,22 +127,30 @@ def activation_memory_bytes(
     recompute: bool = False,
     num_classes: int = 1001,
 ) -> int:
-    """Bytes of forward feature maps held for the backward pass of one training step.
+    """Peak bytes of forward feature maps held for the backward pass of one training step.
 
-    Without recompute: every tensor of ``saved_tensors``, all alive when backward starts.
-    With recompute: the checkpoints, plus, while one level's gradient is computed, that
-    level's own maps rebuilt by re-running its forward pass; levels are done one at a time,
-    so the peak is checkpoints + the largest level. (Gradient buffers and temporaries of
-    the convolutions come on top of either figure.)
+    Without recompute: every tensor of ``saved_tensors``; all are alive when the backward
+    pass starts.
+    With recompute: the backward pass goes through the levels from the last to the first,
+    re-running each level's forward pass and holding that level's maps while its gradient
+    is computed. When level l is rebuilt, the checkpoints of the levels above it have been
+    read and freed; what remains are the scaled image and, for each level j < l, its output
+    and the pool output after it. The peak is the largest of these per-level sums (or the
+    checkpoints all together at the end of the forward pass, if larger).
+    Gradient buffers and convolution temporaries come on top of either figure.
     """
     full = saved_tensors(batch, arch, repeats, widths, image, dtype_bytes, num_classes)
     if not recompute:
         return sum(t.nbytes for t in full)
     kept = recompute_checkpoints(batch, arch, repeats, widths, image, dtype_bytes, num_classes)
-    return sum(t.nbytes for t in kept) + max(
-        sum(t.nbytes for t in _recomputed(full, arch, li, repeats[li]))
-        for li in range(len(widths))
-    )
+    by_layer = {t.layer: t.nbytes for t in kept}
+    peaks = [sum(by_layer.values())]  # end of the forward pass
+    for li in range(len(widths)):
+        below = by_layer["scale"] + sum(
+            by_layer[f"level{j}"] + by_layer[f"pool{j}"] for j in range(li)
+        )
+        peaks.append(below + sum(t.nbytes for t in _recomputed(full, arch, li, repeats[li])))
+    return max(peaks)
 
 
 def _recomputed(full: list[SavedTensor], arch: str, level: int, reps: int) -> list[SavedTensor]:

@@ -240,9 +240,10 @@ def test_activation_memory_gradient_figures_for_the_default_encoder() -> None:
     assert mib("plain") == pytest.approx(96 + 48 + 24 + 6 + 1.5 + head)
     # residual: + one add output per block except the very last: 3*16 + 3*8 + 2*4 MiB more.
     assert mib("residual") == pytest.approx(mib("plain") + 48 + 24 + 8)
-    # recompute: image, level 0/1 outputs, pools, head + level 0 rebuilt (6 maps of 16 MiB).
-    assert mib("plain", True) == pytest.approx(1.5 + 16 + 8 + 4 + 2 + head + 96)
-    assert mib("residual", True) == pytest.approx(1.5 + 16 + 8 + 4 + 2 + head + 8 * 16)
+    # recompute: the peak is while level 0 is rebuilt (its 6 maps of 16 MiB; residual: 8, its
+    # output excepted), when of all checkpoints only the scaled image is still needed.
+    assert mib("plain", True) == pytest.approx(1.5 + 6 * 16)
+    assert mib("residual", True) == pytest.approx(1.5 + 8 * 16)
 
 
 def test_activation_memory_gradient_doc_table_matches_calculator() -> None:
@@ -263,3 +264,28 @@ def test_activation_memory_gradient_doc_table_matches_calculator() -> None:
             for rc in (False, True)
         ]
         assert [float(c) for c in cells] == [round(e, 1) for e in expected]
+
+
+def test_activation_memory_gradient_measured_step_peak(tmp_path) -> None:
+    """bench/memory.py's measurement, in-process at a small batch: a training step's
+    allocator peak covers the computed feature maps (the backward pass adds gradient buffers
+    on top), and recompute lowers it."""
+    import importlib.util
+    from pathlib import Path
+
+    from imnet64.activation_memory import activation_memory_bytes
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
+    spec = importlib.util.spec_from_file_location("bench_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    batch, classes = 8, 10
+    peaks = {}
+    for mode in ("train", "train+recompute"):
+        r = bench._worker(mode, "plain", batch, 1, classes)
+        computed = activation_memory_bytes(batch, "plain", (3, 3, 3), (32, 64, 128),
+                                           recompute=mode != "train", num_classes=classes)
+        assert computed <= r["allocator_step_peak_bytes"] <= 2 * computed, (mode, r, computed)
+        peaks[mode] = r["allocator_step_peak_bytes"]
+    assert peaks["train+recompute"] < 0.85 * peaks["train"], peaks
