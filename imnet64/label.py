@@ -3,9 +3,15 @@
 Pipeline (tf.data, so reading, decoding and inference overlap):
 
     shard index i ─map(read + PIL decode, parallel threads)─▶ uint8 image (or a reject)
-      ─filter(rejects out)─▶ float32 [0,1], bilinear resize to the teacher's size (like the
-      seed: convert_image_dtype then tf.image.resize) ─batch─prefetch─▶ teacher.logits
-      ─▶ softmax, top-k ─▶ TFRecord + CSV rows, written in input order
+      ─filter(rejects out)─▶ float32 [0,1] 64x64 ─batch─prefetch─▶ in one graph: bilinear
+      resize to the teacher's size, teacher.logits, softmax, top-k ─▶ TFRecord + CSV rows,
+      written in input order
+
+Pixels for a 64x64 input are exactly the seed's (convert_image_dtype, then tf.image.resize
+bilinear to 224x224). Doing the 224x224 resize inside the inference graph, on the batch,
+keeps 12x less data in the tf.data buffers (64x64 instead of 224x224 floats) and leaves the
+cores to the teacher. An input of another size is first resized to 64x64 (bilinear with
+antialiasing, `to_native_size`): it is labeled as the 64x64 image the student will see.
 
 The original file bytes and reject reasons travel beside the pipeline in dictionaries keyed by
 input index (no large string tensors through tf.data); entries are dropped once written, so
@@ -168,8 +174,28 @@ class _SideTable:
         self.lock = threading.Lock()
 
 
-def _build_dataset(inputs: InputSet, side: _SideTable, image_size: tuple[int, int],
-                   batch_size: int, read_threads: int):
+NATIVE_SIZE = (64, 64)  # the data set's resolution: what batches carry
+
+
+def to_native_size(image):
+    """uint8 [H, W, 3] -> float32 [64, 64, 3] in [0, 1]; exact (no resampling) for 64x64.
+
+    Other sizes are resized with bilinear + antialiasing (an area-like filter when shrinking).
+    """
+    import tensorflow as tf
+
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    shape = tf.shape(image)
+    native = tf.logical_and(tf.equal(shape[0], NATIVE_SIZE[0]), tf.equal(shape[1], NATIVE_SIZE[1]))
+    image = tf.cond(
+        native,
+        lambda: image,
+        lambda: tf.image.resize(image, NATIVE_SIZE, method="bilinear", antialias=True),
+    )
+    return tf.ensure_shape(image, [*NATIVE_SIZE, 3])
+
+
+def _build_dataset(inputs: InputSet, side: _SideTable, batch_size: int, read_threads: int):
     import numpy as np
     import tensorflow as tf
 
@@ -199,14 +225,11 @@ def _build_dataset(inputs: InputSet, side: _SideTable, image_size: tuple[int, in
         image.set_shape([None, None, 3])
         return i, ok, image
 
-    def to_teacher_input(i, ok, image):
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        return i, tf.image.resize(image, image_size, method="bilinear")
-
     ds = tf.data.Dataset.range(len(inputs))
     ds = ds.map(read_and_decode, num_parallel_calls=read_threads, deterministic=True)
     ds = ds.filter(lambda i, ok, image: ok)
-    ds = ds.map(to_teacher_input, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda i, ok, image: (i, to_native_size(image)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size)
     return ds.prefetch(2)
 
@@ -223,8 +246,10 @@ def _predictor(teacher, top_k: int):
 
     size = tuple(teacher.image_size)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, *NATIVE_SIZE, 3], tf.float32)])
     def predict(images):
+        # the seed's resize: bilinear, no antialiasing, float32 [0, 1]
+        images = tf.image.resize(images, size, method="bilinear")
         probs = tf.nn.softmax(teacher.logits(images), axis=-1)
         top_probs, top_ids = tf.math.top_k(probs, k=top_k, sorted=True)
         return top_ids, top_probs
@@ -289,8 +314,7 @@ def label_shard(
         paths.summary.unlink(missing_ok=True)
 
         side = _SideTable()
-        dataset = _build_dataset(inputs, side, tuple(teacher.image_size), batch_size,
-                                 read_threads)
+        dataset = _build_dataset(inputs, side, batch_size, read_threads)
         predict = _predictor(teacher, top_k)
         labeled = 0
         start = time.monotonic()
