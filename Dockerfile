@@ -64,13 +64,15 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /usr/src/imnet64
 COPY requirements/runtime.txt requirements/
 COPY scripts/install-python-deps.sh scripts/
+# The same Python stack as the builder, plus Horovod's wheel from it (pip adds the wheel's
+# pure-Python dependencies: pyyaml, psutil, cloudpickle, cffi).
 RUN --mount=type=cache,id=imnet64-pip,target=/root/.cache/pip \
     --mount=type=secret,id=pip_cert \
     --mount=type=bind,from=horovod,source=/wheels,target=/wheels \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
  && if [ "$VARIANT" = gpu ]; then export IMNET64_GPU=1; fi \
  && scripts/install-python-deps.sh runtime \
- && python3 -m pip install -q --no-deps /wheels/horovod-*.whl \
+ && python3 -m pip install -q /wheels/horovod-*.whl \
  && if [ "$VARIANT" = gpu ]; then \
       python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0] + "/lib")' \
         > /etc/ld.so.conf.d/imnet64-nccl.conf && ldconfig; \

@@ -53,5 +53,30 @@ test: install
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not slurm and not container"
 
+# ---- containers (docs/containers.md) ----------------------------------------------------
+# ENGINE: podman if installed, else docker. podman keeps SHELL and RUN --mount only in the
+# docker image format. Behind a TLS-intercepting proxy, PIP_CERT (a CA bundle) is handed to
+# pip inside the build as a secret (not stored in the image). BUILD_FLAGS: e.g. --pull=never.
+ENGINE       ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+IMAGE        ?= imnet64
+BUILD_FLAGS  ?=
+comma        := ,
+IMAGE_FLAGS   = $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \
+                $(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT)) $(BUILD_FLAGS)
+
+.PHONY: image image-cpu sif container-test
+
+image:  ## the default image: GPU, Horovod over NCCL
+	$(ENGINE) build $(IMAGE_FLAGS) -t $(IMAGE):latest .
+
+image-cpu:  ## the CPU variant (what CI builds and runs)
+	$(ENGINE) build $(IMAGE_FLAGS) --build-arg VARIANT=cpu -t $(IMAGE):cpu .
+
+sif:  ## imnet64.sif for Apptainer from $(IMAGE):latest (needs apptainer)
+	ENGINE=$(ENGINE) scripts/build-sif.sh $(IMAGE):latest imnet64.sif
+
+container-test: install  ## lint, build the CPU image with podman, run the demo in it
+	scripts/container-test.sh
+
 clean-venv:
 	rm -rf $(VENV)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Make this machine able to build and run imnet64's images without a Docker engine:
 # podman + buildah + runc + debootstrap from Debian, and the containers.conf settings that
-# podman 4.3 needs on hosts like CI's (hybrid cgroups, no systemd, capped ulimits).
+# podman 4.3 needs on hosts like CI's (hybrid cgroups, no systemd, capped ulimits); and the
+# shell linter the container test runs on these scripts (Debian package shellcheck).
 #
 # Usage: scripts/container-setup.sh
 # As root with apt it installs what is missing; otherwise it names what is missing and fails.
 # Re-running it changes nothing once everything is in place.
 set -euo pipefail
 
-packages=(podman buildah runc debootstrap)
+packages=(podman buildah runc debootstrap shellcheck)
 conf=/etc/containers/containers.conf
 
 missing=()

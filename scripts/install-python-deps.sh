@@ -67,8 +67,8 @@ check_horovod() {
   local bin out want=(TensorFlow MPI Gloo)
   [ "$gpu" = 1 ] && want+=(NCCL)
   bin=$(dirname "$("$python" -c 'import sys; print(sys.executable)')")
-  out=$(TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3} "$bin/horovodrun" --check-build 2>/dev/null) \
-    || die "horovodrun --check-build failed"
+  out=$(TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3} "$bin/horovodrun" --check-build 2>&1) \
+    || { tail -20 <<<"$out" >&2; die "horovodrun --check-build failed"; }
   for w in "${want[@]}"; do
     grep -Eq "\[X\] ${w}[[:space:]]*\$" <<<"$out" || { echo "$out" >&2; die "Horovod lacks $w"; }
   done
