@@ -108,7 +108,8 @@ def training_dataset(
         cycle_length=min(len(files), 16),
         block_length=1,
         num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
+        # shard() below deals records by position: every rank must see the same order
+        deterministic=deterministic or deal_records,
     )
     if deal_records:
         ds = ds.shard(size, rank)

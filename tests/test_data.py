@@ -70,35 +70,40 @@ def test_yields_uint8_images_and_int32_labels_matching_the_shards(manifests):
     assert (soft.argmax(1) == labels).all() and (soft.sum(1) <= 1.0 + 1e-6).all()
 
 
-def test_ranks_read_disjoint_parts_that_cover_the_split(manifests):
-    for name in ("many", "one"):  # round-robin files, and shard() over the records of 1 file
-        m = manifests[name]
-        whole, _ = _unbatched(
-            training_dataset(m, "train", 8, shuffle=False, repeat=False, drop_remainder=False)
-        )
-        parts = []
-        for rank in range(2):
-            images, _ = _unbatched(
-                training_dataset(
-                    m,
-                    "train",
-                    8,
-                    rank=rank,
-                    size=2,
-                    shuffle=True,
-                    repeat=False,
-                    drop_remainder=False,
-                    seed=1,
-                )
+@pytest.mark.parametrize(
+    "name, size, deal_records",
+    [("many", 2, False), ("one", 2, True), ("many", 7, True)],
+)
+def test_ranks_read_disjoint_parts_that_cover_the_split(manifests, name, size, deal_records):
+    """Files dealt round-robin when there are enough, else records dealt by shard()."""
+    m = manifests[name]
+    assert (len(m.split("train").shards) < size) == deal_records
+    whole, _ = _unbatched(
+        training_dataset(m, "train", 8, shuffle=False, repeat=False, drop_remainder=False)
+    )
+    parts = []
+    for rank in range(size):
+        images, _ = _unbatched(
+            training_dataset(
+                m,
+                "train",
+                8,
+                rank=rank,
+                size=size,
+                shuffle=True,
+                repeat=False,
+                drop_remainder=False,
+                seed=1,
             )
-            assert len(images) == examples_per_rank(m, "train", rank, 2)
-            parts.append({_digest(im) for im in images})
-            assert len(parts[-1]) == len(images)  # no image twice on a rank
-        assert not parts[0] & parts[1], name
-        assert parts[0] | parts[1] == {_digest(im) for im in whole}, name
-    m = manifests["many"]
-    steps = steps_per_epoch(m, "train", 8, size=2)
-    assert steps == min(examples_per_rank(m, "train", r, 2) for r in range(2)) // 8
+        )
+        assert len(images) == examples_per_rank(m, "train", rank, size)
+        digests = {_digest(im) for im in images}
+        assert len(digests) == len(images)  # no image twice on a rank
+        assert not any(digests & p for p in parts)  # disjoint from the other ranks
+        parts.append(digests)
+    assert set().union(*parts) == {_digest(im) for im in whole}
+    steps = steps_per_epoch(m, "train", 8, size=size)
+    assert steps == min(examples_per_rank(m, "train", r, size) for r in range(size)) // 8
 
 
 def test_deterministic_without_shuffle_and_png_equals_raw(manifests):
