@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=4000, help="photos (<= ~4800 distinct)")
     ap.add_argument("--batch-size", type=int, default=32, help="the seed's batch size")
-    ap.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    ap.add_argument("--seconds", type=float, default=6.0, help="per measurement")
     ap.add_argument("--repeats", type=int, default=2, help="alternating measurements each")
     ap.add_argument(
         "--shard-size-mb",
