@@ -125,9 +125,26 @@ def test_exported_saved_model_same_logits_every_way(offline_teacher_dir, weights
 def test_teacher_interface(offline_teacher_dir):
     t = load_teacher("offline")
     assert t.name == "offline" and t.path == offline_teacher_dir
+    assert t.folded_batch_norms == 0  # exported with batch norm folded already
     assert t.image_size == (224, 224) and t.num_classes == 1001
     assert len(t.class_names) == 1001 and t.class_names[0] == "background"
     assert t.class_names[286] == "Egyptian cat"
     out = t.logits(tf.zeros([3, 224, 224, 3]))
     assert isinstance(out, tf.Tensor) and out.dtype == tf.float32 and out.shape == (3, 1001)
     assert DEFAULT_HANDLE == "https://tfhub.dev/google/tf2-preview/mobilenet_v2/classification/2"
+
+
+def test_load_time_batchnorm_folding_of_a_hub_style_model(weights, photos, tmp_path):
+    """A SavedModel that keeps its batch norms (as TF Hub's MobileNet V2 does) gets them
+    folded into the convolutions at load; same top-1, logits within LOGIT_ATOL."""
+    from imnet64.teacher.export import export_hub_style_saved_model
+
+    export_hub_style_saved_model(build_mobilenet_v2(weights), tmp_path / "with_bn")
+    fast = load_teacher(str(tmp_path / "with_bn"))
+    plain = load_teacher(str(tmp_path / "with_bn"), optimize=False)
+    assert fast.folded_batch_norms == 52 and plain.folded_batch_norms == 0
+    a, b = fast.logits(photos).numpy(), plain.logits(photos).numpy()
+    np.testing.assert_allclose(a, b, atol=LOGIT_ATOL, rtol=0)
+    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
+    # Odd batch sizes go through the rewritten graph too.
+    np.testing.assert_allclose(fast.logits(photos[:1]).numpy(), b[:1], atol=LOGIT_ATOL, rtol=0)
