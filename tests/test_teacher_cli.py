@@ -109,3 +109,20 @@ def test_real_cli_errors_bad_handle_missing_path_corrupt_weights(tmp_path, photo
     _assert_one_line_error(_run("teacher", "build-offline", str(out), "--weights", str(corrupt)),
                            "corrupt or not the expected one")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["mobilenet_v2.pth"]
+
+
+def test_offline_teacher_is_built_once_and_rebuilt_when_stale(tmp_path):
+    from imnet64.atomic import read_json, write_json
+    from imnet64.teacher.offline import METADATA_FILE, ensure_offline_teacher
+
+    path = ensure_offline_teacher(tmp_path)
+    assert path == tmp_path / "teachers" / "mobilenet_v2_torchvision"
+    built = (path / "saved_model.pb").stat().st_mtime_ns
+    assert ensure_offline_teacher(tmp_path) == path  # cached: not built again
+    assert (path / "saved_model.pb").stat().st_mtime_ns == built
+
+    meta = read_json(path / METADATA_FILE)
+    write_json(path / METADATA_FILE, {**meta, "build_version": 0})  # an older build
+    assert ensure_offline_teacher(tmp_path) == path
+    assert read_json(path / METADATA_FILE) == meta
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mobilenet_v2_torchvision"]
