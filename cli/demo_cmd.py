@@ -52,7 +52,7 @@ def _print_summary(s: dict) -> None:
 @click.option("--ranks", default=2, show_default=True,
               help="Horovod ranks for training (1 when horovodrun is missing).")
 @click.option("--quick", is_flag=True,
-              help="A short setting (600 images, 3 epochs, narrower encoder) for smoke tests.")
+              help="A short setting (800 images, 10 epochs, narrower encoder) for smoke tests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(workdir, images, shards, classes, epochs, ranks, quick, as_json) -> None:
     """Run the whole mission on this machine with no internet and no GPU: build the offline
@@ -66,8 +66,8 @@ def demo(workdir, images, shards, classes, epochs, ranks, quick, as_json) -> Non
     cfg = DemoConfig(workdir=workdir, images=images, shards=shards, classes=classes,
                      epochs=epochs, ranks=ranks)
     if quick:
-        cfg = DemoConfig(workdir=workdir, images=600, shards=shards, classes=min(classes, 6),
-                         epochs=3, warmup_epochs=1.0, ranks=ranks,
+        cfg = DemoConfig(workdir=workdir, images=800, shards=shards, classes=min(classes, 5),
+                         epochs=10, warmup_epochs=1.0, batch_size=16, ranks=ranks,
                          widths=(16, 32, 64), repeats=(1, 1, 1))
     summary = run_demo(cfg, log=_echo)
     if as_json:

@@ -108,7 +108,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     log = log or (lambda message: None)
     work = Path(cfg.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    images, labels, dataset = work / "images", work / "labels", work / "dataset"
+    images, labels, dataset = work / "images", work / "labeling", work / "dataset"
     run_dir, export_dir = work / "run", work / "export" / "model"
     rates: dict[str, float | None] = {}
 
