@@ -430,6 +430,10 @@ def run(
         if plan.done and not force:
             summary, skipped = plan.existing, True
             log(f"{plan.paths.summary} exists and matches its inputs: skipped (--force redoes it)")
+            made_by = {summary.get("teacher"), summary.get("teacher_spec")}
+            if teacher_spec is not None and teacher_spec not in made_by:
+                log(f"note: this shard was labeled by teacher {summary.get('teacher')}, "
+                    f"not {teacher_spec}")
         else:
             if plan.existing is not None and not force and not plan.done:
                 old = plan.existing

@@ -133,7 +133,8 @@ def test_folder_list_and_tar_inputs_give_the_same_labels(photos, teacher, tmp_pa
         (folder_copy / name).write_bytes((photos / name).read_bytes())
     results = {}
     for kind, source in (("folder", folder_copy), ("list", listing), ("tar", archive)):
-        summary, _ = label(source, tmp_path / f"out-{kind}", teacher, batch_size=7)
+        summary, _ = label(source, tmp_path / f"out-{kind}", teacher, batch_size=7,
+                           export_dir=tmp_path / f"classes-{kind}")
         assert summary["input_kind"] == kind and summary["labeled"] == 20
         results[kind] = labels_of(tmp_path / f"out-{kind}")
     listing.unlink()
@@ -141,6 +142,14 @@ def test_folder_list_and_tar_inputs_give_the_same_labels(photos, teacher, tmp_pa
     assert results["folder"] == results["list"] == results["tar"]
     recs = {k: records_of(tmp_path / f"out-{k}") for k in ("folder", "tar")}
     assert [r.encoded for r in recs["folder"]] == [r.encoded for r in recs["tar"]]
+    # --export-folders: links for files on disk; tar members cannot be linked, so copies
+    for kind in ("folder", "list", "tar"):
+        entries = sorted(p for p in (tmp_path / f"classes-{kind}").rglob("*.png"))
+        assert len(entries) == 20
+        assert all(p.is_symlink() == (kind != "tar") for p in entries)
+        assert sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in entries) == sorted(
+            hashlib.sha256((photos / n).read_bytes()).hexdigest() for n in names
+        )
 
 
 # ---------------------------------------------------------------- the zoo of odd inputs

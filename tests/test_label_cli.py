@@ -66,6 +66,18 @@ def test_cli_errors_are_one_line_and_non_zero(args, env, message, photos, tmp_pa
     assert not (photos / "out").exists()
 
 
+def test_shard_comes_from_slurm_array_variables(photos, tmp_path):
+    # --array=1-2: task ids 1 and 2, task 2 is shard 1 of 2. A teacher that does not exist
+    # stops the run right after planning, with a one-line error, before any output.
+    result = imnet64("label", photos, tmp_path / "out", "--teacher", tmp_path / "no-teacher",
+                     env={"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "1",
+                          "SLURM_ARRAY_TASK_COUNT": "2"})
+    assert result.returncode == 2
+    assert f"shard 1/2: 30 of 60 inputs (folder {photos})" in result.stderr
+    assert error_lines(result)[-1].startswith(f"error: teacher '{tmp_path / 'no-teacher'}'")
+    assert not part_paths(tmp_path / "out", 1, 2).summary.exists()
+
+
 @pytest.mark.slow
 def test_kill_9_midway_then_rerun_gives_byte_identical_parts(photos, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
