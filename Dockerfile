@@ -100,6 +100,8 @@ ENV TF_USE_LEGACY_KERAS=1 \
 # TF Hub cache). Built as the runtime user so `docker run` may add to the caches.
 RUN mkdir -p /data "$TFHUB_CACHE_DIR" && chown imnet64:imnet64 /data /opt/imnet64 "$TFHUB_CACHE_DIR"
 USER 1000:1000
+# From /data, not the source folder: this imports the installed package, as users will.
+WORKDIR /data
 RUN for teacher in $BAKE_TEACHER; do \
       if [ "$teacher" = offline ]; then \
         python -c 'from imnet64.teacher.offline import ensure_offline_teacher as e; print(e())'; \
@@ -108,7 +110,6 @@ RUN for teacher in $BAKE_TEACHER; do \
       fi; \
     done
 
-WORKDIR /data
 LABEL org.opencontainers.image.title="imnet64" \
       org.opencontainers.image.description="Pseudo-label, shard and train on 64x64 ImageNet with a pretrained teacher and Horovod" \
       org.opencontainers.image.licenses="Apache-2.0" \

@@ -47,9 +47,11 @@ def image() -> str:
 
 def _run(image: str, *args: str, entrypoint: str | None = None, volumes: tuple[str, ...] = (),
          timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """`podman run` as users run the product: default (non-root) user, no network, read-only
-    root file system with a writable /tmp, the given volumes."""
-    opts = ["run", "--rm", "--network=none", "--read-only", "--tmpfs", "/tmp"]
+    """`podman run` the way Apptainer runs the image on a cluster: default (non-root) user,
+    no network, read-only image with a writable /tmp and home (Apptainer binds the user's),
+    plus the given volumes."""
+    opts = ["run", "--rm", "--network=none", "--read-only", "--tmpfs", "/tmp",
+            "--tmpfs", "/home/imnet64:uid=1000,gid=1000"]
     if entrypoint:
         opts += ["--entrypoint", entrypoint]
     for v in volumes:
@@ -106,6 +108,7 @@ def test_baked_offline_teacher_classifies_a_cat_without_network(image: str,
     from skimage import data
 
     Image.fromarray(data.chelsea()).save(tmp_path / "chelsea.png")
+    tmp_path.chmod(0o755)  # readable by the image's user
     # --network=none and a read-only image: the teacher must already be in the image.
     out = _run(image, "teacher", "classify", "--teacher", "offline", "--json",
                "/in/chelsea.png", volumes=(f"{tmp_path}:/in:ro",)).stdout
