@@ -70,7 +70,7 @@ def _mb(n: int) -> str:
     default="png",
     show_default=True,
     help="png keeps the original bytes; raw stores decoded uint8 pixels "
-    "(about 2x bigger, no PNG decode when training).",
+    "(1.8x the bytes, no PNG decode when training).",
 )
 @click.option(
     "--num-workers",

@@ -4,9 +4,10 @@ Either way the result is a `Source`: one small `SourceItem` per labeled image (n
 teacher confidence, where its bytes are) and the class catalog. Image bytes are not held:
 label parts are read again by record offset when a shard is written, folder files by path.
 
-- Label OUT_DIR: `OUT_DIR/labels/part-IIIII-of-NNNNN.tfrecord` + `.json`; a part is done when
-  its `.json` exists. Missing or unfinished parts are an error unless `allow_partial`.
-  (SOURCE may also be the `labels/` folder itself.) Class key = teacher id.
+- Label OUT_DIR: `OUT_DIR/labels/part-IIIII-of-NNNNN.{tfrecord,csv,json}`; a part counts
+  when `label-status` calls it done (valid summary, part files of the recorded sizes).
+  Parts not done are an error unless `allow_partial`. (SOURCE may also be the `labels/`
+  folder itself.) Class key = teacher id.
 - Class folders: `SOURCE/<class>/**/<image>`; class key = folder name. A folder named like
   an ImageNet class ("tabby", or "0282_tiger_cat" as `class_names.safe_folder_name` makes
   it) keeps its teacher id; otherwise the teacher id is unknown (-1 in records).
