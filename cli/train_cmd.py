@@ -32,7 +32,7 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def _child_args(ctx: click.Context, drop: tuple[str, ...] = ("np",)) -> list[str]:
+def _child_args(ctx: click.Context, drop: tuple[str, ...] = ("np_",)) -> list[str]:
     """This command's parsed parameters as command-line arguments again (for the ranks)."""
     positional, options = [], []
     for param in ctx.command.params:
@@ -146,8 +146,9 @@ def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recom
         click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
                    f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
                    f"run in {run_dir}")
-    if result.exit_code:
-        raise click.exceptions.Exit(result.exit_code)
+    code = launch.rank_exit_code(result.exit_code)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def _fmt_flops(n: float) -> str:

@@ -10,9 +10,10 @@ and waits. Gloo is only the control plane: on GPUs the allreduce still goes thro
 
 Signals: the chosen stop signal (and SIGTERM/SIGINT) received by this launching process is
 turned into RUN_DIR/stop-request, which the ranks act on (checkpoint, then exit); horovodrun
-itself does not forward USR1/USR2 to its ranks. Exit code: the ranks' requeue code is
-passed on when RUN_DIR/status.json says the run was preempted during this launch
-(horovodrun itself exits 1 when a rank exits non-zero).
+itself does not forward USR1/USR2 to its ranks. Exit code: the ranks exit 0 after a
+preemption checkpoint when we launched them (horovodrun turns any other code into 1 and a
+traceback), and this process exits with the requeue code when RUN_DIR/status.json says
+the run was preempted during this launch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ from imnet64 import atomic
 from imnet64.errors import UserError
 from imnet64.preemption import REQUEUE_EXIT_CODE, STOP_FILE
 from imnet64.world import under_launcher
+
+LAUNCHED_ENV = "IMNET64_SELF_LAUNCHED"
+
+
+def rank_exit_code(code: int) -> int:
+    """The exit code a rank should give: the requeue code becomes 0 under our own launcher,
+    which passes it on itself."""
+    if code == REQUEUE_EXIT_CODE and os.environ.get(LAUNCHED_ENV) == "1":
+        return 0
+    return code
 
 
 def visible_gpus() -> int:
@@ -77,7 +88,10 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
     """Run the ranks under horovodrun; returns the exit code this command should give."""
     started = time.time()
     run_dir = Path(run_dir)
-    proc = subprocess.Popen(horovodrun_command(np_, child_args))
+    # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
+    # for any other code); status.json tells this process to exit with the requeue code
+    env = {**os.environ, LAUNCHED_ENV: "1"}
+    proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env)
 
     def forward(signum, frame):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +105,7 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     status_path = run_dir / "status.json"
-    if code != 0 and status_path.exists():
+    if status_path.exists():
         status = atomic.read_json(status_path)
         if status.get("state") == "preempted" and status.get("time", 0) >= started:
             return REQUEUE_EXIT_CODE

@@ -166,14 +166,16 @@ def _make_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
     return optimizer
 
 
-def _all_variables(root: tf.train.Checkpoint) -> list[tf.Variable]:
-    """Every variable a checkpoint holds (model, optimizer incl. loss scale, counters), in
-    the same order on every rank (the objects are built identically)."""
+def _all_variables(*roots) -> list[tf.Variable]:
+    """Every variable of these objects (model, optimizer incl. loss scale, counters), in the
+    same order on every rank (the objects are built identically). Not the Checkpoint's own
+    save counter: only rank 0, which saves and restores, has one."""
     seen, out = set(), []
-    for obj in tf.train.TrackableView(root).descendants():
-        if isinstance(obj, tf.Variable) and id(obj) not in seen:
-            seen.add(id(obj))
-            out.append(obj)
+    for root in roots:
+        for obj in tf.train.TrackableView(root).descendants():
+            if isinstance(obj, tf.Variable) and id(obj) not in seen:
+                seen.add(id(obj))
+                out.append(obj)
     return out
 
 
@@ -277,7 +279,7 @@ class _Trainer:
         resumed = self.checkpoints.restore_latest() if chief else None
         self.resumed_from = world.broadcast_object(resumed, name="resumed_from")
         # rank 0's weights, moments, counters (restored or freshly initialised) everywhere
-        world.broadcast_variables(_all_variables(self.checkpoint))
+        world.broadcast_variables(_all_variables(self.model, self.optimizer, self.state))
         if not chief:
             self.state.reset_sums()  # rank 0 holds the epoch's sums so far for everyone
 
@@ -329,10 +331,20 @@ class _Trainer:
                 "epochs": self.cfg.epochs, "steps_per_epoch": self.steps,
                 "time": time.time(), **extra})
 
+    def sync_batchnorm(self) -> None:
+        """Each rank's BatchNorm moving statistics come from its own batches: average them
+        (collective)."""
+        bn = [v for v in self.model.non_trainable_variables if "moving_" in v.name]
+        self.world.average_variables(bn, name="bn_stats")
+
     def save_checkpoint(self) -> str | None:
         """Collective: every rank calls it at the same step."""
         # The epoch's running sums of all ranks go into rank 0's copy (saved); the others
         # restart from zero, so an epoch's metrics stay exact across a resume.
+        # Averaging BatchNorm statistics now and again at the epoch's end gives the same
+        # end-of-epoch values as averaging only there (the moving average is linear), and
+        # rank 0's copy, the one saved, then stands for all ranks.
+        self.sync_batchnorm()
         totals = self.world.sum([v.numpy() for v in self.state.sums], name="ckpt_sums")
         for v, total in zip(self.state.sums, totals):
             v.assign(total if self.world.is_chief else 0.0)
@@ -416,9 +428,7 @@ class _Trainer:
 
     def end_epoch(self, epoch: int) -> None:
         w, state = self.world, self.state
-        # each rank's BatchNorm statistics come from its own batches: average them
-        bn = [v for v in self.model.non_trainable_variables if "moving_" in v.name]
-        w.average_variables(bn, name="bn_stats")
+        self.sync_batchnorm()
         loss_sum, correct, seen = w.sum([v.numpy() for v in state.sums], name="train_sums")
         val_loss, val_acc = self.validate()
         lr = self.schedule.at_step(int(state.global_step.numpy()), self.steps)

@@ -1,0 +1,177 @@
+"""The trainer's small parts: signals, peak FLOP/s, self-launch arguments, resume checks,
+run files, and `model-summary` (fast; one tiny in-process training)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
+from imnet64 import launch
+from imnet64.errors import UserError
+from imnet64.peak_flops import cpu_peak, gpu_peak, mfu
+from imnet64.preemption import REQUEUE_EXIT_CODE, StopRequest, parse_signal
+
+import pytest
+from tiny_dataset import build_tiny_dataset
+from train_helpers import seed_lr
+
+CPUINFO = """processor\t: 0
+cpu MHz\t\t: 1999.5
+flags\t\t: fpu sse sse2 avx avx2 fma {extra}
+processor\t: 1
+cpu MHz\t\t: 2000.0
+flags\t\t: fpu sse sse2 avx avx2 fma {extra}
+"""
+
+
+def test_requeue_code_is_ex_tempfail():
+    assert REQUEUE_EXIT_CODE == 75
+
+
+@pytest.mark.parametrize("name", ["USR1", "usr1", "SIGUSR1", str(int(signal.SIGUSR1))])
+def test_parse_signal(name):
+    assert parse_signal(name) is signal.SIGUSR1
+
+
+def test_parse_signal_rejects_unknown():
+    with pytest.raises(UserError, match="unknown signal"):
+        parse_signal("USR9")
+
+
+def test_stop_request_from_signal_and_file(tmp_path):
+    before = signal.getsignal(signal.SIGUSR2)
+    with StopRequest([signal.SIGUSR2], tmp_path / "stop-request") as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.requested and stop.reason == "signal SIGUSR2"
+    assert signal.getsignal(signal.SIGUSR2) == before  # handler restored
+    with StopRequest([signal.SIGUSR2], tmp_path / "stop-request") as stop:
+        (tmp_path / "stop-request").write_text("x")
+        assert stop.requested and "stop file" in stop.reason
+
+
+def test_cpu_peak_from_cpuinfo():
+    avx512 = cpu_peak(CPUINFO.format(extra="avx512f"), cores=2)
+    assert avx512.flops_per_s == 2 * 2000.0e6 * 64
+    assert cpu_peak(CPUINFO.format(extra=""), cores=2).flops_per_s == 2 * 2000.0e6 * 32
+    plain = CPUINFO.replace(" avx2 fma", "").format(extra="")
+    assert cpu_peak(plain, cores=1).flops_per_s == 2000.0e6 * 8
+    assert cpu_peak("", cores=1).flops_per_s is None
+
+
+def test_gpu_peak_and_mfu():
+    assert gpu_peak("NVIDIA A100-SXM4-80GB", "bf16").flops_per_s == 312e12
+    assert gpu_peak("Tesla V100-SXM2-16GB", "fp32").flops_per_s == 15.7e12
+    assert gpu_peak("Some Future GPU", "fp32").flops_per_s is None
+    # 1000 images/s x 3 x 1 GFLOP = 3 TFLOP/s of a 30 TFLOP/s peak
+    assert mfu(1000, 10**9, 30e12) == pytest.approx(0.1)
+    assert mfu(1000, 10**9, None) is None
+
+
+def test_resolve_np(monkeypatch):
+    assert launch.resolve_np(None) == 1
+    assert launch.resolve_np("3") == 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert launch.resolve_np("auto") == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.resolve_np("auto") == 1
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(UserError):
+            launch.resolve_np(bad)
+
+
+def test_self_launch_only_outside_a_launcher(monkeypatch):
+    for key in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert launch.should_self_launch(2) and not launch.should_self_launch(1)
+    monkeypatch.setenv("HOROVOD_RANK", "0")
+    assert not launch.should_self_launch(2)
+    cmd = launch.horovodrun_command(2, ["data", "run", "--epochs", "3"])
+    assert cmd[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
+    assert cmd[-6:] == ["imnet64_cli.main", "train", "data", "run", "--epochs", "3"]
+
+
+def test_ranks_get_the_same_options_back():
+    from imnet64_cli.train_cmd import _child_args, train
+
+    argv = ["data", "runs/a", "--arch", "residual", "--widths", "8,16,32", "--epochs", "4",
+            "--no-lr-scaling", "--xla", "--no-shuffle", "--signal", "USR2", "--np", "2",
+            "--steps-per-epoch", "7"]
+    ctx = train.make_context("train", list(argv))
+    child = _child_args(ctx)
+    assert "--np" not in child
+    again = train.make_context("train", list(child))
+    expected = {k: v for k, v in ctx.params.items() if k != "np_"}
+    assert {k: v for k, v in again.params.items() if k != "np_"} == expected
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), per_class=24, shards=1)
+
+
+def test_in_process_run_files_schedule_and_resume_checks(dataset, tmp_path):
+    from imnet64.train import TrainConfig, train
+
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), dataset=str(dataset), widths=(4, 8, 8),
+                      repeats=(1, 1, 1), epochs=3, warmup_epochs=1, batch_size=8,
+                      lr_max=0.01, steps_per_epoch=2, log_every=0)
+    result = train(cfg)
+    assert result.state == "finished" and result.exit_code == 0
+    assert (result.epoch, result.global_step) == (3, 6)
+    assert [r.lr for r in result.history] == pytest.approx(
+        [seed_lr(e, 0.01, 1, 2) for e in (1, 2, 3)], rel=1e-9)
+    # the same command again: nothing left to do, same history
+    again = train(cfg)
+    assert again.global_step == 6 and [r.loss for r in again.history] == [
+        r.loss for r in result.history]
+    # other options in the same RUN_DIR: refused, saying what differs
+    with pytest.raises(UserError, match=r"batch_size 8 -> 4"):
+        train(TrainConfig(**{**cfg.__dict__, "batch_size": 4}))
+    # more epochs changes the schedule: refused too
+    with pytest.raises(UserError, match="epochs"):
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 4}))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(warmup_epochs=10), "warmup epochs"),
+    (dict(precision="fp8"), "precision"),
+    (dict(arch="vgg"), "arch"),
+    (dict(signal="NOPE"), "unknown signal"),
+])
+def test_bad_options_are_user_errors(bad, message, dataset, tmp_path):
+    from imnet64.train import TrainConfig, train
+
+    with pytest.raises(UserError, match=message):
+        train(TrainConfig(run_dir=str(tmp_path / "r"), dataset=str(dataset), epochs=10, **bad))
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_dataset_is_a_user_error(tmp_path):
+    from imnet64.train import TrainConfig, train
+
+    with pytest.raises(UserError, match="not an imnet64 dataset"):
+        train(TrainConfig(run_dir=str(tmp_path / "r"), dataset=str(tmp_path / "nothing")))
+
+
+def test_model_summary_command(capsys):
+    from imnet64_cli.main import main
+
+    assert main(["model-summary", "--widths", "8,16,32", "--repeats", "1,1,1",
+                 "--num-classes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "level2_conv0" in out and "encoder_output" in out
+    assert "FLOPs per image: 6,488,320 forward" in out
+    assert "params: 6,332" in out
+    assert main(["model-summary", "--widths", "8,x"]) == 2
+    assert "error: --widths must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_the_library_does_not_import_click():
+    code = ("import imnet64.train, imnet64.evaluate, imnet64.export, imnet64.launch, sys; "
+            "assert 'click' not in sys.modules, 'click imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

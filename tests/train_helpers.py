@@ -1,0 +1,86 @@
+"""Helpers for the training tests: run `imnet64 train` as real processes, watch their logs,
+signal or kill them at a chosen moment, and read what they left behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+# A tiny encoder so a CPU epoch takes a second or two; the trainer is the real one.
+TINY = ["--widths", "8,16,32", "--repeats", "1,1,1", "--batch-size", "16", "--lr-max", "0.01"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imnet64_cli.main", *map(str, args)]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def run(args: list[str], cwd: Path | None = None, timeout: float = 600,
+        merge_stderr: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                          text=True, timeout=timeout)
+
+
+def run_until(args: list[str], when: Callable[[str], bool], action: Callable[[subprocess.Popen],
+              None], timeout: float = 600) -> tuple[int, str]:
+    """Start `args`, call `action(proc)` on the first output line for which `when(line)`,
+    then wait. Returns (exit code, whole output)."""
+    proc = subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    lines, fired, deadline = [], False, time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if not fired and when(line):
+            action(proc)
+            fired = True
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    code = proc.wait(timeout=60)
+    out = "".join(lines)
+    assert fired, f"the moment never came:\n{out[-3000:]}"
+    return code, out
+
+
+def history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "history.json").read_text())["epochs"]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=0, atol=atol, err_msg=k)
+
+
+def seed_lr(epoch, lr_max, init_epochs, final_epochs, init_scale=0.01, final_scale=0.01):
+    """The seed notebook's lr_schedule with its constants as arguments."""
+    lr_init, lr_final = lr_max * init_scale, lr_max * final_scale
+    if epoch < init_epochs:
+        return (lr_max - lr_init) * (float(epoch) / init_epochs) + lr_init
+    return (lr_max - lr_final) * max(0.0, math.cos(
+        ((float(epoch) - init_epochs) / (final_epochs - 1.0)) * (math.pi / 2.0))) + lr_final
