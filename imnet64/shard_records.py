@@ -377,6 +377,7 @@ def shard_records(
     if current is not None:
         return ShardResult(out_dir, "up-to-date", manifest=current)
 
+    log(f"reading the catalog of {source}")
     scanned = scan_source(source, allow_partial)
     selection = select(
         scanned,
@@ -403,6 +404,12 @@ def shard_records(
 
     mine = [p for j, p in enumerate(all_plans) if j % slot.count == slot.index]
     todo = [p for p in mine if _done_sidecar(out_dir, p, hashes[p.file]) is None]
+    log(
+        f"{len(scanned.items)} images in SOURCE, {len(selection.examples)} kept in "
+        f"{len(selection.classes)} classes: "
+        + ", ".join(f"{s} {len(split[s])} in {len(plans[s])} shard(s)" for s in SPLITS)
+        + f"; this process writes {len(todo)} of them ({len(mine) - len(todo)} already done)"
+    )
     result = ShardResult(out_dir, "partial", shards_skipped=len(mine) - len(todo))
     ref = SourceRef.of(scanned)
     jobs = [
