@@ -1,0 +1,201 @@
+"""`imnet64 submit label|shard|train|pipeline`: options in, rendered script to sbatch, ids out."""
+
+from __future__ import annotations
+
+from imnet64 import submit as sb
+from imnet64.errors import UserError
+
+import click
+
+
+def common_options(f):
+    """Options every `submit` command takes (applied bottom-up, listed top-down in --help)."""
+    options = [
+        click.option("--partition", "-p", default=None, help="Slurm partition."),
+        click.option("--account", "-A", default=None, help="Slurm account to charge."),
+        click.option("--time", "-t", "time_limit", default=None,
+                     help="Time limit, e.g. 04:00:00 [the template's]."),
+        click.option("--job-name", default=None, help="Job name [imnet64-<stage>]."),
+        click.option("--image", default=None, type=click.Path(dir_okay=False),
+                     help="Run imnet64 from this Apptainer image (apptainer exec --nv)."),
+        click.option("--cmd", default=None,
+                     help="Command that runs imnet64 on the nodes [this environment's "
+                          "imnet64]."),
+        click.option("--work", default=None, type=click.Path(file_okay=False),
+                     help="Base folder of the default inputs/outputs [./work on the nodes]."),
+        click.option("--log-dir", default=None, type=click.Path(file_okay=False),
+                     help="Folder for the job logs (created) [the current folder]."),
+        click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="--OPT[=VALUE]",
+                     help="Any other sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)."),
+        click.option("--template", default=None, type=click.Path(dir_okay=False, exists=True),
+                     help="Your own copy of the template to render instead."),
+        click.option("--dry-run", is_flag=True, help="Print the script instead of submitting."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _common(kw: dict) -> sb.Common:
+    return sb.Common(
+        partition=kw.pop("partition"), account=kw.pop("account"), time=kw.pop("time_limit"),
+        job_name=kw.pop("job_name"), log_dir=kw.pop("log_dir"), image=kw.pop("image"),
+        cmd=kw.pop("cmd"), work=kw.pop("work"), sbatch_args=list(kw.pop("sbatch_args")),
+        template=kw.pop("template"))
+
+
+def _run(job: sb.Job, dry_run: bool) -> None:
+    if dry_run:
+        click.echo(job.render(), nl=False)
+    else:
+        click.echo(sb.submit(job))
+
+
+@click.group()
+def submit() -> None:
+    """Submit the Slurm templates (slurm/*.sh) with sbatch.
+
+    Each command renders its template with the options (#SBATCH lines and IMNET64_*
+    settings) and pipes it to `sbatch`; it prints the job id. --dry-run prints the script.
+    """
+
+
+def label_options(f):
+    f = click.option("--label-args", default=None, metavar="ARGS",
+                     help='More `imnet64 label` options, e.g. "--batch-size 128".')(f)
+    f = click.option("--teacher", default=None,
+                     help="TF Hub handle, SavedModel folder or 'offline' [the CLI's].")(f)
+    f = click.option("--label-dir", default=None, type=click.Path(file_okay=False),
+                     help="Label output folder [WORK/labeled].")(f)
+    f = click.option("--input", "input_path", default=None, type=click.Path(),
+                     help="Images: folder, list file or .tar [WORK/images].")(f)
+    f = click.option("--max-parallel", type=int, default=None, metavar="K",
+                     help="At most K array tasks at once.")(f)
+    f = click.option("--shards", type=int, default=None, metavar="N",
+                     help="Number of shards = array tasks [the template's: 8].")(f)
+    return f
+
+
+@submit.command("label")
+@label_options
+@click.option("--missing-only", is_flag=True,
+              help="Only the shards of --label-dir not done yet (needs --shards).")
+@common_options
+def submit_label(dry_run, missing_only, **kw) -> None:
+    """The label array job (slurm/label.sh): one task per shard."""
+    common = _common(kw)
+    only = None
+    if missing_only:
+        if kw["shards"] is None or not kw["label_dir"]:
+            raise UserError("--missing-only needs --label-dir and --shards")
+        only = sb.missing_label_shards(kw["label_dir"], kw["shards"])
+        if not only:
+            click.echo(f"all {kw['shards']} shards of {kw['label_dir']} are done; "
+                       "nothing to submit", err=True)
+            return
+        click.echo(f"shards to run: {sb.array_spec(only)}", err=True)
+    job = sb.label_job(common, input_path=kw["input_path"], label_dir=kw["label_dir"],
+                       teacher=kw["teacher"], shards=kw["shards"], only=only,
+                       max_parallel=kw["max_parallel"], args=kw["label_args"])
+    _run(job, dry_run)
+
+
+def shard_options(f):
+    f = click.option("--shard-args", default=None, metavar="ARGS",
+                     help='More `imnet64 shard-records` options, e.g. "--val-fraction 0.05".'
+                     )(f)
+    f = click.option("--dataset", default=None, type=click.Path(file_okay=False),
+                     help="Dataset output folder [WORK/dataset].")(f)
+    return f
+
+
+@submit.command("shard")
+@click.option("--label-dir", default=None, type=click.Path(file_okay=False),
+              help="The label output folder to read [WORK/labeled].")
+@shard_options
+@click.option("--ntasks", type=int, default=None, help="Tasks writing shards [4].")
+@common_options
+def submit_shard(dry_run, **kw) -> None:
+    """The shard-records job (slurm/shard.sh): several tasks write the TFRecord shards."""
+    job = sb.shard_job(_common(kw), label_dir=kw["label_dir"], dataset=kw["dataset"],
+                       ntasks=kw["ntasks"], args=kw["shard_args"])
+    _run(job, dry_run)
+
+
+def train_options(f):
+    f = click.option("--train-args", default=None, metavar="ARGS",
+                     help='More `imnet64 train` options, e.g. "--epochs 40".')(f)
+    f = click.option("--signal-time", type=int, default=None, metavar="S",
+                     help="Seconds before the time limit to checkpoint and requeue [120].")(f)
+    f = click.option("--signal", default=None,
+                     help="Signal passed to the ranks to checkpoint [USR1; NCCL users: USR2].")(f)
+    f = click.option("--gpus-per-node", type=int, default=None,
+                     help="GPUs per node, 0 for none [1].")(f)
+    f = click.option("--ntasks-per-node", type=int, default=None,
+                     help="Ranks per node: one per GPU [1].")(f)
+    f = click.option("--nodes", "-N", type=int, default=None, help="Nodes [1].")(f)
+    f = click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+                     help="Run folder; an existing one resumes [WORK/runs/<name>-<job id>].")(f)
+    return f
+
+
+def _train_job(common: sb.Common, kw: dict, dataset: str | None) -> sb.Job:
+    return sb.train_job(common, dataset=dataset, run_dir=kw["run_dir"], nodes=kw["nodes"],
+                        ntasks_per_node=kw["ntasks_per_node"],
+                        gpus_per_node=kw["gpus_per_node"], signal=kw["signal"],
+                        signal_time=kw["signal_time"], args=kw["train_args"])
+
+
+@submit.command("train")
+@click.option("--dataset", default=None, type=click.Path(file_okay=False),
+              help="Dataset folder made by shard-records [WORK/dataset].")
+@train_options
+@common_options
+def submit_train(dry_run, **kw) -> None:
+    """The training job (slurm/train.sh): Horovod ranks via srun --mpi=pmix, requeued on
+    the time-limit signal."""
+    _run(_train_job(_common(kw), kw, kw["dataset"]), dry_run)
+
+
+@submit.command("pipeline")
+@label_options
+@shard_options
+@click.option("--shard-tasks", type=int, default=None, help="Tasks of the shard job [4].")
+@train_options
+@click.option("--label-time", default=None, help="Time limit of each label task.")
+@click.option("--shard-time", default=None, help="Time limit of the shard job.")
+@click.option("--train-time", default=None, help="Time limit of each training run.")
+@common_options
+def submit_pipeline(dry_run, **kw) -> None:
+    """label (array) -> shard-records (afterok) -> train (afterok), in one go.
+
+    Prints one line per job: the stage and its job id. If sbatch refuses one of them, the
+    ones already submitted are cancelled.
+    """
+    stage_times = {s: kw.pop(f"{s}_time") for s in sb.STAGES}
+    if kw["template"]:
+        raise UserError("--template names one file; the pipeline uses the three templates")
+    common = _common(kw)
+
+    def with_time(stage: str) -> sb.Common:
+        c = sb.Common(**vars(common))
+        c.time = stage_times[stage] or common.time
+        return c
+
+    jobs = [
+        sb.label_job(with_time("label"), input_path=kw["input_path"],
+                     label_dir=kw["label_dir"], teacher=kw["teacher"], shards=kw["shards"],
+                     max_parallel=kw["max_parallel"], args=kw["label_args"]),
+        sb.shard_job(with_time("shard"), label_dir=kw["label_dir"], dataset=kw["dataset"],
+                     ntasks=kw["shard_tasks"], args=kw["shard_args"]),
+        _train_job(with_time("train"), kw, kw["dataset"]),
+    ]
+    if dry_run:
+        for i, job in enumerate(jobs):
+            if i:
+                job.sbatch["--dependency"] = f"afterok:<{sb.STAGES[i - 1]} job id>"
+            click.echo(f"# ---- {job.stage} " + "-" * 60)
+            click.echo(job.render(), nl=False)
+        return
+    for job, job_id in zip(jobs, sb.submit_chain(jobs)):
+        click.echo(f"{job.stage} {job_id}")
