@@ -84,3 +84,19 @@ def seed_lr(epoch, lr_max, init_epochs, final_epochs, init_scale=0.01, final_sca
         return (lr_max - lr_init) * (float(epoch) / init_epochs) + lr_init
     return (lr_max - lr_final) * max(0.0, math.cos(
         ((float(epoch) - init_epochs) / (final_epochs - 1.0)) * (math.pi / 2.0))) + lr_final
+
+
+SIX_CLASSES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "grace_hopper")
+
+
+def train_in_process(dataset: Path, run_dir: Path, **overrides):
+    """A tiny real training run inside the test process (TensorFlow already loaded)."""
+    from imnet64.train import TrainConfig, train
+
+    options = dict(run_dir=str(run_dir), dataset=str(dataset), widths=(8, 16, 16),
+                   repeats=(1, 1, 1), epochs=3, warmup_epochs=1, batch_size=8, lr_max=0.01,
+                   log_every=0)
+    options.update(overrides)
+    result = train(TrainConfig(**options))
+    assert result.state == "finished"
+    return result
