@@ -98,7 +98,12 @@ ENV TF_USE_LEGACY_KERAS=1 \
 
 # Teachers for nodes without internet, in the places imnet64 looks first (IMNET64_HOME and the
 # TF Hub cache). Built as the runtime user so `docker run` may add to the caches.
-RUN mkdir -p /data "$TFHUB_CACHE_DIR" && chown imnet64:imnet64 /data /opt/imnet64 "$TFHUB_CACHE_DIR"
+# /home/imnet64 is writable by any uid (sticky, like /tmp) and is HOME for every uid, so
+# `docker run --user "$(id -u)"` works too (horovodrun keeps a cache in ~/.horovod).
+RUN mkdir -p /data "$TFHUB_CACHE_DIR" \
+ && chown imnet64:imnet64 /data /opt/imnet64 "$TFHUB_CACHE_DIR" \
+ && chmod 1777 /home/imnet64
+ENV HOME=/home/imnet64
 USER 1000:1000
 # From /data, not the source folder: this imports the installed package, as users will.
 WORKDIR /data
