@@ -101,6 +101,8 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=1
 MpiDefault=none
 JobRequeue=1
+# Refuse at submission what the partition can never run (as most sites do).
+EnforcePartLimits=ALL
 ReturnToService=2
 KillWait=10
 InactiveLimit=0

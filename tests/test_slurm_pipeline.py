@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slurm_cluster import REPO, Cluster, job_env, slurm_cluster_fixture  # noqa: F401
+from slurm_cluster import IMNET64, REPO, Cluster, job_env, slurm_cluster_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 
@@ -78,14 +78,19 @@ def labeled(slurm_cluster: Cluster, work: Path) -> dict:
     shard0 = sorted(parts.glob("part-00000-of-00002.*"))
     before = {p.name: p.stat().st_mtime_ns for p in shard0}
     status_between = json.loads(slurm_cluster.run(
-        str(REPO / ".venv/bin/imnet64"), "label-status", str(work / "labeled"),
+        str(IMNET64), "label-status", str(work / "labeled"),
         "--num-shards", str(SHARDS), "--json", check=False).stdout)
+    missing_only = ("submit", "label", "--label-dir", str(work / "labeled"), "--shards",
+                    str(SHARDS), "--missing-only", "--dry-run")
+    dry_between = slurm_cluster.run(str(IMNET64), *missing_only, check=False)
     second = slurm_cluster.sbatch(*args, cwd=work, env=env)
     second_states = {r["ArrayTaskId"]: r["JobState"] for r in slurm_cluster.wait(second)}
+    dry_after = slurm_cluster.run(str(IMNET64), *missing_only, check=False)
     return {
         "first": first, "second": second, "logs": logs, "parts": parts,
         "first_states": first_states, "second_states": second_states,
         "status_between": status_between, "shard0_before": before,
+        "dry_between": dry_between, "dry_after": dry_after,
     }
 
 
@@ -100,6 +105,12 @@ def test_label_array_resubmission_redoes_only_the_missing_shard(labeled, slurm_c
     rerun1 = (logs / f"{second}_1.log").read_text()
     assert "skipped" in rerun0 and " labeled, " not in rerun0  # done: not labeled again
     assert re.search(r"shard 1/2: 12 inputs, \d+ labeled, \d+ rejected", rerun1), rerun1
+    # `imnet64 submit label --missing-only` would have submitted just shard 1, then nothing
+    dry, dry_after = labeled["dry_between"], labeled["dry_after"]
+    assert dry.returncode == 0 and "#SBATCH --array=1\n" in dry.stdout, dry.stderr
+    assert "export IMNET64_NUM_SHARDS=2" in dry.stdout
+    assert dry_after.returncode == 0 and dry_after.stdout == ""
+    assert "all 2 shards" in dry_after.stderr and "nothing to submit" in dry_after.stderr
     # shard 0 was not rewritten
     after = {p.name: p.stat().st_mtime_ns for p in labeled["parts"].glob("part-00000-of-00002.*")}
     assert after == labeled["shard0_before"] and len(after) == 3
