@@ -43,15 +43,30 @@ demo: install
 bench: install
 	$(BIN)/python bench/run_all.py --out bench
 
+# shellcheck (a Debian package) lints the shell scripts; the tests run it too.
 lint: install
+	scripts/install-system-deps.sh shellcheck
 	$(BIN)/ruff check .
+	shellcheck slurm/*.sh scripts/*.sh
 
 test: install
+	scripts/install-system-deps.sh shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not slurm and not container"
+
+# The slurm/ templates on a real Slurm: munged, slurmctld and two slurmd (node1, node2) on
+# this host, started and stopped by the tests (needs root; docs/slurm.md). slurm-up/down
+# keep one running between runs: `eval "$$(scripts/slurm-local.sh env)"` then use sbatch.
+.PHONY: slurm-test slurm-up slurm-down
+slurm-test: install
+	$(BIN)/pytest -q -m slurm
+slurm-up:
+	scripts/slurm-local.sh start
+slurm-down:
+	scripts/slurm-local.sh stop
 
 # ---- containers (docs/containers.md) ----------------------------------------------------
 # ENGINE: podman if installed, else docker. podman keeps SHELL and RUN --mount only in the
