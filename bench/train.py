@@ -93,7 +93,7 @@ def in_memory_worker(a, dataset: Path) -> dict:
     seconds, index = [], 0
     for _ in range(a.epochs):
         t0 = time.perf_counter()
-        for _ in range(a.steps):
+        for _step in range(a.steps):
             images, labels = batches[index % len(batches)]
             index += 1
             optimizer.learning_rate.assign(

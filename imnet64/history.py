@@ -54,15 +54,19 @@ def plot_curves(run_dir: Path, records: list[EpochRecord]) -> Path:
     import matplotlib.ticker
 
     epochs = [r.epoch for r in records]
+
+    def series(name: str) -> list[float]:  # missing values (no val split) become gaps
+        return [math.nan if getattr(r, name) is None else getattr(r, name) for r in records]
+
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
-    top.plot(epochs, [r.accuracy for r in records], marker="o", label="Training Accuracy")
-    top.plot(epochs, [r.val_accuracy for r in records], marker="o", label="Validation Accuracy")
+    top.plot(epochs, series("accuracy"), marker="o", label="Training Accuracy")
+    top.plot(epochs, series("val_accuracy"), marker="o", label="Validation Accuracy")
     top.legend(loc="lower right")
     top.set_ylabel("Accuracy")
     top.set_ylim([min(top.get_ylim()[0], 0.0), 1])
     top.set_title("Training and Validation Accuracy")
-    bottom.plot(epochs, [r.loss for r in records], marker="o", label="Training Loss")
-    bottom.plot(epochs, [r.val_loss for r in records], marker="o", label="Validation Loss")
+    bottom.plot(epochs, series("loss"), marker="o", label="Training Loss")
+    bottom.plot(epochs, series("val_loss"), marker="o", label="Validation Loss")
     bottom.legend(loc="upper right")
     bottom.set_ylabel("Cross Entropy")
     # not the seed's fixed [0, 2]: with 1000 classes the loss starts near ln(1000) = 6.9

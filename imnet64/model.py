@@ -20,7 +20,7 @@ to [0, 1] itself, so the serving signature can take raw uint8 pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
@@ -43,7 +43,6 @@ class ModelConfig:
     repeats: tuple[int, ...] = (3, 3, 3)
     widths: tuple[int, ...] = (32, 64, 128)
     recompute: bool = False
-    extra: dict = field(default_factory=dict, compare=False)  # room for later options
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repeats", tuple(int(r) for r in self.repeats))
@@ -58,7 +57,6 @@ class ModelConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["repeats"], d["widths"] = list(self.repeats), list(self.widths)
-        d.pop("extra")
         return d
 
     @classmethod

@@ -294,6 +294,8 @@ class _Trainer:
         self.train_step = make_train_step(self.model, self.optimizer, world, self.state,
                                           fp16=cfg.precision == "fp16", xla=cfg.xla)
         self.eval_step = make_eval_step(self.model)
+        val = self.manifest.splits.get("val")
+        self.has_val = val is not None and val.count > 0
 
     # -- helpers
 
@@ -311,6 +313,8 @@ class _Trainer:
 
     def validate(self) -> tuple[float, float]:
         cfg, w = self.cfg, self.world
+        if not self.has_val:
+            return math.nan, math.nan
         ds = data.training_dataset(
             self.manifest, "val", cfg.batch_size, rank=w.rank, size=w.size, shuffle=False,
             augment=False, repeat=False, drop_remainder=False)
@@ -470,6 +474,9 @@ class _Trainer:
             self.info("resumed from %s: epoch %d, step %d, lr %.6g", self.resumed_from,
                       int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()),
                       self.schedule.at_step(int(state.global_step.numpy()), self.steps))
+        if not self.has_val:
+            log.warning("dataset %s has no val split: no validation, and the 'best' checkpoint "
+                        "is the latest", self.manifest.root)
         self.set_status("running")
         with StopRequest([parse_signal(cfg.signal)], stop_file) as stop:
             while int(state.epoch.numpy()) < cfg.epochs:

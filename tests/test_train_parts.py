@@ -175,3 +175,29 @@ def test_the_library_does_not_import_click():
             "assert 'click' not in sys.modules, 'click imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_dataset_without_val_split_trains_and_exports(dataset, tmp_path):
+    import json
+    import shutil
+
+    from imnet64.export import export_run
+    from imnet64.train import TrainConfig, train
+
+    no_val = tmp_path / "no-val"
+    shutil.copytree(dataset, no_val)
+    manifest = json.loads((no_val / "dataset.json").read_text())
+    del manifest["splits"]["val"]
+    (no_val / "dataset.json").write_text(json.dumps(manifest))
+    run_dir = tmp_path / "run"
+    result = train(TrainConfig(run_dir=str(run_dir), dataset=str(no_val), widths=(4, 8, 8),
+                               repeats=(1, 1, 1), epochs=2, warmup_epochs=0, batch_size=8,
+                               steps_per_epoch=2, log_every=0))
+    assert result.state == "finished"
+    rows = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert [r["val_loss"] for r in rows] == [None, None]
+    assert all(r["loss"] > 0 for r in rows)
+    assert (run_dir / "curves.png").stat().st_size > 0
+    assert not (run_dir / "checkpoints" / "best").exists()
+    exported = export_run(run_dir, tmp_path / "model")  # falls back to the latest checkpoint
+    assert exported.checkpoint.endswith("ckpt-4") and exported.max_abs_diff <= 1e-6
