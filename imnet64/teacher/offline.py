@@ -101,6 +101,7 @@ def build_offline_teacher(out_dir: str | os.PathLike, weights_path: str | os.Pat
             "input": "float32 RGB [N, 224, 224, 3] in [0, 1]",
             "output": "float32 logits [N, 1001]; index 0 background = min of the 1000 logits",
         })
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a shared IMNET64_HOME must stay readable
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); rename needs the name free
         os.rename(tmp, out_dir)
