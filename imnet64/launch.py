@@ -83,6 +83,17 @@ def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
             sys.executable, "-m", "imnet64_cli.main", "train", *child_args]
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when this launching process dies, even by SIGKILL (Linux),
+    so horovodrun (which then stops its ranks) is not left behind as an orphan."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
               stop_signals: list[signal.Signals]) -> int:
     """Run the ranks under horovodrun; returns the exit code this command should give."""
@@ -91,7 +102,8 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
     # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
     # for any other code); status.json tells this process to exit with the requeue code
     env = {**os.environ, LAUNCHED_ENV: "1"}
-    proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env)
+    proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env,
+                            preexec_fn=_die_with_parent)
 
     def forward(signum, frame):
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,17 +7,17 @@ import json
 import shutil
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np
-import pytest
-import tensorflow as tf
-from tiny_dataset import build_tiny_dataset
-from train_helpers import SIX_CLASSES, train_in_process
-
 from imnet64.errors import UserError
 from imnet64.export import export_run
 from imnet64.manifest import load_manifest
 from imnet64.model import ModelConfig
 from imnet64.records import parse_example
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tiny_dataset import build_tiny_dataset
+from train_helpers import SIX_CLASSES, train_in_process
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import json
 import re
 import shlex
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from train_helpers import (
     TINY,
     assert_same_weights,
     cli,
-    env,
     history,
     run,
     run_until,
@@ -147,10 +145,8 @@ def test_two_horovod_ranks_train_agree_and_only_rank_0_writes(dataset, tmp_path)
         "--dump-weights", tmp_path / "weights-{rank}.npz"))
     # each rank in its own folder: a relative RUN_DIR lands in rank0/ or rank1/
     script = f"mkdir -p rank$HOROVOD_RANK && cd rank$HOROVOD_RANK && exec {inner}"
-    result = subprocess.run(
-        [_horovodrun(), "--gloo", "-np", "2", "-H", "localhost:2", "sh", "-c", script],
-        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=900)
+    result = run([_horovodrun(), "--gloo", "-np", "2", "-H", "localhost:2", "sh", "-c", script],
+                 cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
     run0, run1 = tmp_path / "rank0" / "run", tmp_path / "rank1" / "run"
     assert (tmp_path / "rank1").is_dir()  # rank 1 did run there ...

@@ -3,12 +3,14 @@ signal or kill them at a chosen moment, and read what they left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,11 +30,26 @@ def env() -> dict[str, str]:
     return e
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill the process and everything it started (its own session: horovodrun, ranks)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run(args: list[str], cwd: Path | None = None, timeout: float = 600,
         merge_stderr: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-                          text=True, timeout=timeout)
+    proc = subprocess.Popen(args, cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s:\n{(out or '')[-3000:]}") from None
+    finally:
+        _kill_tree(proc)  # nothing may outlive a test
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def run_until(args: list[str], when: Callable[[str], bool], action: Callable[[subprocess.Popen],
@@ -40,18 +57,22 @@ def run_until(args: list[str], when: Callable[[str], bool], action: Callable[[su
     """Start `args`, call `action(proc)` on the first output line for which `when(line)`,
     then wait. Returns (exit code, whole output)."""
     proc = subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
-    lines, fired, deadline = [], False, time.monotonic() + timeout
+                            text=True, bufsize=1, start_new_session=True)
+    lines, fired = [], False
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if not fired and when(line):
-            action(proc)
-            fired = True
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
-    code = proc.wait(timeout=60)
+    # a watchdog: a hung run is killed (with its children) instead of hanging the suite
+    watchdog = threading.Timer(timeout, _kill_tree, [proc])
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not fired and when(line):
+                action(proc)
+                fired = True
+        code = proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        _kill_tree(proc)
     out = "".join(lines)
     assert fired, f"the moment never came:\n{out[-3000:]}"
     return code, out
