@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+from imnet64 import atomic
+
 import numpy as np
 from PIL import Image
-
-from imnet64 import atomic
 
 # (package, file inside the package) — photos of real things, ImageNet-like subjects first.
 PHOTOS: tuple[tuple[str, str], ...] = (
