@@ -4,6 +4,7 @@ from pyproject's explicit package list only shows outside the source tree."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_contains_every_module_and_the_class_names(tmp_path: Path) -> None:
+    # Build from a copy, as the image does: a stale build/ folder in the work tree could
+    # otherwise slip old copies of modules into the wheel.
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("imnet64", "cli"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                    "--no-build-isolation", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("imnet64-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
