@@ -17,23 +17,25 @@ alike; each figure is the best round (the least disturbed), medians are in the J
 seconds per image (all threads) are printed too: they are less sensitive to other
 processes on a shared machine than wall time.
 
-Memory: peak RSS (os.wait4 of a CLI subprocess) of `imnet64 label` on
+Memory: peak RSS (VmHWM/VmRSS of a CLI subprocess, sampled every 50 ms) of `imnet64 label`:
   A  1 000 files, one shard          (enumerates 1 000, labels 1 000)
   B 20 000 files, shard 0 of 20      (enumerates 20 000, labels 1 000)
-  C  1 000 files, shard 0 of 4       (enumerates 1 000, labels   250)
-B - A is what 19 000 more files cost (the sorted name list, ~100 bytes per file);
-A - C is what labeling 4x more images in one run costs (0 if everything streams).
-Labeling all 20 000 files in one run would take ~4 minutes here; B labels the same number
-as A so the run stays short while the enumeration, sorting and sharding of 20 000 files is
-real. The 20 000 files are hard links to the 1 000 photos (same bytes, distinct names).
+B - A is what 19 000 more files cost (the sorted name list, ~100 bytes per file). Within
+each run, the peak while labeling the first half of its images vs the second half shows
+that nothing accumulates per image (RSS reaches a plateau, the teacher's working memory,
+within the first few hundred images and stays there).
+Labeling all 20 000 files in one run would take minutes here; B labels as many as A so the
+run stays short while the enumeration, sorting and sharding of 20 000 files is real. The
+20 000 files are hard links to the 1 000 photos (same bytes, distinct names).
 
-  .venv/bin/python bench/label.py [--images 640] [--rounds 2] [--json out.json]
+  .venv/bin/python bench/label.py [--images 640] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -48,51 +50,60 @@ import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _vm_rss_mb(pid: int) -> float | None:
+def _vm_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of `pid` in MB: current and peak resident memory of that process."""
+    values = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    values[line[:5]] = int(line.split()[1]) / 1024
     except OSError:
         return None
-    return None
+    return (values["VmRSS"], values["VmHWM"]) if len(values) == 2 else None
 
 
 def _rss_profile(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run `cmd`; return its peak RSS overall (os.wait4) and while labeling (VmRSS sampled
-    every 50 ms from the line `teacher: ...`, printed once the teacher is loaded, to the end).
+    """Run `cmd`, sampling /proc every 50 ms: its peak RSS overall (VmHWM) and while
+    labeling (VmRSS from the line `teacher: ...`, printed once the teacher is loaded).
+
+    Not getrusage/wait4: Linux carries the parent's high-water mark across fork+exec into
+    the child's ru_maxrss, so this (large) bench process would be measured instead.
     """
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []
     labeling = threading.Event()
+    fraction = [0.0]  # of this shard labeled, from the progress lines
 
     def read_stderr() -> None:
         for line in proc.stderr:
             lines.append(line)
             if line.startswith("teacher: "):
                 labeling.set()
+            m = re.match(r"label \d+/\d+: (\d+)/(\d+) images", line)
+            if m and int(m.group(2)):
+                fraction[0] = int(m.group(1)) / int(m.group(2))
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    before, during = 0.0, 0.0
-    while True:
-        # poll without reaping, so wait4 below still gets this child's rusage
-        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            break
-        rss = _vm_rss_mb(proc.pid) or 0.0
-        if labeling.is_set():
-            during = max(during, rss)
-        else:
-            before = max(before, rss)
+    peak, during, first_half, second_half = 0.0, 0.0, 0.0, 0.0
+    while proc.poll() is None:
+        sample = _vm_mb(proc.pid)
+        if sample:
+            rss, hwm = sample
+            peak = max(peak, hwm)
+            if labeling.is_set():
+                during = max(during, rss)
+                if fraction[0] <= 0.5:
+                    first_half = max(first_half, rss)
+                else:
+                    second_half = max(second_half, rss)
         time.sleep(0.05)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join(10)
-    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "peak_rss_before_labeling_mb": round(before, 1),
-            "peak_rss_labeling_mb": round(during, 1),
+    return {"peak_rss_mb": round(peak, 1), "peak_rss_labeling_mb": round(during, 1),
+            "peak_rss_first_half_mb": round(first_half, 1),
+            "peak_rss_second_half_mb": round(second_half, 1),
             "exit_code": proc.returncode, "stderr_tail": "".join(lines[-3:])}
 
 
@@ -113,7 +124,6 @@ def _memory_runs(work: Path, files_small: int, files_large: int, labeled: int,
         "A": (small, 1, f"{files_small} files, one shard"),
         "B": (large, max(1, files_large // labeled), f"{files_large} files, shard 0 of "
               f"{max(1, files_large // labeled)}"),
-        "C": (small, 4, f"{files_small} files, shard 0 of 4"),
     }
     out = {}
     for key, (folder, shards, what) in runs.items():
@@ -121,7 +131,7 @@ def _memory_runs(work: Path, files_small: int, files_large: int, labeled: int,
         shutil.rmtree(target, ignore_errors=True)
         cmd = [exe, "label", str(folder), str(target), "--teacher", "offline",
                "--num-shards", str(shards), "--shard-index", "0",
-               "--batch-size", str(batch_size)]
+               "--batch-size", str(batch_size), "--progress-every", "0"]
         start = time.perf_counter()
         profile = _rss_profile(cmd, env)
         wall = time.perf_counter() - start
@@ -171,7 +181,7 @@ def _seed_loop(tf, hub_model, class_names, folder: Path, batch_size: int) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=640)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--memory-files", default="1000,20000",
                         help="small,large file counts for the peak-RSS runs")
@@ -322,17 +332,19 @@ def _run(args, work: Path) -> dict:
         print()
         print("peak RSS of `imnet64 label` (separate processes, offline teacher):")
         memory = _memory_runs(work, small, large, args.memory_labeled, batch)
-        print("  (whole run = os.wait4 ru_maxrss, dominated by loading + freezing the teacher; "
-              "labeling = VmRSS sampled after the teacher is loaded)")
+        print("  (whole run = VmHWM, whose peak comes from loading + freezing the teacher; "
+              "labeling = VmRSS sampled once the teacher is loaded)")
         for key, m in memory.items():
             print(f"  {key}: {m['what']:30s} labeled {m['labeled']:6d}  peak RSS whole run "
                   f"{m['peak_rss_mb']:7.1f} MB, labeling {m['peak_rss_labeling_mb']:7.1f} MB  "
                   f"({m['images_per_second']} images/s, {m['process_seconds']} s with start-up)")
-        a, b, c = (memory[k]["peak_rss_labeling_mb"] for k in "ABC")
+        for key, m in memory.items():
+            print(f"  {key}: labeling RSS peak while labeling the first half of its images "
+                  f"{m['peak_rss_first_half_mb']:7.1f} MB, the second half "
+                  f"{m['peak_rss_second_half_mb']:7.1f} MB")
+        a, b = (memory[k]["peak_rss_labeling_mb"] for k in "AB")
         print(f"  labeling: B - A = {b - a:+.1f} MB for {large - small} more files enumerated "
               f"(same number labeled)")
-        print(f"  labeling: A - C = {a - c:+.1f} MB for labeling {memory['A']['labeled']} "
-              f"instead of {memory['C']['labeled']} images in one run")
         results["memory"] = memory
     return results
 
