@@ -23,6 +23,7 @@ largest logit difference.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -49,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra)
     tf.config.threading.set_inter_op_parallelism_threads(args.inter)
 
-    from imnet64.teacher.export import export_hub_style_saved_model
-    from imnet64.teacher.loading import _load_saved_model, fold_frozen
     from imnet64.teacher.mobilenet_v2 import build_mobilenet_v2
     from imnet64.teacher.offline import default_weights_path, read_verified_weights
 
@@ -58,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     keras_bn = build_mobilenet_v2(weights, fold_batchnorm=False)
     keras_folded = build_mobilenet_v2(weights, fold_batchnorm=True)
     tmp = Path(tempfile.mkdtemp(prefix="teacher_speed."))
+    try:
+        return _run(args, tf, np, weights, keras_bn, keras_folded, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, tf, np, weights, keras_bn, keras_folded, tmp: Path) -> int:
+    from imnet64.teacher.export import export_hub_style_saved_model
+    from imnet64.teacher.loading import _load_saved_model, fold_frozen
+
     export_hub_style_saved_model(keras_bn, tmp / "bn")
     export_hub_style_saved_model(keras_folded, tmp / "folded")
 
