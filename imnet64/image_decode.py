@@ -27,6 +27,21 @@ MAX_PIXELS = 64 * 1024 * 1024
 Image.MAX_IMAGE_PIXELS = None  # we enforce MAX_PIXELS ourselves, before decoding
 
 
+NATIVE_SIZE = (64, 64)  # (height, width) of the data set's images
+
+
+def to_native_size(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [64, 64, 3]: unchanged if already 64x64, else resized with
+    PIL's bilinear filter (which widens its support when shrinking, i.e. antialiases).
+
+    The one definition of "this image at the data set's size", for labeling and records.
+    """
+    if rgb.shape[:2] == NATIVE_SIZE:
+        return rgb
+    resized = Image.fromarray(rgb).resize(NATIVE_SIZE[::-1], Image.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
 @dataclass(frozen=True)
 class Decoded:
     """The outcome of decoding one file: `image` set, or `reason` set."""

@@ -112,6 +112,21 @@ def test_two_shards_cover_every_input_once_with_the_labels_of_one(photos, teache
     assert (rec.height, rec.width, rec.image_format) == (64, 64, "png")
     assert len(rec.topk_ids) == 5 and rec.topk_ids[0] == rec.label
     assert rec.topk_probs == tuple(sorted(rec.topk_probs, reverse=True))
+    # the probabilities are exactly the seed's: its tf.data preprocessing image by image
+    # (decode_png, convert_image_dtype, resize 224), then the teacher and a softmax
+    import tensorflow as tf
+
+    first = records_of(one)[:6]
+    seed_pixels = tf.stack([
+        tf.image.resize(tf.image.convert_image_dtype(
+            tf.io.decode_png(tf.io.read_file(str(photos / r.filename)), channels=3),
+            tf.float32), (224, 224))
+        for r in first
+    ])
+    seed_probs = tf.nn.softmax(teacher.logits(seed_pixels)).numpy()
+    for r, probs in zip(first, seed_probs):
+        assert r.label == int(probs.argmax())
+        assert r.confidence == float(np.float32(probs.max()))
     # CSV mirrors the TFRecord
     rows = read_csv_rows(part_paths(one, 0, 1).csv)
     assert [(r[0], r[1]) for r in rows] == [(k, v[0]) for k, v in whole.items()]
