@@ -11,24 +11,29 @@ MobileNet V2 SavedModel):
                 as TF 2.1's default), argmax, then os.rename of every file into
                 <folder>/<class>/ -- run on a fresh COPY of the images each round
   teacher alone teacher.logits on preloaded float32 [64, 224, 224, 3] batches: the ceiling
+  seed loop, BN  (extra, --no-seed-bn skips it) the seed loop on the same weights exported
+                with batch norm NOT folded into the convolutions, the graph TF Hub's Keras
+                MobileNet V2 module has: what the seed notebook ran, at the same labels
 
 Methods run round-robin (the order rotates each round) so a background load slows all
-alike; each figure is the best round (the least disturbed), medians are in the JSON. CPU
-seconds per image (all threads) are printed too: they are less sensitive to other
-processes on a shared machine than wall time.
+alike; each figure is the best round (the least disturbed), medians are in the JSON.
+Ratios are also given per CPU second (CPU time of all threads per image, the least of the
+rounds): on a shared or throttled machine (this VM at times caps a process near one core)
+wall-clock figures swing 2x between rounds while CPU time per image barely moves; with
+the cores to itself a method's wall-clock ratio tends to its CPU ratio.
 
 Memory: peak RSS (VmHWM/VmRSS of a CLI subprocess, sampled every 50 ms) of `imnet64 label`:
-  A  1 000 files, one shard          (enumerates 1 000, labels 1 000)
-  B 20 000 files, shard 0 of 20      (enumerates 20 000, labels 1 000)
-B - A is what 19 000 more files cost (the sorted name list, ~100 bytes per file). Within
-each run, the peak while labeling the first half of its images vs the second half shows
-that nothing accumulates per image (RSS reaches a plateau, the teacher's working memory,
-within the first few hundred images and stays there).
-Labeling all 20 000 files in one run would take minutes here; B labels as many as A so the
-run stays short while the enumeration, sorting and sharding of 20 000 files is real. The
-20 000 files are hard links to the 1 000 photos (same bytes, distinct names).
+  A  2 000 files, one shard          (enumerates 2 000, labels 2 000)
+  B 20 000 files, shard 0 of 10      (enumerates 20 000, labels 2 000)
+B - A is what 18 000 more files cost (the sorted name list, ~100 bytes per file). Within
+each run the peak RSS per quarter of its images shows that nothing accumulates per image:
+it ramps up during the first few hundred images (the teacher's working memory, tf.data
+buffers) and then stays flat. Labeling all 20 000 files in one run would take minutes here;
+B labels as many as A so the run stays short while the enumeration, sorting and sharding of
+20 000 files is real. The 20 000 files are hard links to the 2 000 photos (same bytes,
+distinct names).
 
-  .venv/bin/python bench/label.py [--images 640] [--rounds 3] [--json out.json]
+  .venv/bin/python bench/label.py [--images 384] [--rounds 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ def _rss_profile(cmd: list[str], env: dict[str, str]) -> dict:
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    peak, during, first_half, second_half = 0.0, 0.0, 0.0, 0.0
+    peak, during = 0.0, 0.0
+    quarters = [0.0] * 4  # peak RSS while labeling each quarter of the shard's images
     while proc.poll() is None:
         sample = _vm_mb(proc.pid)
         if sample:
@@ -95,15 +101,12 @@ def _rss_profile(cmd: list[str], env: dict[str, str]) -> dict:
             peak = max(peak, hwm)
             if labeling.is_set():
                 during = max(during, rss)
-                if fraction[0] <= 0.5:
-                    first_half = max(first_half, rss)
-                else:
-                    second_half = max(second_half, rss)
+                q = min(3, int(fraction[0] * 4))
+                quarters[q] = max(quarters[q], rss)
         time.sleep(0.05)
     reader.join(10)
     return {"peak_rss_mb": round(peak, 1), "peak_rss_labeling_mb": round(during, 1),
-            "peak_rss_first_half_mb": round(first_half, 1),
-            "peak_rss_second_half_mb": round(second_half, 1),
+            "peak_rss_by_quarter_mb": [round(q, 1) for q in quarters],
             "exit_code": proc.returncode, "stderr_tail": "".join(lines[-3:])}
 
 
@@ -180,14 +183,16 @@ def _seed_loop(tf, hub_model, class_names, folder: Path, batch_size: int) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=640)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=384)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--memory-files", default="1000,20000",
+    parser.add_argument("--memory-files", default="2000,20000",
                         help="small,large file counts for the peak-RSS runs")
-    parser.add_argument("--memory-labeled", type=int, default=1000,
+    parser.add_argument("--memory-labeled", type=int, default=2000,
                         help="images labeled by runs A and B")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--no-seed-bn", action="store_true",
+                        help="skip the seed loop on the unfolded-batch-norm export")
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--json", type=Path)
@@ -241,6 +246,18 @@ def _run(args, work: Path) -> dict:
         hub.KerasLayer(str(teacher.path), input_shape=(*teacher.image_size, 3))
     ])
     class_names = list(teacher.class_names)
+    seed_bn_model = None
+    if not args.no_seed_bn:
+        from imnet64.teacher.export import export_hub_style_saved_model
+        from imnet64.teacher.mobilenet_v2 import build_mobilenet_v2
+        from imnet64.teacher.offline import default_weights_path, read_verified_weights
+
+        unfolded = build_mobilenet_v2(read_verified_weights(default_weights_path()),
+                                      fold_batchnorm=False)
+        export_hub_style_saved_model(unfolded, work / "teacher-bn")
+        seed_bn_model = tf.keras.Sequential([
+            hub.KerasLayer(str(work / "teacher-bn"), input_shape=(*teacher.image_size, 3))
+        ])
 
     def run_teacher_alone(r: int) -> None:
         for x in preloaded:
@@ -259,13 +276,20 @@ def _run(args, work: Path) -> dict:
     seed_copies: dict[int, Path] = {}
 
     def prepare_seed(r: int) -> None:
-        copy = work / f"seed-copy-{r}"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(images, copy)
-        seed_copies[r] = copy
+        for name in ("seed-copy", "seed-bn-copy"):
+            copy = work / f"{name}-{r}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(images, copy)
+        seed_copies[r] = work / f"seed-copy-{r}"
 
     def run_seed(r: int) -> None:
         seed_results[r] = _seed_loop(tf, seed_model, class_names, seed_copies[r], batch)
+
+    seed_bn_results: dict[int, dict[str, str]] = {}
+
+    def run_seed_bn(r: int) -> None:
+        copy = work / f"seed-bn-copy-{r}"
+        seed_bn_results[r] = _seed_loop(tf, seed_bn_model, class_names, copy, batch)
 
     # warm-up: trace every graph once (not timed)
     run_teacher_alone(-1)
@@ -274,8 +298,12 @@ def _run(args, work: Path) -> dict:
     label_shard(plan_shard(warm, work / "out-warm", 0, 1), teacher, batch_size=batch)
     shutil.copytree(warm, work / "warm-seed")
     _seed_loop(tf, seed_model, class_names, work / "warm-seed", batch)
-
     methods = {"teacher_alone": run_teacher_alone, "label": run_label, "seed_loop": run_seed}
+    if seed_bn_model is not None:
+        shutil.copytree(warm, work / "warm-seed-bn")
+        _seed_loop(tf, seed_bn_model, class_names, work / "warm-seed-bn", batch)
+        methods["seed_loop_bn"] = run_seed_bn
+
     wall: dict[str, list[float]] = {m: [] for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
     names = list(methods)
@@ -309,10 +337,20 @@ def _run(args, work: Path) -> dict:
         print(f"{m:16s}{best[m]:16.1f}{median[m]:9.1f}{cpu_ms[m]:14.1f}")
     vs_seed = best["label"] / best["seed_loop"]
     vs_teacher = best["label"] / best["teacher_alone"]
-    print(f"label / seed loop     = {vs_seed:.2f}x   (goal >= 2.0)")
-    print(f"label / teacher alone = {vs_teacher:.2f}x   (goal >= 0.9)")
+    cpu_vs_seed = cpu_ms["seed_loop"] / cpu_ms["label"]
+    cpu_vs_teacher = cpu_ms["teacher_alone"] / cpu_ms["label"]
+    print(f"label / seed loop     = {vs_seed:.2f}x wall (best), {cpu_vs_seed:.2f}x per CPU "
+          f"second   (goal >= 2.0)")
+    print(f"label / teacher alone = {vs_teacher:.2f}x wall (best), {cpu_vs_teacher:.2f}x per CPU "
+          f"second   (goal >= 0.9)")
     print(f"same top-1 class as the seed loop: {agree}/{len(ours)}; "
           f"label left its {args.images} inputs in place: {untouched}")
+    if "seed_loop_bn" in best:
+        agree_bn = sum(ours[k] == seed_bn_results[0].get(k) for k in ours)
+        vs_seed_bn = best["label"] / best["seed_loop_bn"]
+        cpu_vs_seed_bn = cpu_ms["seed_loop_bn"] / cpu_ms["label"]
+        print(f"label / seed loop with unfolded batch norm = {vs_seed_bn:.2f}x wall (best), "
+              f"{cpu_vs_seed_bn:.2f}x per CPU second (same top-1: {agree_bn}/{len(ours)})")
     results = {
         "images": args.images,
         "batch_size": batch,
@@ -324,8 +362,14 @@ def _run(args, work: Path) -> dict:
         "cpu_ms_per_image": cpu_ms,
         "label_vs_seed_loop": round(vs_seed, 3),
         "label_vs_teacher_alone": round(vs_teacher, 3),
+        "label_vs_seed_loop_per_cpu_second": round(cpu_vs_seed, 3),
+        "label_vs_teacher_alone_per_cpu_second": round(cpu_vs_teacher, 3),
         "top1_agreement_with_seed_loop": [agree, len(ours)],
     }
+    if "seed_loop_bn" in best:
+        results["label_vs_seed_loop_unfolded_bn"] = round(vs_seed_bn, 3)
+        results["label_vs_seed_loop_unfolded_bn_per_cpu_second"] = round(cpu_vs_seed_bn, 3)
+        results["top1_agreement_with_seed_loop_unfolded_bn"] = [agree_bn, len(ours)]
 
     if not args.skip_memory:
         small, large = (int(v) for v in args.memory_files.split(","))
@@ -339,9 +383,9 @@ def _run(args, work: Path) -> dict:
                   f"{m['peak_rss_mb']:7.1f} MB, labeling {m['peak_rss_labeling_mb']:7.1f} MB  "
                   f"({m['images_per_second']} images/s, {m['process_seconds']} s with start-up)")
         for key, m in memory.items():
-            print(f"  {key}: labeling RSS peak while labeling the first half of its images "
-                  f"{m['peak_rss_first_half_mb']:7.1f} MB, the second half "
-                  f"{m['peak_rss_second_half_mb']:7.1f} MB")
+            quarters = " | ".join(f"{q:.0f}" for q in m["peak_rss_by_quarter_mb"])
+            print(f"  {key}: peak RSS (MB) while labeling each quarter of its images: "
+                  f"{quarters}")
         a, b = (memory[k]["peak_rss_labeling_mb"] for k in "AB")
         print(f"  labeling: B - A = {b - a:+.1f} MB for {large - small} more files enumerated "
               f"(same number labeled)")
