@@ -67,8 +67,8 @@ DEFAULT_TOP_K = 5
 # Threads reading + decoding files. Decoding a 64x64 PNG takes ~0.1 ms; the threads are
 # there to hide file-system latency (Lustre/GPFS opens take milliseconds).
 DEFAULT_READ_THREADS = 4
-# Images larger than this on a side are first shrunk by an integer factor in PIL, so one odd
-# 8000x8000 photo cannot make a 0.75 GB float tensor on its way to 224x224.
+# Images larger than this on a side are first shrunk by an integer factor (a cheap box
+# filter) before the bilinear resize to 64x64, so one odd 8000x8000 photo costs little.
 MAX_DECODE_SIDE = 1024
 
 
