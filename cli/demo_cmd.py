@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+from imnet64.demo import DemoConfig
 from imnet64.errors import UserError
 
 import click
+
+_DEFAULTS = DemoConfig(workdir="")
 
 
 def _echo(message: str) -> None:
@@ -25,9 +28,11 @@ def _print_summary(s: dict) -> None:
     for name, count in s["top10_teacher_classes"]:
         out(f"    {count:6d}  {name}")
     out(f"  classes kept ({len(s['classes_kept'])}): {', '.join(s['classes_kept'])}")
+    dropped = ", ".join(f"{n} by {k.replace('_', '-')}"
+                        for k, n in s["dropped_by_filters"].items() if n)
     out(f"  after filters {s['after_filters']} = train {s['train']} + val {s['val']}"
         f"   [{'adds up' if s['split_adds_up'] else 'DOES NOT ADD UP'}]"
-        f"  (dropped by filters: {s['dropped_by_filters']})")
+        f"  (dropped by filters: {dropped or 'none'})")
     out(f"  student top-1 agreement with the teacher on val: "
         f"{s['student_teacher_agreement_val']:.1%} (top-5 {s['student_top5_val']:.1%}); "
         f"most frequent class share {s['majority_class_share_val']:.1%}")
@@ -43,32 +48,33 @@ def _print_summary(s: dict) -> None:
 @click.option("--workdir", default="imnet64-demo", show_default=True,
               type=click.Path(file_okay=False),
               help="Where the demo writes everything (re-runs reuse finished stages).")
-@click.option("--images", default=2400, show_default=True,
+@click.option("--images", default=_DEFAULTS.images, show_default=True,
               help="How many 64x64 crops of real photos to label.")
-@click.option("--shards", default=2, show_default=True, help="Label shards (array tasks).")
-@click.option("--classes", default=10, show_default=True,
+@click.option("--shards", default=_DEFAULTS.shards, show_default=True,
+              help="Label shards (array tasks).")
+@click.option("--classes", default=_DEFAULTS.classes, show_default=True,
               help="Keep the K most frequent teacher classes for training.")
-@click.option("--epochs", default=6, show_default=True, help="Training epochs.")
-@click.option("--ranks", default=2, show_default=True,
+@click.option("--epochs", default=_DEFAULTS.epochs, show_default=True, help="Training epochs.")
+@click.option("--ranks", default=_DEFAULTS.ranks, show_default=True,
               help="Horovod ranks for training (1 when horovodrun is missing).")
 @click.option("--quick", is_flag=True,
-              help="A short setting (800 images, 10 epochs, narrower encoder) for smoke tests.")
+              help="A short setting (800 images, 5 classes, 16 epochs, a narrower encoder) for "
+                   "smoke tests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(workdir, images, shards, classes, epochs, ranks, quick, as_json) -> None:
     """Run the whole mission on this machine with no internet and no GPU: build the offline
     teacher, cut real 64x64 photos (plus a few broken files), label them in SHARDS shards,
     write TFRecord shards, train the encoder with Horovod, evaluate and export it.
     """
-    from imnet64.demo import DemoConfig, run_demo
+    from imnet64.demo import run_demo
 
     if images < 50:
         raise UserError("--images must be at least 50")
-    cfg = DemoConfig(workdir=workdir, images=images, shards=shards, classes=classes,
-                     epochs=epochs, ranks=ranks)
     if quick:
-        cfg = DemoConfig(workdir=workdir, images=800, shards=shards, classes=min(classes, 5),
-                         epochs=10, warmup_epochs=1.0, batch_size=16, ranks=ranks,
-                         widths=(16, 32, 64), repeats=(1, 1, 1))
+        cfg = DemoConfig.quick(workdir, shards=shards, classes=classes, ranks=ranks)
+    else:
+        cfg = DemoConfig(workdir=workdir, images=images, shards=shards, classes=classes,
+                         epochs=epochs, ranks=ranks)
     summary = run_demo(cfg, log=_echo)
     if as_json:
         click.echo(json.dumps(summary, indent=2))

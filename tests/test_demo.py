@@ -17,9 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory, offline_teacher_dir):
-    cfg = DemoConfig(workdir=str(tmp_path_factory.mktemp("demo")), images=800, shards=2,
-                     classes=5, epochs=10, warmup_epochs=1.0, batch_size=16, ranks=2,
-                     widths=(16, 32, 64), repeats=(1, 1, 1))
+    cfg = DemoConfig.quick(str(tmp_path_factory.mktemp("demo")), shards=2, classes=5, ranks=2)
     return cfg, run_demo(cfg)
 
 
