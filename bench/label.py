@@ -23,14 +23,14 @@ wall-clock figures swing 2x between rounds while CPU time per image barely moves
 the cores to itself a method's wall-clock ratio tends to its CPU ratio.
 
 Memory: peak RSS (VmHWM/VmRSS of a CLI subprocess, sampled every 50 ms) of `imnet64 label`:
-  A  2 000 files, one shard          (enumerates 2 000, labels 2 000)
-  B 20 000 files, shard 0 of 10      (enumerates 20 000, labels 2 000)
-B - A is what 18 000 more files cost (the sorted name list, ~100 bytes per file). Within
+  A  1 000 files, one shard          (enumerates 1 000, labels 1 000)
+  B 20 000 files, shard 0 of 20      (enumerates 20 000, labels 1 000)
+B - A is what 19 000 more files cost (the sorted name list, ~100 bytes per file). Within
 each run the peak RSS per quarter of its images shows that nothing accumulates per image:
 it ramps up during the first few hundred images (the teacher's working memory, tf.data
 buffers) and then stays flat. Labeling all 20 000 files in one run would take minutes here;
 B labels as many as A so the run stays short while the enumeration, sorting and sharding of
-20 000 files is real. The 20 000 files are hard links to the 2 000 photos (same bytes,
+20 000 files is real. The 20 000 files are hard links to the 1 000 photos (same bytes,
 distinct names).
 
   .venv/bin/python bench/label.py [--images 384] [--rounds 5] [--json out.json]
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--memory-files", default="2000,20000",
+    parser.add_argument("--memory-files", default="1000,20000",
                         help="small,large file counts for the peak-RSS runs")
-    parser.add_argument("--memory-labeled", type=int, default=2000,
+    parser.add_argument("--memory-labeled", type=int, default=1000,
                         help="images labeled by runs A and B")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--no-seed-bn", action="store_true",

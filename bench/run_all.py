@@ -24,6 +24,45 @@ BENCHES = {
 }
 
 
+# The figures each issue set a goal for: (benchmark, dotted key, what it is, goal or "").
+HEADLINES = [
+    ("label", "label_vs_seed_loop", "`imnet64 label` / seed loop (images/s)", ">= 2"),
+    ("label", "label_vs_seed_loop_unfolded_bn",
+     "`imnet64 label` / seed loop on the unfolded-BN teacher", ">= 2"),
+    ("label", "label_vs_teacher_alone", "`imnet64 label` / teacher alone", ">= 0.9"),
+    ("label", "label_vs_teacher_alone_per_cpu_second",
+     "`imnet64 label` / teacher alone, per CPU second", ">= 0.9"),
+    ("label", "memory.A.peak_rss_labeling_mb", "label peak RSS, 1k files (MB)", ""),
+    ("label", "memory.B.peak_rss_labeling_mb", "label peak RSS, 20k files (MB)", "flat"),
+    ("records", "speedup_png_vs_seed", "records pipeline, png shards / seed PNG pipeline", ">= 5"),
+    ("records", "speedup_raw_vs_seed", "records pipeline, raw shards / seed PNG pipeline", ">= 5"),
+    ("records", "speedup_io_only", "shard reads / one file open per image (I/O only)", ""),
+    ("records", "pipeline_png_over_train_step",
+     "png pipeline / what one training step consumes", ">> 1"),
+    ("train", "pipeline_over_in_memory", "`imnet64 train` / in-memory feed", ">= 0.9"),
+    ("train", "two_ranks_over_one", "`train --np 2` / 1 rank (2 shared cores)", ""),
+    ("memory", "recompute_vs_not.plain.allocator_peak_ratio",
+     "plain: step memory with / without `--recompute`", "< 1"),
+    ("memory", "recompute_vs_not.plain.speed_ratio",
+     "plain: images/s with / without recompute", ""),
+    ("memory", "recompute_vs_not.residual.allocator_peak_ratio",
+     "residual: step memory with / without `--recompute`", "< 1"),
+    ("memory", "configs.plain.computed_activation_mib",
+     "plain: activation memory computed in docs/gradients.md (MiB, batch 32)", ""),
+    ("memory", "configs.plain.allocator_step_peak_mib", "plain: measured step peak (MiB)", ""),
+]
+
+
+def headline_rows(results: dict) -> list[str]:
+    """Markdown rows of HEADLINES present in `results` (absent ones are skipped)."""
+    rows = []
+    for bench, key, what, goal in HEADLINES:
+        figures = dict(flatten(results["benchmarks"].get(bench, {}).get("figures", {})))
+        if key in figures:
+            rows.append(f"| {what} | {fmt(figures[key])} | {goal} |")
+    return rows
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -86,6 +125,8 @@ def main() -> int:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
              f"Python {m['python']} ({results['started']}).", "",
+             "| figure | measured | goal |", "|---|---|---|", *headline_rows(results), "",
+             "All figures:", "",
              "| benchmark | figure | value |", "|---|---|---|"]
     for name, entry in results["benchmarks"].items():
         if entry["exit_code"]:
