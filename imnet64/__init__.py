@@ -12,3 +12,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+from imnet64 import quiet_tf_import as _quiet_tf_import  # noqa: E402  (after the env above)
+
+_quiet_tf_import.install()

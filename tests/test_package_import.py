@@ -1,0 +1,50 @@
+"""What `import imnet64` does before TensorFlow loads: Keras 2, and no start-up noise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from imnet64.quiet_tf_import import filtered_fd2
+
+IMPORT_TF = "import imnet64, tensorflow as tf, tf_keras; print(tf.keras.__name__)"
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("TF_USE_LEGACY_KERAS", "IMNET64_TF_STARTUP_LOGS")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**clean, **env}, timeout=300, check=True)
+
+
+def test_import_selects_keras_2_and_drops_only_the_plugin_lines():
+    quiet = _run(IMPORT_TF)
+    assert quiet.stdout.strip() == "tf_keras.api._v2.keras"  # Keras 2, what Horovod needs
+    assert "Unable to register" not in quiet.stderr
+    assert "absl::InitializeLog" not in quiet.stderr
+    # the filter is what removed them: with it off, this TensorFlow wheel prints them
+    loud = _run(IMPORT_TF, IMNET64_TF_STARTUP_LOGS="1")
+    assert "Unable to register cuDNN factory" in loud.stderr
+
+
+def test_filtered_fd2_keeps_every_other_line(capfd):
+    with filtered_fd2():
+        os.write(2, b"E0000 cuda_blas.cc:1418] Unable to register cuBLAS factory: Attempting to "
+                    b"register factory for plugin cuBLAS when one has already been registered\n")
+        os.write(2, b"a real error from C++\n")
+        print("python stderr too", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "a real error from C++\n" in err and "python stderr too\n" in err
+    assert "cuBLAS" not in err
+
+
+def test_filtered_fd2_restores_stderr_after_an_exception(capfd):
+    try:
+        with filtered_fd2():
+            os.write(2, b"said before failing\n")
+            raise RuntimeError("import failed")
+    except RuntimeError:
+        pass
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "said before failing\nafter\n"
