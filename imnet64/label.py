@@ -1,21 +1,24 @@
 """Label one shard of the input with the teacher and write its part files.
 
-Pipeline (tf.data, so reading, decoding and inference overlap):
+Pipeline (reading, decoding and inference overlap):
 
-    batches of input indices ─map(numpy_function: read + PIL decode on a thread pool)─▶
-      uint8 [k, 64, 64, 3] + indices of the k decoded (rejects recorded aside) ─prefetch─▶
-      in one graph: float32 [0,1], bilinear resize to the teacher's size, teacher.logits,
+    input indices ─BatchReader: read + PIL decode on a thread pool, up to 2 batches ahead─▶
+      uint8 [k, 64, 64, 3] + indices of the k decoded (rejects recorded aside) ─▶
+      one tf.function: float32 [0,1], bilinear resize to the teacher's size, teacher.logits,
       softmax, top-k ─▶ TFRecord + CSV rows, written in input order
+
+(batch_reader explains why the reading is on Python threads and not a Python stage inside
+tf.data: measured, the latter ran at one core's worth in a third of the runs here.)
 
 Pixels for a 64x64 input are exactly the seed's (convert_image_dtype, then tf.image.resize
 bilinear to 224x224). Doing the 224x224 resize inside the inference graph, on the batch,
-keeps 50x less data in the tf.data buffers (uint8 64x64 instead of float 224x224) and leaves
-the cores to the teacher. An input of another size is first resized to 64x64
+keeps 50x less data in the read-ahead buffers (uint8 64x64 instead of float 224x224) and
+leaves the cores to the teacher. An input of another size is first resized to 64x64
 (image_decode.to_native_size): it is labeled as the 64x64 image the student will see.
 
-The original file bytes and reject reasons travel beside the pipeline in dictionaries keyed by
-input index (no large string tensors through tf.data); entries are dropped once written, so
-memory holds only what is in flight, whatever the number of inputs.
+The original file bytes and reject reasons travel beside the batches in dictionaries keyed by
+input index; entries are dropped once written, so memory holds only what is in flight,
+whatever the number of inputs.
 
 Outputs of one shard (see label_parts): the TFRecord and CSV are written to temporary names
 and renamed when complete; the JSON summary is written last and marks the shard done. Their
@@ -34,13 +37,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import imnet64
 from imnet64 import atomic
+from imnet64.batch_reader import BatchReader
 from imnet64.errors import UserError
 from imnet64.image_decode import NATIVE_SIZE, decode_image, to_native_size
 from imnet64.inputs import (
@@ -167,7 +170,7 @@ def _shard_lock(paths: PartPaths) -> Iterator[None]:
 
 
 class _SideTable:
-    """Per-input data that does not go through tf.data: original bytes and reject reasons."""
+    """Per-input data that does not go to the teacher: original bytes and reject reasons."""
 
     def __init__(self) -> None:
         self.encoded: dict[int, tuple[bytes, str, int, int]] = {}
@@ -175,18 +178,11 @@ class _SideTable:
         self.lock = threading.Lock()
 
 
-def _build_dataset(inputs: InputSet, side: _SideTable, batch_size: int, pool: ThreadPoolExecutor):
-    """Batches (input indices, uint8 [k, 64, 64, 3] images) of the decoded inputs, in input
-    order; rejects are left out (and recorded in `side`).
+def _loader(inputs: InputSet, side: _SideTable) -> Callable[[int], Any]:
+    """load(i): input i read and decoded to uint8 64x64x3, or None when rejected (the reason
+    goes to `side`). Never raises for a bad file: one file must not end the job."""
 
-    Reading and decoding happen one batch per tf.data element (not one image): a
-    numpy_function reads and decodes a batch on `pool`'s threads (PIL and file reads release
-    the GIL), which costs half the CPU of a per-image map + filter chain.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    def load(i: int) -> np.ndarray | None:
+    def load(i: int):
         try:
             data = inputs.read(i)
             decoded = decode_image(data, max_side=MAX_DECODE_SIDE)
@@ -203,28 +199,7 @@ def _build_dataset(inputs: InputSet, side: _SideTable, batch_size: int, pool: Th
             side.rejects[i] = reason
         return None
 
-    def load_batch(indices: np.ndarray):
-        images = list(pool.map(load, indices.tolist()))
-        ok = [j for j, image in enumerate(images) if image is not None]
-        stacked = (np.stack([images[j] for j in ok]) if ok
-                   else np.zeros((0, *NATIVE_SIZE, 3), np.uint8))
-        return indices[ok].astype(np.int64), stacked
-
-    def read_and_decode(indices):
-        kept, images = tf.numpy_function(load_batch, [indices], [tf.int64, tf.uint8],
-                                         stateful=True)
-        kept.set_shape([None])
-        images.set_shape([None, *NATIVE_SIZE, 3])
-        return kept, images
-
-    ds = tf.data.Dataset.range(len(inputs)).batch(batch_size)
-    ds = ds.map(read_and_decode, num_parallel_calls=2, deterministic=True)
-    # Re-batch the survivors: every batch the teacher sees is full (but the last), whatever
-    # was rejected. The teacher's kernels round differently at other batch sizes (batch 1
-    # moves probabilities in the 7th digit), so an image's numbers must not depend on
-    # where rejects happen to fall.
-    ds = ds.unbatch().batch(batch_size)
-    return ds.prefetch(2)
+    return load
 
 
 _PREDICTORS: dict[tuple[int, int], tuple[Any, Any]] = {}
@@ -309,8 +284,8 @@ def label_shard(
         paths.summary.unlink(missing_ok=True)
 
         side = _SideTable()
-        pool = stack.enter_context(ThreadPoolExecutor(read_threads, "imnet64-read"))
-        dataset = _build_dataset(inputs, side, batch_size, pool)
+        batches = stack.enter_context(BatchReader(
+            total, _loader(inputs, side), batch_size, (*NATIVE_SIZE, 3), threads=read_threads))
         predict = _predictor(teacher, top_k)
         labeled = 0
         start = time.monotonic()
@@ -319,10 +294,10 @@ def label_shard(
                 atomic.atomic_open(paths.csv, "wb") as csv_file:
             csv_file.write(",".join(CSV_HEADER).encode() + b"\n")
             with tf.io.TFRecordWriter(str(tf_tmp)) as writer:
-                for indices, images in dataset:
+                for indices, images in batches:
                     top_ids, top_probs = predict(images)
                     top_ids, top_probs = top_ids.numpy(), top_probs.numpy()
-                    for row, i in enumerate(indices.numpy().tolist()):
+                    for row, i in enumerate(indices.tolist()):
                         with side.lock:
                             encoded, fmt, height, width = side.encoded.pop(i)
                         ids = tuple(int(v) for v in top_ids[row])
@@ -351,7 +326,7 @@ def label_shard(
 
         rejects = dict(side.rejects)
         missing = total - labeled - len(rejects)
-        if missing:  # cannot happen unless tf.data dropped elements; never hide it
+        if missing:  # cannot happen unless the reader dropped inputs; never hide it
             raise RuntimeError(f"{missing} inputs neither labeled nor rejected")
         summary = {
             "format": SUMMARY_FORMAT,

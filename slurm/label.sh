@@ -38,7 +38,9 @@ set -euo pipefail
 
 die() { echo "label.sh: error: $*" >&2; exit 2; }
 
-# The imnet64 command as words in the array `imnet64`.
+# The imnet64 command as words in the array `imnet64`. (The same function is in each of
+# slurm/*.sh on purpose: sbatch runs a copy of the script from its spool folder, so a job
+# script cannot rely on sourcing a file next to it.)
 resolve_imnet64() {
   local submit=${SLURM_SUBMIT_DIR:-$PWD} runner
   if [ -n "${IMNET64_CMD:-}" ]; then
