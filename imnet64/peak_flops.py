@@ -7,8 +7,9 @@ usual forward + two backward products per layer. The peak is `--peak-flops` when
   the vendors' data sheets; an unknown GPU gives no MFU.
 - CPU: cores x clock x FLOPs per cycle per core from the vector units in /proc/cpuinfo
   (AVX-512 with 2 FMA units: 64 fp32 FLOPs/cycle; AVX2+FMA: 32; otherwise 8), cores being
-  the CPUs this process may run on, clock the highest "cpu MHz" listed. A rough upper
-  bound: real CPUs run slower under full vector load.
+  the CPUs this process may run on, clock the highest "cpu MHz" listed. That is the nominal
+  clock: a CPU that boosts above it (as this VM's does: 2596 MHz listed, training measured at
+  up to ~105% of that peak) shows an MFU over 100%. Pass --peak-flops for a known peak.
 """
 
 from __future__ import annotations
