@@ -33,7 +33,7 @@ B labels as many as A so the run stays short while the enumeration, sorting and 
 20 000 files is real. The 20 000 files are hard links to the 1 000 photos (same bytes,
 distinct names).
 
-  .venv/bin/python bench/label.py [--images 384] [--rounds 5] [--json out.json]
+  .venv/bin/python bench/label.py [--images 384] [--rounds 7] [--json out.json]
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _seed_loop(tf, hub_model, class_names, folder: Path, batch_size: int) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=384)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--memory-files", default="1000,20000",
                         help="small,large file counts for the peak-RSS runs")
