@@ -49,10 +49,14 @@ lint: install
 	$(BIN)/ruff check .
 	shellcheck slurm/*.sh scripts/*.sh
 
+# Every tier: unit, slow, slurm in pytest; then the container tier through
+# scripts/container-test.sh, which also lints the Dockerfile and the translated apptainer.def
+# and builds the image from that translation before it runs tests/test_container.py.
 test: install
 	scripts/install-system-deps.sh shellcheck
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not container"
+	scripts/container-test.sh
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not slurm and not container"
