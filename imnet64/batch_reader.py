@@ -14,7 +14,6 @@ threads decode batches n+1 and n+2.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -40,12 +39,10 @@ class BatchReader:
     """
 
     def __init__(self, count: int, load: Callable[[int], np.ndarray | None],
-                 batch_size: int, image_shape: tuple[int, int, int], *,
-                 threads: int = 4, ahead: int = 2) -> None:
+                 batch_size: int, *, threads: int = 4, ahead: int = 2) -> None:
         if batch_size < 1 or threads < 1 or ahead < 1:
             raise ValueError("batch_size, threads and ahead must be at least 1")
         self._count, self._load, self._batch_size = count, load, batch_size
-        self._shape = image_shape
         self._threads = threads
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
@@ -58,10 +55,9 @@ class BatchReader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        while self._thread is not None and self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):  # unblock a reader on a full queue
-                self._queue.get(timeout=0.1)
+        self._stop.set()  # a reader blocked on the full queue sees it within 0.1 s (_put)
+        if self._thread is not None:
+            self._thread.join()
         self._thread = None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -109,6 +105,6 @@ class BatchReader:
         except BaseException as e:  # noqa: BLE001  (handed to the consumer, not lost)
             self._put(e)
 
-    def _batch(self, indices: list[int], images: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        stacked = np.stack(images) if images else np.zeros((0, *self._shape), np.uint8)
-        return np.asarray(indices, np.int64), stacked
+    @staticmethod
+    def _batch(indices: list[int], images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(indices, np.int64), np.stack(images)

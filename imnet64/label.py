@@ -284,8 +284,8 @@ def label_shard(
         paths.summary.unlink(missing_ok=True)
 
         side = _SideTable()
-        batches = stack.enter_context(BatchReader(
-            total, _loader(inputs, side), batch_size, (*NATIVE_SIZE, 3), threads=read_threads))
+        batches = stack.enter_context(
+            BatchReader(total, _loader(inputs, side), batch_size, threads=read_threads))
         predict = _predictor(teacher, top_k)
         labeled = 0
         start = time.monotonic()

@@ -19,8 +19,7 @@ def _image(i: int) -> np.ndarray:
 
 def test_survivors_in_order_in_full_batches():
     rejected = {0, 3, 4, 5, 17, 22}
-    with BatchReader(23, lambda i: None if i in rejected else _image(i), 4, SHAPE,
-                     threads=3) as reader:
+    with BatchReader(23, lambda i: None if i in rejected else _image(i), 4, threads=3) as reader:
         batches = list(reader)
     kept = [i for i in range(23) if i not in rejected]
     assert [len(b[0]) for b in batches] == [4, 4, 4, 4, 1]  # 17 survivors
@@ -31,7 +30,7 @@ def test_survivors_in_order_in_full_batches():
 
 
 def test_everything_rejected_gives_no_batch():
-    with BatchReader(10, lambda i: None, 4, SHAPE) as reader:
+    with BatchReader(10, lambda i: None, 4) as reader:
         assert list(reader) == []
 
 
@@ -41,7 +40,7 @@ def test_an_error_in_the_reader_reaches_the_consumer():
             raise OSError("disk on fire")
         return _image(i)
 
-    with pytest.raises(OSError, match="disk on fire"), BatchReader(20, load, 4, SHAPE) as r:
+    with pytest.raises(OSError, match="disk on fire"), BatchReader(20, load, 4) as r:
         list(r)
 
 
@@ -52,7 +51,7 @@ def test_leaving_early_stops_the_reader():
         loaded.append(i)
         return _image(i)
 
-    with BatchReader(10_000, load, 8, SHAPE, ahead=2) as reader:
+    with BatchReader(10_000, load, 8, ahead=2) as reader:
         next(iter(reader))
     time.sleep(0.3)
     assert len(loaded) < 100  # read ahead by a few batches, not the whole input
