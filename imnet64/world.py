@@ -24,7 +24,9 @@ class ShardSlot:
     source: str  # where the numbers came from, for logs
 
     def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
+        if self.count < 1:
+            raise ValueError(f"shard count {self.count} is not at least 1")
+        if not 0 <= self.index < self.count:
             raise ValueError(f"shard index {self.index} is not in 0..{self.count - 1}")
 
 

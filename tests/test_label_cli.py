@@ -66,6 +66,39 @@ def test_cli_errors_are_one_line_and_non_zero(args, env, message, photos, tmp_pa
     assert not (photos / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--num-shards", "0"], {}, "error: --num-shards must be at least 1 (got 0)"),
+        (["--num-shards", "-3", "--shard-index", "0"], {},
+         "error: --num-shards must be at least 1 (got -3)"),
+        (["--shard-index", "-1"], {}, "error: shard index -1 is not in 0..0 (--shard-index -1)"),
+        (["--shard-index", "2", "--num-shards", "2"], {},
+         "error: shard index 2 is not in 0..1 (--shard-index 2, --num-shards 2)"),
+        ([], {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "0"},
+         "error: shard count 0 is not at least 1 (from SLURM_ARRAY_TASK_ID=0, "
+         "SLURM_ARRAY_TASK_COUNT=0"),
+        ([], {"SLURM_PROCID": "0", "SLURM_NTASKS": "0"},
+         "error: shard count 0 is not at least 1 (from SLURM_PROCID=0, SLURM_NTASKS=0"),
+        ([], {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "2",
+              "SLURM_ARRAY_TASK_COUNT": "2"},
+         "error: shard index -1 is not in 0..1 (from SLURM_ARRAY_TASK_ID=1, "
+         "SLURM_ARRAY_TASK_MIN=2, SLURM_ARRAY_TASK_COUNT=2"),
+        (["--num-shards", "2"], {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"},
+         "error: shard index 3 is not in 0..1 (--num-shards 2; from SLURM_ARRAY_TASK_ID=3, "
+         "SLURM_ARRAY_TASK_COUNT=4"),
+    ],
+)
+def test_shard_numbers_out_of_range_are_refused(args, env, message, photos, tmp_path):
+    # a teacher that does not exist: a run that went past the shard check would fail on it
+    result = imnet64("label", photos, tmp_path / "out", "--teacher", tmp_path / "no-teacher",
+                     *args, env=env)
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_shard_comes_from_slurm_array_variables(photos, tmp_path):
     # --array=1-2: task ids 1 and 2, task 2 is shard 1 of 2. A teacher that does not exist
     # stops the run right after planning, with a one-line error, before any output.
