@@ -107,6 +107,43 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _check_request(input_path: Path, out_dir: Path, index: int, count: int,
+                   export_dir: str | os.PathLike | None) -> None:
+    """What can be refused from the arguments alone, before anything is read or written."""
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"shard index {index} is not in 0..{count - 1} (--num-shards {count})")
+    if input_path.is_dir():
+        # our outputs must never be read back as inputs (or be written into the user's tree)
+        for what, target in (("OUT_DIR", out_dir), ("--export-folders", export_dir)):
+            if target is not None and _inside(Path(target), input_path):
+                raise UserError(f"{what} {target} is inside INPUT {input_path}; choose another")
+
+
+def _why_not_writable(folder: Path, error: OSError) -> str:
+    """A short reason, naming the regular file that stands where a folder is needed."""
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        for p in (folder, *folder.parents):
+            if p.exists():
+                if not p.is_dir():
+                    return f"{p} is a file, not a folder"
+                break
+    return error.strerror or str(error)
+
+
+def writable_problem(folder: Path, what: str, probe_name: str) -> str | None:
+    """None if `folder` exists (it is created if missing) and a file can be made in it, else
+    a one-line reason. Creating (then removing) a real file is the only check that holds on
+    read-only mounts, quotas and ACLs, and for root (whom permission bits do not stop).
+    `probe_name`: the file the temporary is named after (atomic.temp_path_for), so that a
+    leftover of a kill is recognised as this shard's temporary file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.temp_path_for(folder / probe_name).unlink()
+    except OSError as e:
+        return f"cannot write {what} to {folder}: {_why_not_writable(folder, e)}"
+    return None
+
+
 def plan_shard(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -116,13 +153,7 @@ def plan_shard(
 ) -> ShardPlan:
     """Enumerate INPUT, pick this shard's contiguous slice of the sorted names, look at disk."""
     input_path, out_dir = Path(input_path), Path(out_dir)
-    if count < 1 or not 0 <= index < count:
-        raise UserError(f"shard index {index} is not in 0..{count - 1} (--num-shards {count})")
-    if input_path.is_dir():
-        # our outputs must never be read back as inputs (or be written into the user's tree)
-        for what, target in (("OUT_DIR", out_dir), ("--export-folders", export_dir)):
-            if target is not None and _inside(Path(target), input_path):
-                raise UserError(f"{what} {target} is inside INPUT {input_path}; choose another")
+    _check_request(input_path, out_dir, index, count, export_dir)
     all_inputs = open_inputs(input_path)
     if len(all_inputs) == 0:
         raise UserError(f"no image files found in {input_path}")
@@ -392,6 +423,18 @@ def run(
     loaded `teacher` is passed (to label several shards in one process).
     """
     log = log or (lambda message: None)
+    # Outputs first: a folder that cannot be written is found in milliseconds, not after
+    # reading INPUT and loading the teacher. A shard already done may still be skipped
+    # (e.g. a finished OUT_DIR mounted read-only), so that verdict waits for the plan.
+    _check_request(Path(input_path), Path(out_dir), index, count, export_dir)
+    paths = part_paths(out_dir, index, count)
+    problem = writable_problem(paths.folder, "label outputs", paths.summary.name)
+    if problem and not paths.summary.is_file():
+        raise UserError(problem)
+    if export_dir is not None:
+        export_problem = writable_problem(Path(export_dir), "--export-folders", "export")
+        if export_problem:
+            raise UserError(export_problem)
     plan = plan_shard(input_path, out_dir, index, count, export_dir)
     log(
         f"shard {index}/{count}: {len(plan.inputs)} of {plan.total_inputs} inputs "
@@ -414,27 +457,38 @@ def run(
                         f"({old.get('inputs')} inputs, {old.get('first_input')} .. "
                         f"{old.get('last_input')}); use --force to relabel or another OUT_DIR"
                     )
+            if problem:
+                raise UserError(problem)
             if teacher is None:
                 from imnet64.teacher import load_teacher
 
                 teacher = load_teacher(teacher_spec)
             log(f"teacher: {teacher.name}")
-            summary = label_shard(
-                plan,
-                teacher,
-                batch_size=batch_size,
-                top_k=top_k,
-                read_threads=read_threads,
-                teacher_spec=teacher_spec,
-                progress=progress,
-                log=log,
-            )
+            try:
+                summary = label_shard(
+                    plan,
+                    teacher,
+                    batch_size=batch_size,
+                    top_k=top_k,
+                    read_threads=read_threads,
+                    teacher_spec=teacher_spec,
+                    progress=progress,
+                    log=log,
+                )
+            except OSError as e:  # e.g. the disk filled up: inputs never raise (rejects)
+                where = f" ({e.filename})" if e.filename else ""
+                raise UserError(f"cannot write label outputs to {plan.paths.folder}: "
+                                f"{e.strerror or e}{where}") from None
             skipped = False
         if export_dir is not None:
             from imnet64.export_folders import export_folders
 
             rows = read_csv_rows(plan.paths.csv)
-            made = export_folders(plan.inputs, rows, export_dir, copy=copy)
+            try:
+                made = export_folders(plan.inputs, rows, export_dir, copy=copy)
+            except OSError as e:
+                raise UserError(f"cannot write --export-folders to {export_dir}: "
+                                f"{e.strerror or e} ({e.filename})") from None
             log(f"--export-folders: {made} entries in {export_dir}")
     finally:
         plan.inputs.close()

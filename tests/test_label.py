@@ -392,6 +392,53 @@ def test_label_status_counts_done_partial_missing(photos, teacher, tmp_path):
         label_status(tmp_path)  # no labels folder: cannot infer
 
 
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(folder, "ro"|"rw"): a tmpfs mounted (or remounted) there; unmounted after.
+
+    As root, chmod does not stop writes: a read-only mount is the real read-only folder."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(folder: Path, mode: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder in mounted:
+            cmd = ["mount", "-o", f"remount,{mode}", str(folder)]
+        else:
+            cmd = ["mount", "-t", "tmpfs", "-o", f"{mode},size=64m", "tmpfs", str(folder)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        if folder not in mounted:
+            mounted.append(folder)
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_read_only_out_dir_is_a_one_line_error_and_a_done_shard_still_skips(
+        photos, teacher, tmp_path, mount_tmpfs):
+    ro = tmp_path / "ro"
+    mount_tmpfs(ro, "ro")
+    with pytest.raises(UserError) as e:
+        label(photos, ro / "out", teacher)
+    assert str(e.value) == (f"cannot write label outputs to {ro}/out/labels: "
+                            "Read-only file system")
+    # labeled while writable, then read-only: the done shard is skipped, a redo refused
+    rw = tmp_path / "rw"
+    mount_tmpfs(rw, "rw")
+    first, _ = label(photos, rw, teacher, index=2, count=3)
+    mount_tmpfs(rw, "ro")
+    again, skipped = label(photos, rw, teacher, index=2, count=3)
+    assert skipped and again == first
+    with pytest.raises(UserError, match="Read-only file system"):
+        label(photos, rw, teacher, index=2, count=3, force=True)
+    with pytest.raises(UserError, match=f"cannot write --export-folders to {ro}/classes: "):
+        label(photos, rw, teacher, index=2, count=3, export_dir=ro / "classes")
+
+
 def test_plan_refuses_bad_shards(photos, tmp_path):
     with pytest.raises(UserError, match="not in 0..1"):
         plan_shard(photos, tmp_path, 2, 2)

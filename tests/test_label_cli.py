@@ -99,6 +99,26 @@ def test_shard_numbers_out_of_range_are_refused(args, env, message, photos, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_out_dir_under_a_regular_file_fails_before_reading_inputs_or_the_teacher(photos,
+                                                                              tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # the outputs are checked first: before INPUT is read (an empty folder would be "no
+    # image files") and before the teacher is loaded (this one does not exist)
+    for source in (empty, photos):
+        start = time.monotonic()
+        result = imnet64("label", source, blocker / "out", "--teacher", tmp_path / "no-teacher")
+        seconds = time.monotonic() - start
+        assert result.returncode == 2
+        lines = error_lines(result)
+        assert lines == [f"error: cannot write label outputs to {blocker}/out/labels: "
+                         f"{blocker} is a file, not a folder"], result.stderr
+        assert seconds < 10  # the CLI starts in ~2 s; loading the teacher alone takes ~12
+    assert blocker.read_text() == "not a folder"
+
+
 def test_shard_comes_from_slurm_array_variables(photos, tmp_path):
     # --array=1-2: task ids 1 and 2, task 2 is shard 1 of 2. A teacher that does not exist
     # stops the run right after planning, with a one-line error, before any output.
