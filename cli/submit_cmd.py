@@ -8,6 +8,24 @@ from imnet64.errors import UserError
 import click
 
 
+class Count(click.ParamType):
+    """A whole number, refused as a one-line `error:` naming the option (like every other
+    bad value of `submit`), not click's usage message."""
+
+    name = "integer"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        opts = param.opts if param else ["value"]
+        option = next((o for o in opts if o.startswith("--")), opts[0])
+        return sb.parse_count(option, str(value))
+
+
+COUNT = Count()
+
+
 def common_options(f):
     """Options every `submit` command takes (applied bottom-up, listed top-down in --help)."""
     options = [
@@ -16,18 +34,18 @@ def common_options(f):
         click.option("--time", "-t", "time_limit", default=None,
                      help="Time limit, e.g. 04:00:00 [the template's]."),
         click.option("--job-name", default=None, help="Job name [imnet64-<stage>]."),
-        click.option("--image", default=None, type=click.Path(dir_okay=False),
+        click.option("--image", default=None, metavar="FILE",
                      help="Run imnet64 from this Apptainer image (apptainer exec --nv)."),
         click.option("--cmd", default=None,
                      help="Command that runs imnet64 on the nodes [this environment's "
                           "imnet64]."),
-        click.option("--work", default=None, type=click.Path(file_okay=False),
+        click.option("--work", default=None, metavar="DIR",
                      help="Base folder of the default inputs/outputs [./work on the nodes]."),
-        click.option("--log-dir", default=None, type=click.Path(file_okay=False),
+        click.option("--log-dir", default=None, metavar="DIR",
                      help="Folder for the job logs (created) [the current folder]."),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="--OPT[=VALUE]",
                      help="Any other sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)."),
-        click.option("--template", default=None, type=click.Path(dir_okay=False, exists=True),
+        click.option("--template", default=None, metavar="FILE",
                      help="Your own copy of the template to render instead."),
         click.option("--dry-run", is_flag=True, help="Print the script instead of submitting."),
     ]
@@ -65,13 +83,13 @@ def label_options(f):
                      help='More `imnet64 label` options, e.g. "--batch-size 128".')(f)
     f = click.option("--teacher", default=None,
                      help="TF Hub handle, SavedModel folder or 'offline' [the CLI's].")(f)
-    f = click.option("--label-dir", default=None, type=click.Path(file_okay=False),
+    f = click.option("--label-dir", default=None, metavar="DIR",
                      help="Label output folder [WORK/labeled].")(f)
-    f = click.option("--input", "input_path", default=None, type=click.Path(),
+    f = click.option("--input", "input_path", default=None, metavar="PATH",
                      help="Images: folder, list file or .tar [WORK/images].")(f)
-    f = click.option("--max-parallel", type=int, default=None, metavar="K",
+    f = click.option("--max-parallel", type=COUNT, default=None, metavar="K",
                      help="At most K array tasks at once.")(f)
-    f = click.option("--shards", type=int, default=None, metavar="N",
+    f = click.option("--shards", type=COUNT, default=None, metavar="N",
                      help="Number of shards = array tasks [the template's: 8].")(f)
     return f
 
@@ -88,6 +106,7 @@ def submit_label(dry_run, missing_only, **kw) -> None:
     if missing_only:
         if kw["shards"] is None or not kw["label_dir"]:
             raise UserError("--missing-only needs --label-dir and --shards")
+        sb.check_text("--label-dir", kw["label_dir"])
         only = sb.missing_label_shards(kw["label_dir"], kw["shards"])
         if not only:
             click.echo(f"all {kw['shards']} shards of {kw['label_dir']} are done; "
@@ -104,16 +123,16 @@ def shard_options(f):
     f = click.option("--shard-args", default=None, metavar="ARGS",
                      help='More `imnet64 shard-records` options, e.g. "--val-fraction 0.05".'
                      )(f)
-    f = click.option("--dataset", default=None, type=click.Path(file_okay=False),
+    f = click.option("--dataset", default=None, metavar="DIR",
                      help="Dataset output folder [WORK/dataset].")(f)
     return f
 
 
 @submit.command("shard")
-@click.option("--label-dir", default=None, type=click.Path(file_okay=False),
+@click.option("--label-dir", default=None, metavar="DIR",
               help="The label output folder to read [WORK/labeled].")
 @shard_options
-@click.option("--ntasks", type=int, default=None, help="Tasks writing shards [4].")
+@click.option("--ntasks", type=COUNT, default=None, help="Tasks writing shards [4].")
 @common_options
 def submit_shard(dry_run, **kw) -> None:
     """The shard-records job (slurm/shard.sh): several tasks write the TFRecord shards."""
@@ -125,16 +144,16 @@ def submit_shard(dry_run, **kw) -> None:
 def train_options(f):
     f = click.option("--train-args", default=None, metavar="ARGS",
                      help='More `imnet64 train` options, e.g. "--epochs 40".')(f)
-    f = click.option("--signal-time", type=int, default=None, metavar="S",
+    f = click.option("--signal-time", type=COUNT, default=None, metavar="S",
                      help="Seconds before the time limit to checkpoint and requeue [120].")(f)
     f = click.option("--signal", default=None,
                      help="Signal passed to the ranks to checkpoint [USR1; NCCL users: USR2].")(f)
-    f = click.option("--gpus-per-node", type=int, default=None,
+    f = click.option("--gpus-per-node", type=COUNT, default=None,
                      help="GPUs per node, 0 for none [1].")(f)
-    f = click.option("--ntasks-per-node", type=int, default=None,
+    f = click.option("--ntasks-per-node", type=COUNT, default=None,
                      help="Ranks per node: one per GPU [1].")(f)
-    f = click.option("--nodes", "-N", type=int, default=None, help="Nodes [1].")(f)
-    f = click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+    f = click.option("--nodes", "-N", type=COUNT, default=None, help="Nodes [1].")(f)
+    f = click.option("--run-dir", default=None, metavar="DIR",
                      help="Run folder; an existing one resumes [WORK/runs/<name>-<job id>].")(f)
     return f
 
@@ -147,7 +166,7 @@ def _train_job(common: sb.Common, kw: dict, dataset: str | None) -> sb.Job:
 
 
 @submit.command("train")
-@click.option("--dataset", default=None, type=click.Path(file_okay=False),
+@click.option("--dataset", default=None, metavar="DIR",
               help="Dataset folder made by shard-records [WORK/dataset].")
 @train_options
 @common_options
@@ -160,7 +179,7 @@ def submit_train(dry_run, **kw) -> None:
 @submit.command("pipeline")
 @label_options
 @shard_options
-@click.option("--shard-tasks", type=int, default=None, help="Tasks of the shard job [4].")
+@click.option("--shard-tasks", type=COUNT, default=None, help="Tasks of the shard job [4].")
 @train_options
 @click.option("--label-time", default=None, help="Time limit of each label task.")
 @click.option("--shard-time", default=None, help="Time limit of the shard job.")
@@ -173,13 +192,15 @@ def submit_pipeline(dry_run, **kw) -> None:
     ones already submitted are cancelled.
     """
     stage_times = {s: kw.pop(f"{s}_time") for s in sb.STAGES}
-    if kw["template"]:
+    if kw["template"] is not None:
+        sb.check_text("--template", kw["template"])
         raise UserError("--template names one file; the pipeline uses the three templates")
     common = _common(kw)
 
     def with_time(stage: str) -> sb.Common:
         c = sb.Common(**vars(common))
-        c.time = stage_times[stage] or common.time
+        if stage_times[stage] is not None:
+            c.time, c.time_option = stage_times[stage], f"--{stage}-time"
         return c
 
     jobs = [
@@ -193,7 +214,7 @@ def submit_pipeline(dry_run, **kw) -> None:
     if dry_run:
         for i, job in enumerate(jobs):
             if i:
-                job.sbatch["--dependency"] = f"afterok:<{sb.STAGES[i - 1]} job id>"
+                job.sbatch["--dependency"] = f"afterok:<{sb.STAGES[i - 1]}-job-id>"
             click.echo(f"# ---- {job.stage} " + "-" * 60)
             click.echo(job.render(), nl=False)
         return

@@ -5,6 +5,10 @@ template has one and added after the last `#SBATCH` line otherwise, and settings
 `export IMNET64_...=value` lines after the `#SBATCH` block. The rendered script is what
 `sbatch` receives on stdin, so `--dry-run` shows exactly what would run.
 
+Every option value is checked here before it reaches the script (see "Checking what goes
+into the script" below): a value that could add a command or an sbatch option is refused
+with a one-line UserError naming the option, and `render` checks again.
+
 Nothing here imports click or TensorFlow; errors the user can fix are UserError.
 """
 
@@ -16,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,171 @@ TEMPLATE_FILES = {"label": "label.sh", "shard": "shard.sh", "train": "train.sh"}
 # Per-task log names: an array job has one log per task; train's log spans requeues.
 LOG_PATTERNS = {"label": "%x-%A_%a.log", "shard": "%x-%j.log", "train": "%x-%j.log"}
 _SBATCH_LINE = re.compile(r"^#SBATCH\s+(--[A-Za-z0-9-]+)(?:[=\s]\s*(.*?))?\s*$")
+
+
+# -- checking what goes into the script -----------------------------------------------
+#
+# Values reach the job script in two places:
+# - `#SBATCH --name=value` lines. sbatch reads them with its own tokenizer (_get_argument
+#   in Slurm's src/sbatch/opt.c): whitespace separates arguments, quotes and backslashes
+#   are consumed, an unquoted `#` starts a comment, "packjob"/"hetjob" anywhere in the line
+#   splits the job into heterogeneous components, and directives end at the first line
+#   that is not a comment. So a newline would start a command (and hide every later
+#   #SBATCH line), a space would add another sbatch option. Directive values are kept to
+#   a plain ASCII set, and options with a Slurm grammar must match it.
+# - `export IMNET64_X=value` lines: shlex.quote makes any text one literal word for bash,
+#   and the templates only ever use these values quoted or split into words by `read -r -a`.
+# No value may hold a control character (C0, DEL, C1), a Unicode line or paragraph
+# separator, or a bidirectional-text control (which makes a script read differently from
+# what runs), wherever it goes.
+
+_CHAR_NAMES = {"\n": "newline", "\r": "carriage return", "\t": "tab", "\0": "NUL",
+               "\x1b": "escape", "\x7f": "delete", "\x85": "next line"}
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
+# Characters a directive value may hold: none that sbatch's tokenizer treats specially
+# (space, quotes, backslash, #) and none of the shell's ($ ` ;), though no shell reads it.
+_DIRECTIVE_CHARS = re.compile(r"[A-Za-z0-9_.,:=@%+/~^&|!*?()\[\]{}<>-]")
+_DIRECTIVE_ALLOWED = "letters, digits and _.,:=@%+/~^&|!*?()[]{}<>-"
+_HETJOB = re.compile("packjob|hetjob", re.IGNORECASE)
+_SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = r"[A-Za-z0-9_.-]+"
+_TIME = re.compile(r"[0-9]+(?::[0-9]+){0,2}|[0-9]+-[0-9]+(?::[0-9]+){0,2}|UNLIMITED|INFINITE",
+                   re.IGNORECASE)
+TIME_FORMATS = ("minutes, minutes:seconds, hours:minutes:seconds, days-hours, "
+                "days-hours:minutes, days-hours:minutes:seconds, or UNLIMITED")
+
+
+def _describe(char: str) -> str:
+    name = _CHAR_NAMES.get(char) or unicodedata.name(char, "").lower()
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+def check_text(option: str, value: str) -> str:
+    """`value` unless it holds a control character (any option, any destination)."""
+    for char in value:
+        if _is_control(char):
+            kind = "control character" if unicodedata.category(char) == "Cc" else "character"
+            raise UserError(f"{option} {value!r}: {kind} {_describe(char)} is not allowed")
+    return value
+
+
+def check_directive(option: str, value: str) -> str:
+    """`value` if it can stand in an `#SBATCH --name=value` line as exactly one argument."""
+    check_text(option, value)
+    for char in value:
+        if _DIRECTIVE_CHARS.fullmatch(char):
+            continue
+        if char.isspace():
+            why = f"whitespace {_describe(char)} would split it into more sbatch options"
+        elif char in "'\"\\":
+            why = f"sbatch reads {char!r} in an #SBATCH line as quoting"
+        elif char == "#":
+            why = "sbatch reads '#' in an #SBATCH line as the start of a comment"
+        else:
+            why = f"{char!r} is not allowed in an #SBATCH line (allowed: {_DIRECTIVE_ALLOWED})"
+        raise UserError(f"{option} {value!r}: {why}")
+    found = _HETJOB.search(value)
+    if found:
+        raise UserError(f"{option} {value!r}: sbatch reads {found.group(0)!r} in an #SBATCH "
+                        "line as a heterogeneous-job separator")
+    return value
+
+
+def _check_grammar(option: str, value: str, pattern: str | re.Pattern, what: str) -> str:
+    check_directive(option, value)
+    if not re.fullmatch(pattern, value):
+        raise UserError(f"{option} {value!r}: {what}")
+    return value
+
+
+def check_time(option: str, value: str) -> str:
+    """A Slurm time limit as sbatch(1) --time takes it."""
+    return _check_grammar(option, value, _TIME, f"not a Slurm time limit ({TIME_FORMATS})")
+
+
+def check_partition(option: str, value: str) -> str:
+    return _check_grammar(option, value, rf"{_NAME}(?:,{_NAME})*",
+                          "partition names are letters, digits and _.- (a list: comma-"
+                          "separated)")
+
+
+def check_name(option: str, value: str) -> str:
+    """An account or QOS name."""
+    return _check_grammar(option, value, _NAME, "expected one name of letters, digits and _.-")
+
+
+def check_job_name(option: str, value: str) -> str:
+    # no "/": the name becomes part of the log file name (%x)
+    return _check_grammar(option, value, r"[A-Za-z0-9_.+,:@=-]+",
+                          "job names are letters, digits and _.+,:@=- here")
+
+
+def check_signal_spec(option: str, value: str) -> str:
+    """sbatch --signal: [{R|B}:]<sig_num|name>[@sig_time]."""
+    return _check_grammar(option, value,
+                          re.compile(r"(?:[RB]{1,2}:)?(?:[0-9]+|(?:SIG)?[A-Z][A-Z0-9]*)"
+                                     r"(?:@[0-9]+)?", re.IGNORECASE),
+                          "expected [B:]SIGNAL[@SECONDS], e.g. B:USR1@120")
+
+
+# sbatch options whose values have a grammar of their own (also via --sbatch-arg)
+_SBATCH_GRAMMARS = {"--partition": check_partition, "--account": check_name,
+                    "--qos": check_name, "--time": check_time, "--time-min": check_time,
+                    "--job-name": check_job_name, "--signal": check_signal_spec}
+
+
+def parse_count(option: str, text: str) -> int:
+    """An option's whole number, from the command line's text (ASCII digits only)."""
+    check_text(option, text)
+    if not re.fullmatch(r"[0-9]+", text):
+        raise UserError(f"{option} {text!r}: expected a whole number (e.g. 4)")
+    return int(text)
+
+
+def parse_sbatch_arg(arg: str, option: str = "--sbatch-arg") -> tuple[str, str]:
+    """"--name=value" or "--flag" -> (name, value), checked like the options imnet64 sets."""
+    check_text(option, arg)
+    name, sep, value = arg.partition("=")
+    if not _SBATCH_OPTION.fullmatch(name):
+        raise UserError(f"{option} {arg!r}: takes long sbatch options like --qos=high, named "
+                        "with letters, digits and -")
+    if sep and not value:
+        raise UserError(f"{option} {arg!r}: empty value (for a flag, leave out the =)")
+    if _HETJOB.search(name):
+        raise UserError(f"{option} {arg!r}: sbatch reads {_HETJOB.search(name).group(0)!r} in "
+                        "an #SBATCH line as a heterogeneous-job separator")
+    if value:
+        check = _SBATCH_GRAMMARS.get(name, check_directive)
+        try:
+            check(option, value)
+        except UserError as e:
+            # name the whole argument, not only its value
+            raise UserError(str(e).replace(f"{option} {value!r}", f"{option} {arg!r}", 1)) \
+                from None
+    return name, value
+
+
+class TemplateError(UserError):
+    """A template sbatch would not read the way imnet64 renders it."""
+
+
+def _check_template(lines: list[str]) -> None:
+    """Every #SBATCH line must come before the first command: sbatch reads none after."""
+    first_command = None
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if first_command is None and stripped and not stripped.startswith("#"):
+            first_command = (number, line)
+        elif first_command and line.startswith("#SBATCH"):
+            raise TemplateError(
+                f"line {number} ({line!r}) comes after the command on line {first_command[0]} "
+                f"({first_command[1]!r}); sbatch reads no #SBATCH line after the first command")
 
 
 def templates_dir() -> Path:
@@ -40,11 +210,16 @@ def templates_dir() -> Path:
 
 
 def template_text(stage: str, template: str | os.PathLike | None = None) -> str:
-    path = Path(template) if template else templates_dir() / TEMPLATE_FILES[stage]
+    if template is not None:
+        check_text("--template", os.fspath(template))
+    path = Path(template) if template is not None else templates_dir() / TEMPLATE_FILES[stage]
     try:
         return path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read template {path}: {e.strerror}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        where = (f"--template {os.fspath(template)!r}" if template is not None
+                 else f"template {path}")
+        raise UserError(f"{where}: cannot read it: {reason}") from None
 
 
 @dataclass
@@ -55,15 +230,37 @@ class Job:
     sbatch: dict[str, str | None] = field(default_factory=dict)  # "--nodes" -> "2"; None drops
     env: dict[str, str] = field(default_factory=dict)  # "IMNET64_INPUT" -> "/data"
     template: str | None = None
+    log_dir: str | None = None  # the folder of --output, made before submitting
 
     def render(self) -> str:
-        return render(template_text(self.stage, self.template), self.sbatch, self.env)
+        text = template_text(self.stage, self.template)
+        try:
+            return render(text, self.sbatch, self.env)
+        except TemplateError as e:
+            if self.template:
+                raise TemplateError(f"--template {os.fspath(self.template)!r}: {e}") from None
+            raise
+
+
+def _check_settings(sbatch: dict[str, str | None], env: dict[str, str]) -> None:
+    """What `render` writes, checked again whoever built the Job (defence in depth)."""
+    for name, value in sbatch.items():
+        if not _SBATCH_OPTION.fullmatch(name) or _HETJOB.search(name):
+            raise UserError(f"sbatch option {name!r}: expected --name of letters, digits and -")
+        if value:
+            check_directive(name, value)
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise UserError(f"setting {key!r}: not a variable name")
+        check_text(key, str(value))
 
 
 def render(text: str, sbatch: dict[str, str | None], env: dict[str, str]) -> str:
     """`text` with #SBATCH options set (value "" = a bare flag, None = drop the line) and
     `export` lines for `env` after the #SBATCH block."""
+    _check_settings(sbatch, env)
     lines = text.splitlines()
+    _check_template(lines)
     positions = {}
     last = None
     for i, line in enumerate(lines):
@@ -72,11 +269,9 @@ def render(text: str, sbatch: dict[str, str | None], env: dict[str, str]) -> str
             positions.setdefault(m.group(1), i)
             last = i
     if last is None:
-        raise UserError("the template has no #SBATCH lines; is it a Slurm batch script?")
+        raise TemplateError("the template has no #SBATCH lines; is it a Slurm batch script?")
     added, dropped = [], set()
     for name, value in sbatch.items():
-        if not name.startswith("--"):
-            raise ValueError(f"sbatch option {name!r} must start with --")
         if value is None:
             if name in positions:
                 dropped.add(positions[name])
@@ -92,7 +287,12 @@ def render(text: str, sbatch: dict[str, str | None], env: dict[str, str]) -> str
         block += [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
     out = [line for i, line in enumerate(lines[: last + 1]) if i not in dropped]
     out += block + lines[last + 1:]
-    return "\n".join(out) + "\n"
+    script = "\n".join(out) + "\n"
+    # what the checks above promise: one line per setting, all directives still read
+    if len(script.splitlines()) != len(out):
+        raise UserError("refusing to render: a setting would span more than one line")
+    _check_template(script.splitlines())
+    return script
 
 
 def _sbatch_error(stage: str, stderr: str, partition: str | None) -> str:
@@ -132,8 +332,11 @@ def submit(job: Job, script: str | None = None) -> str:
 
 def _make_log_dirs(job: Job) -> None:
     # Slurm does not create the folder of --output; a job whose log cannot open dies silently.
+    if job.log_dir:
+        Path(job.log_dir).mkdir(parents=True, exist_ok=True)
+        return
     output = job.sbatch.get("--output")
-    if output and "/" in output:
+    if output and "/" in output and "%" not in output.rpartition("/")[0]:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -162,7 +365,8 @@ def submit_chain(jobs: list[Job]) -> list[str]:
 
 
 def log_option(stage: str, log_dir: str | os.PathLike) -> str:
-    return str(Path(log_dir) / LOG_PATTERNS[stage])
+    """The --output pattern of `stage` in `log_dir` ("%%" is Slurm's literal "%")."""
+    return os.path.join(os.fspath(log_dir).replace("%", "%%"), LOG_PATTERNS[stage])
 
 
 def missing_label_shards(label_dir: str | os.PathLike, num_shards: int) -> list[int]:
@@ -207,10 +411,16 @@ class Common:
     work: str | None = None  # IMNET64_WORK: base folder of the templates' defaults
     sbatch_args: list[str] = field(default_factory=list)  # raw "--name=value" / "--flag"
     template: str | None = None
+    time_option: str = "--time"  # the option `time` came from (pipeline: --label-time, ...)
 
 
 def _abs(path: str | os.PathLike) -> str:
     return os.path.abspath(os.fspath(path))
+
+
+def _path(option: str, path: str | os.PathLike) -> str:
+    """An absolute path for an `export` line (any text but control characters)."""
+    return _abs(check_text(option, os.fspath(path)))
 
 
 def default_cmd() -> str | None:
@@ -220,32 +430,46 @@ def default_cmd() -> str | None:
     return str(exe) if exe.is_file() else None
 
 
-def _parse_sbatch_arg(arg: str) -> tuple[str, str]:
-    if not arg.startswith("--"):
-        raise UserError(f"--sbatch-arg takes long sbatch options like --qos=high, not {arg!r}")
-    name, sep, value = arg.partition("=")
-    return name, value if sep else ""
+def _log_dir(option: str, log_dir: str) -> str:
+    """The absolute log folder, if it can stand in an #SBATCH --output line."""
+    path = _abs(check_text(option, log_dir))
+    try:
+        return check_directive(option, path)
+    except UserError as e:
+        raise UserError(f"{e} (the log path goes into an #SBATCH line: choose a folder "
+                        "whose absolute path has none of that)") from None
 
 
 def _base(stage: str, common: Common) -> Job:
+    """The Job of `stage` with the options every stage takes, each checked."""
     sbatch: dict[str, str | None] = {}
-    for name, value in (("--partition", common.partition), ("--account", common.account),
-                        ("--time", common.time), ("--job-name", common.job_name)):
-        if value:
-            sbatch[name] = value
-    if common.log_dir:
-        sbatch["--output"] = log_option(stage, _abs(common.log_dir))
+    for name, option, value in (("--partition", "--partition", common.partition),
+                                ("--account", "--account", common.account),
+                                ("--time", common.time_option, common.time),
+                                ("--job-name", "--job-name", common.job_name)):
+        if value is not None:
+            sbatch[name] = _SBATCH_GRAMMARS[name](option, value)
+    log_dir = None
+    if common.log_dir is not None:
+        log_dir = _log_dir("--log-dir", common.log_dir)
+        sbatch["--output"] = log_option(stage, log_dir)
     for arg in common.sbatch_args:
-        name, value = _parse_sbatch_arg(arg)
+        name, value = parse_sbatch_arg(arg)
         sbatch[name] = value
     env: dict[str, str] = {}
+    cmd = check_text("--cmd", common.cmd) if common.cmd else None
     if common.image:
-        env["IMNET64_IMAGE"] = _abs(common.image)
-    elif common.cmd or default_cmd():
-        env["IMNET64_CMD"] = common.cmd or default_cmd() or ""
+        env["IMNET64_IMAGE"] = _path("--image", common.image)
+    elif cmd:
+        env["IMNET64_CMD"] = cmd
+    elif default_cmd():
+        env["IMNET64_CMD"] = check_text("this environment's imnet64 (use --cmd)",
+                                        default_cmd() or "")
     if common.work:
-        env["IMNET64_WORK"] = _abs(common.work)
-    return Job(stage, sbatch, env, common.template)
+        env["IMNET64_WORK"] = _path("--work", common.work)
+    if common.template is not None:
+        check_text("--template", common.template)
+    return Job(stage, sbatch, env, common.template, log_dir)
 
 
 def label_job(common: Common, *, input_path: str | None = None, label_dir: str | None = None,
@@ -266,14 +490,16 @@ def label_job(common: Common, *, input_path: str | None = None, label_dir: str |
         raise UserError("--max-parallel needs --shards (the shard count)")
     if shards is not None:
         job.env["IMNET64_NUM_SHARDS"] = str(shards)
-    for name, value in (("IMNET64_INPUT", input_path), ("IMNET64_LABEL_DIR", label_dir)):
+    for name, option, value in (("IMNET64_INPUT", "--input", input_path),
+                                ("IMNET64_LABEL_DIR", "--label-dir", label_dir)):
         if value:
-            job.env[name] = _abs(value)
+            job.env[name] = _path(option, value)
     if teacher:
         # a TF Hub URL or "offline" stays as given; a local folder becomes absolute
+        check_text("--teacher", teacher)
         job.env["IMNET64_TEACHER"] = _abs(teacher) if os.path.exists(teacher) else teacher
     if args:
-        job.env["IMNET64_LABEL_ARGS"] = args
+        job.env["IMNET64_LABEL_ARGS"] = check_text("--label-args", args)
     return job
 
 
@@ -284,11 +510,12 @@ def shard_job(common: Common, *, label_dir: str | None = None, dataset: str | No
         if ntasks < 1:
             raise UserError(f"--ntasks must be at least 1 (got {ntasks})")
         job.sbatch["--ntasks"] = str(ntasks)
-    for name, value in (("IMNET64_LABEL_DIR", label_dir), ("IMNET64_DATASET", dataset)):
+    for name, option, value in (("IMNET64_LABEL_DIR", "--label-dir", label_dir),
+                                ("IMNET64_DATASET", "--dataset", dataset)):
         if value:
-            job.env[name] = _abs(value)
+            job.env[name] = _path(option, value)
     if args:
-        job.env["IMNET64_SHARD_ARGS"] = args
+        job.env["IMNET64_SHARD_ARGS"] = check_text("--shard-args", args)
     return job
 
 
@@ -307,17 +534,23 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
             raise UserError(f"--gpus-per-node must be 0 or more (got {gpus_per_node})")
         # 0: a CPU-only cluster, where any GPU request would be refused
         job.sbatch["--gpus-per-node"] = str(gpus_per_node) if gpus_per_node else None
-    if signal:
+    if signal is not None:
         from imnet64.preemption import parse_signal
 
-        job.env["IMNET64_SIGNAL"] = parse_signal(signal).name.removeprefix("SIG")
+        check_text("--signal", signal)
+        try:
+            parsed = parse_signal(signal)
+        except UserError as e:
+            raise UserError(f"--signal {signal!r}: {e}") from None
+        job.env["IMNET64_SIGNAL"] = parsed.name.removeprefix("SIG")
     if signal_time is not None:
         if signal_time < 1:
             raise UserError(f"--signal-time must be at least 1 second (got {signal_time})")
         job.sbatch["--signal"] = f"B:USR1@{signal_time}"
-    for name, value in (("IMNET64_DATASET", dataset), ("IMNET64_RUN_DIR", run_dir)):
+    for name, option, value in (("IMNET64_DATASET", "--dataset", dataset),
+                                ("IMNET64_RUN_DIR", "--run-dir", run_dir)):
         if value:
-            job.env[name] = _abs(value)
+            job.env[name] = _path(option, value)
     if args:
-        job.env["IMNET64_TRAIN_ARGS"] = args
+        job.env["IMNET64_TRAIN_ARGS"] = check_text("--train-args", args)
     return job

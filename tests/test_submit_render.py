@@ -103,8 +103,8 @@ def test_pipeline_dry_run_chains_three_scripts(capsys, tmp_path):
     assert "#SBATCH --time=02:00:00" in stages["shard"]  # the template's own
     assert "#SBATCH --time=8:00:00" in stages["train"]
     assert "#SBATCH --dependency" not in stages["label"]
-    assert "#SBATCH --dependency=afterok:<label job id>" in stages["shard"]
-    assert "#SBATCH --dependency=afterok:<shard job id>" in stages["train"]
+    assert "#SBATCH --dependency=afterok:<label-job-id>" in stages["shard"]
+    assert "#SBATCH --dependency=afterok:<shard-job-id>" in stages["train"]
     assert "#SBATCH --ntasks=2" in stages["shard"] and "#SBATCH --nodes=2" in stages["train"]
     # the shard job reads what the label job writes
     for stage in ("label", "shard"):
