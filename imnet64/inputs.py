@@ -28,9 +28,11 @@ from pathlib import Path
 
 from imnet64.errors import UserError
 
-# File name endings taken as images in a folder (case-insensitive). A list file or a tar
-# member with another ending is still an input if listed/archived under an image name;
-# anything that does not decode is rejected with a reason, never silently dropped.
+# File name endings taken as images (case-insensitive). In a folder, only files with these
+# names are inputs. A list file's entries are inputs whatever their names (they were
+# listed). In a tar, every member but directories is an input; one without an image name
+# is rejected as such. Anything that does not decode is rejected with a reason, never
+# silently dropped.
 IMAGE_SUFFIXES = frozenset({
     ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".webp", ".tif", ".tiff",
     ".ppm", ".pgm", ".pbm", ".pnm",
@@ -223,10 +225,19 @@ def _list_input(list_file: Path) -> FileInputSet:
 
 @dataclass(frozen=True)
 class _Special:
-    """A tar member that is not plain data: a link to another member, or unreadable."""
+    """A tar member that is not plain, labelable data: a link to another member, or one
+    rejected (for its name, or because its data cannot be read in place)."""
 
     link: str | None = None  # target member name for hard/symbolic links
-    problem: str | None = None  # the reject reason when it cannot be read in place
+    problem: str | None = None  # the reject reason of this member itself
+    # its data can still be read through a link to it (a regular member rejected for its
+    # name only, e.g. `cat.png` -> `.cache/cat.png`)
+    readable: bool = False
+
+
+# Why a member is not a regular file, by tar type (tarfile's names for them)
+_TAR_KINDS = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+              tarfile.FIFOTYPE: "FIFO"}
 
 
 class TarInputSet(InputSet):
@@ -238,8 +249,9 @@ class TarInputSet(InputSet):
     """
 
     def __init__(self, root: Path, names: list[str], offsets: array, sizes: array,
-                 special: dict[str, _Special], everything: TarInputSet | None = None):
+                 special: dict[int, _Special], everything: TarInputSet | None = None):
         super().__init__(root=root, kind="tar", names=names)
+        # special: by index into `names` (a name archived twice appears twice)
         self.offsets, self.sizes, self.special = offsets, sizes, special
         # links may point at members outside this shard: resolve them in the whole archive
         self._everything = everything or self
@@ -248,25 +260,26 @@ class TarInputSet(InputSet):
 
     def _lookup(self, name: str) -> int | None:
         if self._index is None:  # built only when an archive has links
+            # a name archived twice means its later copy (sorted stably: the last index)
             self._index = {n: i for i, n in enumerate(self.names)}
         return self._index.get(name)
 
     def _data_location(self, index: int) -> tuple[int, int]:
-        name = self.names[index]
-        special = self.special.get(name)
+        special = self.special.get(index)
         if special is None:
             return self.offsets[index], self.sizes[index]
+        if special.problem:
+            raise InputReadError(special.problem)
         whole = self._everything
         for _ in range(16):  # bounded: link cycles are a reject, not a hang
-            if special.problem:
-                raise InputReadError(special.problem)
-            name = special.link
-            i = whole._lookup(name)
+            i = whole._lookup(special.link)
             if i is None:
                 raise InputReadError("broken link inside the archive")
-            special = whole.special.get(name)
-            if special is None:
+            special = whole.special.get(i)
+            if special is None or special.readable:
                 return whole.offsets[i], whole.sizes[i]
+            if special.link is None:
+                raise InputReadError(f"link to a member that cannot be read: {special.problem}")
         raise InputReadError("too many levels of links inside the archive")
 
     def read(self, index: int) -> bytes:
@@ -282,11 +295,10 @@ class TarInputSet(InputSet):
         return data
 
     def subset(self, start: int, stop: int) -> TarInputSet:
-        names = self.names[start:stop]
-        special = {n: self.special[n] for n in names if n in self.special}
+        special = {i - start: s for i, s in self.special.items() if start <= i < stop}
         everything = self._everything if self.special else None
-        return TarInputSet(self.root, names, self.offsets[start:stop], self.sizes[start:stop],
-                           special, everything)
+        return TarInputSet(self.root, self.names[start:stop], self.offsets[start:stop],
+                           self.sizes[start:stop], special, everything)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -298,45 +310,94 @@ class TarInputSet(InputSet):
             self.close()
 
 
+def _member_name(raw: str) -> tuple[str, str | None]:
+    """(name, reject reason or None) of a tar member called `raw`.
+
+    Names with a `..` component or a leading `/` could point outside wherever the archive is
+    unpacked (GNU tar refuses `..` too): they are rejected and keep their name as archived,
+    so the reject says which member it was. Other names are normalised (`./a.png` is
+    `a.png`, as tar -x sees it).
+    """
+    if raw.startswith("/"):
+        return raw, "unsafe path in archive (absolute)"
+    if ".." in raw.split("/"):
+        return raw, "unsafe path in archive (..)"
+    name = posixpath.normpath(raw)
+    if any(_hidden(part) for part in name.split("/")):
+        return name, "hidden name (starts with a dot): not labeled, like in a folder"
+    if not is_image_name(name):
+        return name, "not an image file name: not labeled, like in a folder"
+    return name, None
+
+
+def _link_target(name: str, info: tarfile.TarInfo) -> str | None:
+    """The member a link names (hard links: from the archive root; symbolic links: from the
+    link's folder), or None when it points outside the archive."""
+    if info.linkname.startswith("/"):
+        return None
+    base = posixpath.dirname(name) if info.issym() else ""
+    target = posixpath.normpath(posixpath.join(base, info.linkname))
+    if target == ".." or target.startswith("../"):
+        return None
+    return target
+
+
+def _member_special(name: str, problem: str | None, info: tarfile.TarInfo) -> _Special | None:
+    if info.islnk() or info.issym():
+        target = _link_target(name, info)
+        return _Special(link=target, problem=problem or (
+            None if target is not None else "link points outside the archive"))
+    if info.issparse():
+        return _Special(problem=problem or "sparse archive member")
+    if not info.isreg():
+        kind = _TAR_KINDS.get(info.type, f"type {info.type!r}")
+        return _Special(problem=problem or f"not a regular file in the archive ({kind})")
+    return _Special(problem=problem, readable=True) if problem else None
+
+
 def _tar_input(path: Path) -> TarInputSet:
+    """Every member but directories is an input (see IMAGE_SUFFIXES): `inputs = labeled +
+    rejected` then counts the archive's files, links and special files, one each."""
     names: list[str] = []
     offsets, sizes = array("q"), array("q")
-    special: dict[str, _Special] = {}
+    special: dict[int, _Special] = {}  # by archive position until sorted
     try:
         # "r:" = uncompressed only: random access by offset needs a plain archive
         with tarfile.open(path, "r:") as tar:
             for info in tar:
                 # tarfile keeps every TarInfo in tar.members; drop them as we go
                 tar.members.clear()
-                name = posixpath.normpath(info.name).lstrip("/")
-                parts = name.split("/")
-                if info.isdir() or any(_hidden(p) for p in parts) or not is_image_name(name):
-                    continue
-                if info.islnk():
-                    special[name] = _Special(link=posixpath.normpath(info.linkname).lstrip("/"))
-                elif info.issym():
-                    target = posixpath.join(posixpath.dirname(name), info.linkname)
-                    special[name] = _Special(link=posixpath.normpath(target).lstrip("/"))
-                elif info.issparse():
-                    special[name] = _Special(problem="sparse archive member")
-                elif not info.isreg():
-                    special[name] = _Special(problem="not a regular file in the archive")
+                if info.isdir():
+                    continue  # folders are not inputs; their files are
+                name, problem = _member_name(info.name)
+                extra = _member_special(name, problem, info)
+                if extra is not None:
+                    special[len(names)] = extra
+                plain = info.isreg() and not info.issparse()
                 names.append(name)
-                offsets.append(info.offset_data if info.isreg() else 0)
-                sizes.append(info.size if info.isreg() else 0)
+                offsets.append(info.offset_data if plain else 0)
+                sizes.append(info.size if plain else 0)
     except tarfile.ReadError as e:
         raise UserError(f"cannot read {path} as an uncompressed tar archive: {e}") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     # Sorted by name (a stable numpy argsort: 8 bytes per member, where a Python list of
-    # indices would take 36); a name archived twice keeps its last copy, as tar -x would.
+    # indices would take 36). A name archived twice stays twice: its earlier copies are
+    # rejected, the last one is labeled, as tar -x would leave it.
     import numpy as np
 
     order = np.argsort(np.array(names, dtype=object), kind="stable")
-    keep = [int(i) for j, i in enumerate(order)
-            if j + 1 == len(order) or names[order[j + 1]] != names[i]]
-    return TarInputSet(path, [names[i] for i in keep], array("q", (offsets[i] for i in keep)),
-                       array("q", (sizes[i] for i in keep)), special)
+    sorted_special: dict[int, _Special] = {}
+    for j, i in enumerate(order.tolist()):
+        s = special.get(i)
+        if j + 1 < len(order) and names[order[j + 1]] == names[i] and not (s and s.problem):
+            s = _Special(link=s.link if s else None, readable=s is None or s.readable,
+                         problem="archived again later under the same name (the later copy "
+                                 "is the one labeled)")
+        if s is not None:
+            sorted_special[j] = s
+    return TarInputSet(path, [names[i] for i in order], array("q", (offsets[i] for i in order)),
+                       array("q", (sizes[i] for i in order)), sorted_special)
 
 
 def open_inputs(path: str | os.PathLike) -> InputSet:

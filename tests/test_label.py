@@ -315,6 +315,28 @@ def test_zoo_of_odd_inputs_is_all_accounted_for(photos, teacher, tmp_path):
     assert tree_digest(zoo) == before
 
 
+def test_hostile_tar_every_member_is_labeled_or_rejected(photos, teacher, tmp_path):
+    from test_label_inputs import hostile_tar
+
+    pngs = sorted(photos.rglob("*.png"))
+    archive = tmp_path / "hostile.tar"
+    expected = hostile_tar(archive, pngs[0].read_bytes(), pngs[1].read_bytes())
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if not m.isdir()]
+    summary, _ = label(archive, tmp_path / "out", teacher, batch_size=4)
+    assert summary["inputs"] == len(members) == len(expected)
+    assert summary["inputs"] == summary["labeled"] + summary["rejected"]
+    assert summary["labeled"] == sum(v is None for v in expected.values())
+    reasons = [r["reason"] for r in summary["rejects"]]
+    assert sum("unsafe path in archive" in r for r in reasons) == 4
+    by_path = {r["path"]: r["reason"] for r in summary["rejects"]}
+    assert by_path["../evil.png"] == "unsafe path in archive (..)"
+    assert by_path["/abs.png"] == "unsafe path in archive (absolute)"
+    records = records_of(tmp_path / "out")
+    assert len(records) == summary["labeled"]
+    assert not [r.filename for r in records if ".." in r.filename.split("/")]
+
+
 def test_export_folders_links_or_copies_and_leaves_inputs_unchanged(photos, teacher, tmp_path):
     before = tree_digest(photos)
     export = tmp_path / "classes"

@@ -72,10 +72,13 @@ def test_list_file_and_tar_give_the_same_names_and_bytes(small_tree, tmp_path):
             tar.add(small_tree / name, arcname=name)
         tar.add(small_tree / "notes.txt", arcname="notes.txt")
     by_tar = open_inputs(archive)
-    assert by_tar.kind == "tar" and by_tar.names == folder.names
+    # every member is an input: notes.txt too, rejected for its name when read
+    assert by_tar.kind == "tar" and by_tar.names == folder.names + ["notes.txt"]
     for i in range(len(folder)):
         assert by_tar.read(i) == folder.read(i) == by_list.read(i)
-    assert names_fingerprint(by_tar.names) == names_fingerprint(folder.names)
+    with pytest.raises(InputReadError, match="not an image file name"):
+        by_tar.read(len(folder))
+    assert names_fingerprint(by_tar.names[:-1]) == names_fingerprint(folder.names)
     # a shard's subset reads the right members
     part = by_tar.subset(*shard_range(12, 1, 3))
     assert part.names == folder.names[4:8] and part.read(0) == folder.read(4)
@@ -118,6 +121,93 @@ def test_tar_links_and_truncated_archives_become_read_errors(small_tree, tmp_pat
         truncated = open_inputs(cut)
         for i in range(len(truncated)):
             truncated.read(i)
+
+
+def hostile_tar(path: Path, png: bytes, other_png: bytes) -> dict[str, str | None]:
+    """An archive with every kind of member a tar can hold. Returns {input name: expected
+    reject reason fragment, or None when it must be labeled}: every member but directories."""
+    expected: dict[str, str | None] = {}
+
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        def add(name, expect, data=None, kind=tarfile.REGTYPE, linkname="", arcname=None):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, linkname
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+            if kind != tarfile.DIRTYPE:
+                expected[arcname or name] = expect
+
+        add("ok", None, kind=tarfile.DIRTYPE)
+        add("ok/a.png", None, png)
+        add("ok/b.png", None, png)
+        add("./dot-slash.png", None, png, arcname="dot-slash.png")
+        add("ok//double-slash.png", None, png, arcname="ok/double-slash.png")
+        add("long-" + "x" * 150 + ".png", None, png)  # a GNU long-name member
+        add("../evil.png", "unsafe path in archive (..)", png)
+        add("ok/../../evil2.png", "unsafe path in archive (..)", png)
+        add("ok/../inside.png", "unsafe path in archive (..)", png)
+        add("/abs.png", "unsafe path in archive (absolute)", png)
+        add("ok/hard.png", None, kind=tarfile.LNKTYPE, linkname="ok/a.png")
+        add("ok/soft-in.png", None, kind=tarfile.SYMTYPE, linkname="../ok/b.png")
+        add("ok/hard-out.png", "link points outside the archive", kind=tarfile.LNKTYPE,
+            linkname="../a.png")
+        add("ok/soft-abs.png", "link points outside the archive", kind=tarfile.SYMTYPE,
+            linkname="/etc/hostname")
+        add("ok/soft-up.png", "link points outside the archive", kind=tarfile.SYMTYPE,
+            linkname="../../x.png")
+        add("dev/null.png", "not a regular file in the archive (character device)",
+            kind=tarfile.CHRTYPE)
+        add("dev/sda.png", "not a regular file in the archive (block device)",
+            kind=tarfile.BLKTYPE)
+        add("fifo.png", "not a regular file in the archive (FIFO)", kind=tarfile.FIFOTYPE)
+        add("ok/to-fifo.png", "link to a member that cannot be read", kind=tarfile.SYMTYPE,
+            linkname="../fifo.png")
+        add(".hidden.png", "hidden name", png)
+        add("ok/._a.png", "hidden name", b"AppleDouble junk")
+        add(".git/x.png", "hidden name", png)
+        add("notes.txt", "not an image file name", b"hello")
+        add("to-notes.png", "not an image", kind=tarfile.SYMTYPE, linkname="notes.txt")
+        add("to-hidden.png", None, kind=tarfile.SYMTYPE, linkname=".hidden.png")
+        # archived twice: the later copy is the one tar -x leaves, and the one labeled
+        add("ok/twice.png", "archived again later under the same name", png)
+        add("ok/twice.png", None, other_png, arcname="ok/twice.png (2nd)")
+    return expected
+
+
+def test_every_tar_member_but_directories_is_an_input_labeled_or_rejected(small_tree, tmp_path):
+    tree = open_inputs(small_tree)
+    png, other = tree.read(0), tree.read(1)
+    archive = tmp_path / "hostile.tar"
+    expected = hostile_tar(archive, png, other)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if not m.isdir()]
+    inputs = open_inputs(archive)
+    assert len(inputs) == len(members) == len(expected) == 26
+    outcomes: dict[str, str | None] = {}
+    for i, name in enumerate(inputs.names):
+        try:
+            decoded = decode_image(inputs.read(i))
+            reason = decoded.reason
+        except InputReadError as e:
+            reason = str(e)
+        key = name if name not in outcomes else f"{name} (2nd)"
+        outcomes[key] = reason
+    assert outcomes.keys() == expected.keys()
+    for name, fragment in expected.items():
+        if fragment is None:
+            assert outcomes[name] is None, (name, outcomes[name])
+        else:
+            assert outcomes[name] is not None and fragment in outcomes[name], (name, outcomes[name])
+    # the copy labeled for a name archived twice is the later one, and links reach data
+    twice = [i for i, n in enumerate(inputs.names) if n == "ok/twice.png"]
+    assert len(twice) == 2 and inputs.read(twice[1]) == other
+    assert inputs.read(inputs.names.index("ok/hard.png")) == png
+    # a shard of the archive still resolves links to members in other shards
+    last = inputs.subset(len(inputs) - 1, len(inputs))
+    assert last.names == ["to-notes.png"] and last.read(0) == b"hello"
+    inputs.close()
+    last.close()
 
 
 def test_bad_inputs_are_user_errors(tmp_path):
