@@ -11,7 +11,12 @@ Every configuration runs in its own fresh process (so one's peak cannot hide ano
 Per process it reports
   - allocator peak: TensorFlow's own count of bytes in tensors (get_memory_info('CPU:0')),
     the peak during the timed steps minus what was held before them (weights, Adam slots,
-    the input batch): the extra memory one step needs;
+    the input batch): the extra memory one step needs. Each worker runs with
+    TF_CPU_ALLOCATOR_USE_BFC=1: TensorFlow's default CPU allocator keeps no statistics
+    ("Cannot reset memory stats") unless oneDNN is on, whose allocator (MklCPUAllocator) has
+    them; oneDNN is off by default on CPUs without AVX-512 VNNI/BF16 or AMX. The BFC
+    allocator counts the same way (MklCPUAllocator is a BFC allocator for all but blocks
+    under 4 KiB), so the figure no longer depends on the CPU or on TF_ENABLE_ONEDNN_OPTS;
   - peak RSS (getrusage ru_maxrss) of the process, and, for the training runs, its excess
     over the baseline process (the TF runtime, graphs and libraries are in both);
   - images/s over the timed steps (after one warm-up step that traces the graph).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,6 +43,18 @@ REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 MODES = ("baseline", "train", "train+recompute")
 RESULT_TAG = "MEMORY_BENCH_RESULT "
+# Read by TensorFlow when it creates its CPU device (first op), not at import.
+ALLOCATOR_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "1"}
+
+
+def _reset_allocator_stats(tf) -> None:
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except ValueError as e:  # the default CPU allocator without oneDNN keeps no statistics
+        raise SystemExit(
+            f"error: TensorFlow keeps no CPU allocator statistics in this process ({e}); "
+            "set TF_CPU_ALLOCATOR_USE_BFC=1 before its first op, as bench/memory.py does "
+            "for its workers") from None
 
 
 def _worker(mode: str, arch: str, batch: int, steps: int, classes: int) -> dict:
@@ -71,7 +89,7 @@ def _worker(mode: str, arch: str, batch: int, steps: int, classes: int) -> dict:
             return loss
 
     _ = run().numpy()  # warm-up: traces the graph, creates Adam's slots
-    tf.config.experimental.reset_memory_stats("CPU:0")
+    _reset_allocator_stats(tf)
     held = tf.config.experimental.get_memory_info("CPU:0")["current"]
     start = time.perf_counter()
     for _ in range(steps):
@@ -96,7 +114,8 @@ def _measure(mode: str, arch: str, args: argparse.Namespace) -> dict:
         sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--arch", arch,
         "--batch", str(args.batch), "--steps", str(args.steps), "--classes", str(args.classes),
     ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **ALLOCATOR_ENV})
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if done.returncode != 0 or not lines:
         sys.stderr.write(done.stderr[-4000:])
@@ -116,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.worker:
+        os.environ.update(ALLOCATOR_ENV)  # before TensorFlow's first op in this process
         result = _worker(args.worker, args.arch, args.batch, args.steps, args.classes)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
