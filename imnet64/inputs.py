@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import stat
 import tarfile
 from array import array
@@ -55,9 +56,38 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _printable(name: str) -> str:
-    """A name that can go into UTF-8 text (JSON) even if the filesystem name is not UTF-8."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPED = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def escape_name(name: str) -> str:
+    """`name` as valid UTF-8 text on one line, for the CSV, JSON summaries and logs.
+
+    File names are bytes; Python holds the bytes that are not UTF-8 as lone surrogates
+    (os.fsdecode's surrogateescape), which cannot be written as UTF-8. Here each such byte
+    and each control character (a newline in a name) becomes `\\xNN` (two lower-case hex
+    digits), and a backslash is doubled, so the text turns back into the exact name
+    (unescape_name). Names that are plain UTF-8 without backslashes are unchanged.
+    """
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name.replace("\\", "\\\\"))
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte: shown, not reversible
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unescape_name(text: str) -> str:
+    """The name `escape_name` made `text` from."""
+    if "\\" not in text:
+        return text
+    out, pos = bytearray(), 0
+    for m in _ESCAPED.finditer(text):
+        out += text[pos:m.start()].encode("utf-8", "surrogateescape")
+        code = m.group(1)
+        out += b"\\" if code == "\\" else bytes([int(code[1:], 16)])
+        pos = m.end()
+    out += text[pos:].encode("utf-8", "surrogateescape")
+    return out.decode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -438,6 +468,3 @@ def names_fingerprint(names: Sequence[str]) -> str:
         h.update(b"\0")
     return h.hexdigest()
 
-
-def printable_name(name: str) -> str:
-    return _printable(name)

@@ -22,8 +22,10 @@ whatever the number of inputs.
 
 Outputs of one shard (see label_parts): the TFRecord and CSV are written to temporary names
 and renamed when complete; the JSON summary is written last and marks the shard done. Their
-bytes depend only on the inputs, the teacher, top-k and the batch size (no timestamps), so a
-run killed with `kill -9` and re-run gives the same files as an uninterrupted run.
+bytes depend only on the inputs, the teacher, top-k and the batch size (no timestamps, no
+timings: those go to the .timing.json beside them), so a run killed with `kill -9` and
+re-run gives the same files as an uninterrupted run. Names in the CSV and the summary are
+valid UTF-8 even when the file names are not (inputs.escape_name).
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ from imnet64.image_decode import NATIVE_SIZE, decode_image, to_native_size
 from imnet64.inputs import (
     InputReadError,
     InputSet,
+    escape_name,
     names_fingerprint,
     open_inputs,
-    printable_name,
     shard_range,
+    unescape_name,
 )
 from imnet64.label_parts import (
     CSV_HEADER,
     SUMMARY_FORMAT,
+    TIMING_FORMAT,
     PartPaths,
     part_paths,
     read_summary,
@@ -226,8 +230,8 @@ def _loader(inputs: InputSet, side: _SideTable) -> Callable[[int], Any]:
             reason = str(e)
         except Exception as e:  # never let one file end the job
             reason = f"unexpected error: {type(e).__name__}: {e}"
-        with side.lock:
-            side.rejects[i] = reason
+        with side.lock:  # a reason quoting a file name must still be valid UTF-8
+            side.rejects[i] = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         return None
 
     return load
@@ -262,8 +266,9 @@ def _predictor(teacher, top_k: int):
 
 def _csv_line(name: str, label: int, class_name: str, confidence: float) -> bytes:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([name, label, class_name, f"{confidence:.6f}"])
-    return buf.getvalue().encode("utf-8", "surrogateescape")
+    csv.writer(buf, lineterminator="\n").writerow(
+        [escape_name(name), label, class_name, f"{confidence:.6f}"])
+    return buf.getvalue().encode("utf-8")
 
 
 def _file_facts(path: Path) -> dict[str, Any]:
@@ -313,6 +318,7 @@ def label_shard(
             log(f"removed {len(stale)} temporary file(s) left by an interrupted run")
         # the old summary must not outlive part files we are about to replace
         paths.summary.unlink(missing_ok=True)
+        paths.timing.unlink(missing_ok=True)
 
         side = _SideTable()
         batches = stack.enter_context(
@@ -362,7 +368,7 @@ def label_shard(
         summary = {
             "format": SUMMARY_FORMAT,
             "imnet64_version": imnet64.__version__,
-            "input": str(plan.input_path),
+            "input": escape_name(str(plan.input_path)),
             "input_kind": inputs.kind,
             "shard_index": plan.index,
             "shard_count": plan.count,
@@ -371,33 +377,41 @@ def label_shard(
             "labeled": labeled,
             "rejected": len(rejects),
             "rejects": [
-                {"path": printable_name(inputs.names[i]), "reason": rejects[i]}
+                {"path": escape_name(inputs.names[i]), "reason": rejects[i]}
                 for i in sorted(rejects)
             ],
             "inputs_sha256": plan.fingerprint,
-            "first_input": printable_name(inputs.names[0]) if total else None,
-            "last_input": printable_name(inputs.names[-1]) if total else None,
+            "first_input": escape_name(inputs.names[0]) if total else None,
+            "last_input": escape_name(inputs.names[-1]) if total else None,
             "teacher": teacher.name,
             "teacher_spec": teacher_spec,
             "num_classes": teacher.num_classes,
             "top_k": top_k,
             "batch_size": batch_size,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(total / seconds, 2) if seconds > 0 else None,
             "files": {"tfrecord": _file_facts(paths.tfrecord), "csv": _file_facts(paths.csv)},
         }
-        atomic.write_json(paths.summary, summary)  # last: marks the shard done
-        return summary
+        atomic.write_json(paths.summary, summary)  # last part file: marks the shard done
+        # timings vary from run to run: kept out of the part files, which must not
+        timing = {
+            "format": TIMING_FORMAT,
+            "inputs_sha256": plan.fingerprint,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(total / seconds, 2) if seconds > 0 else None,
+        }
+        atomic.write_json(paths.timing, timing)
+        return {**summary, "seconds": timing["seconds"],
+                "images_per_second": timing["images_per_second"]}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
-    """(path, label, class_name, confidence) rows of a part CSV."""
+    """(path, label, class_name, confidence) rows of a part CSV; `path` is the input's name
+    exactly (the CSV holds it escaped, see inputs.escape_name)."""
     text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if tuple(header or ()) != CSV_HEADER:
         raise ValueError(f"{path} is not a label part CSV")
-    return [(r[0], int(r[1]), r[2], float(r[3])) for r in reader]
+    return [(unescape_name(r[0]), int(r[1]), r[2], float(r[3])) for r in reader]
 
 
 def run(

@@ -2,6 +2,11 @@
 
 No TensorFlow here, so `label-status` (and anything that only looks at the files) stays quick.
 The JSON summary is written last: its presence marks a shard done.
+
+The three part files depend only on the inputs, the teacher and the options: re-running a
+shard (after `kill -9`, or with `--force`) writes the same bytes. How long the run took is
+kept out of them, in `part-IIIII-of-NNNNN.timing.json` beside them (written after the
+summary; `read_summary` merges its fields back in for whoever shows rates).
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from imnet64 import atomic
 
 LABELS_DIR = "labels"
 SUMMARY_FORMAT = "imnet64.label-part/1"
+TIMING_FORMAT = "imnet64.label-timing/1"
+TIMING_FIELDS = ("seconds", "images_per_second")
 PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)$")
 # atomic.temp_path_for names temps ".<final name>.<random>.tmp"
-TEMP_RE = re.compile(r"^\.part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)\..+\.tmp$")
+TEMP_RE = re.compile(r"^\.part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json|timing\.json)\..+\.tmp$")
+# `path` is inputs.escape_name of the input's name (valid UTF-8; read_csv_rows undoes it)
 CSV_HEADER = ("path", "label", "class_name", "confidence")
 
 
@@ -45,6 +53,11 @@ class PartPaths:
         return self.folder / f"{self.stem}.json"
 
     @property
+    def timing(self) -> Path:
+        """How long the run that wrote the summary took (not part of the part files)."""
+        return timing_path(self.summary)
+
+    @property
     def lock(self) -> Path:
         return self.folder / f".{self.stem}.lock"
 
@@ -62,12 +75,33 @@ def part_paths(out_dir: str | Path, index: int, count: int) -> PartPaths:
     return PartPaths(Path(out_dir) / LABELS_DIR, part_stem(index, count))
 
 
-def read_summary(path: str | Path) -> dict[str, Any] | None:
-    """The summary at `path`, or None if it is missing or not a valid summary."""
+def timing_path(summary: str | Path) -> Path:
+    """part-IIIII-of-NNNNN.timing.json beside the summary part-IIIII-of-NNNNN.json."""
+    summary = Path(summary)
+    return summary.with_name(f"{summary.stem}.timing.json")
+
+
+def _read_json_dict(path: str | Path, fmt: str) -> dict[str, Any] | None:
     try:
         data = atomic.read_json(path)
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != fmt:
         return None
+    return data
+
+
+def read_summary(path: str | Path) -> dict[str, Any] | None:
+    """The summary at `path`, or None if it is missing or not a valid summary.
+
+    The timing of the run that wrote it (`seconds`, `images_per_second`) is merged in from
+    the .timing.json beside it when that belongs to the same inputs; without it, the
+    fields are absent.
+    """
+    data = _read_json_dict(path, SUMMARY_FORMAT)
+    if data is None:
+        return None
+    timing = _read_json_dict(timing_path(path), TIMING_FORMAT)
+    if timing is not None and timing.get("inputs_sha256") == data.get("inputs_sha256"):
+        data.update({k: timing[k] for k in TIMING_FIELDS if k in timing})
     return data

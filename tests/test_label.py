@@ -16,7 +16,7 @@ from pathlib import Path
 
 from imnet64.errors import UserError
 from imnet64.label import plan_shard, read_csv_rows, run
-from imnet64.label_parts import part_paths
+from imnet64.label_parts import part_paths, read_summary
 from imnet64.label_status import label_status
 from imnet64.records import parse_labeled
 from imnet64.sample_images import write_sample
@@ -309,9 +309,9 @@ def test_zoo_of_odd_inputs_is_all_accounted_for(photos, teacher, tmp_path):
     assert (wide.width, wide.height) == (100, 80)
     assert records["cat16.png"].encoded == (zoo / "cat16.png").read_bytes()
     assert records["cat.jpg"].image_format == "jpeg"
-    # the non-UTF-8 name keeps its exact bytes in the CSV
-    csv_bytes = part_paths(tmp_path / "out", 0, 1).csv.read_bytes()
-    assert b"sub dir/latin1-\xe9t\xe9.png," in csv_bytes
+    # the non-UTF-8 name is escaped in the CSV, which stays valid UTF-8
+    csv_text = part_paths(tmp_path / "out", 0, 1).csv.read_bytes().decode("utf-8")
+    assert "sub dir/latin1-\\xe9t\\xe9.png," in csv_text
     assert tree_digest(zoo) == before
 
 
@@ -393,6 +393,46 @@ def test_rerun_skips_fast_and_force_redoes(photos, teacher, tmp_path):
             run(photos, out, teacher_spec="/no/such/teacher", index=1, count=3)
     finally:
         extra.unlink()
+
+
+def test_same_shard_twice_gives_byte_identical_part_files(photos, teacher, tmp_path):
+    out = tmp_path / "out"
+    first, _ = label(photos, out, teacher, index=0, count=2)
+    paths = part_paths(out, 0, 2)
+    files = (paths.tfrecord, paths.csv, paths.summary)
+    before = [p.read_bytes() for p in files]
+    again, skipped = label(photos, out, teacher, index=0, count=2, force=True)
+    assert not skipped
+    assert [p.read_bytes() for p in files] == before  # the .json too: no timings inside
+    # the timings live beside the part files, and everyone who shows them still can
+    assert again["seconds"] > 0 and again["images_per_second"] > 0
+    assert paths.timing.is_file() and "images_per_second" in paths.timing.read_text()
+    assert read_summary(paths.summary)["images_per_second"] > 0
+    assert label_status(out, 2).totals()["shard_seconds"] > 0
+
+
+def test_file_names_that_are_not_utf8_are_escaped_in_the_csv(photos, teacher, tmp_path):
+    cat = next(photos.rglob("chelsea_0000.png")).read_bytes()
+    folder = tmp_path / "names"
+    folder.mkdir()
+    odd = [os.fsdecode(b"caf\xe9.png"), "back\\slash.png", "plain.png", "new\nline.png"]
+    for name in odd:
+        (folder / name).write_bytes(cat)
+    (folder / os.fsdecode(b"bad-\xff.png")).write_bytes(b"not an image")
+    summary, _ = label(folder, tmp_path / "out", teacher, batch_size=4)
+    assert (summary["labeled"], summary["rejected"]) == (4, 1)
+    csv_bytes = part_paths(tmp_path / "out", 0, 1).csv.read_bytes()
+    text = csv_bytes.decode("utf-8")  # valid UTF-8, strictly
+    assert "caf\\xe9.png," in text and "back\\\\slash.png," in text
+    assert "new\\x0aline.png," in text and len(text.splitlines()) == 1 + 4  # one row each
+    # and it round-trips: read_csv_rows gives back the names exactly as on disk
+    rows = read_csv_rows(part_paths(tmp_path / "out", 0, 1).csv)
+    assert sorted(r[0] for r in rows) == sorted(odd)
+    assert all((folder / r[0]).is_file() for r in rows)
+    # the summary's names use the same escape
+    assert [r["path"] for r in summary["rejects"]] == ["bad-\\xff.png"]
+    json_text = part_paths(tmp_path / "out", 0, 1).summary.read_bytes().decode("utf-8")
+    assert "bad-\\\\xff.png" in json_text
 
 
 def test_label_status_counts_done_partial_missing(photos, teacher, tmp_path):

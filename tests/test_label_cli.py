@@ -175,7 +175,10 @@ def test_kill_9_midway_then_rerun_gives_byte_identical_parts(photos, tmp_path):
     uninterrupted = imnet64("label", photos, clean, "--teacher", "offline", "--batch-size", "2")
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     other = part_paths(clean, 0, 1)
-    for a, b in ((paths.tfrecord, other.tfrecord), (paths.csv, other.csv)):
+    # all three part files, the summary too (timings live in the .timing.json beside it)
+    assert paths.timing.is_file() and other.timing.is_file()
+    for a, b in ((paths.tfrecord, other.tfrecord), (paths.csv, other.csv),
+                 (paths.summary, other.summary)):
         assert a.read_bytes() == b.read_bytes(), a.name
     assert len(paths.csv.read_text().splitlines()) == 61
 

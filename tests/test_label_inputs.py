@@ -10,7 +10,14 @@ from pathlib import Path
 
 from imnet64.errors import UserError
 from imnet64.image_decode import decode_image
-from imnet64.inputs import InputReadError, names_fingerprint, open_inputs, shard_range
+from imnet64.inputs import (
+    InputReadError,
+    escape_name,
+    names_fingerprint,
+    open_inputs,
+    shard_range,
+    unescape_name,
+)
 from imnet64.sample_images import write_sample
 
 import numpy as np
@@ -208,6 +215,18 @@ def test_every_tar_member_but_directories_is_an_input_labeled_or_rejected(small_
     assert last.names == ["to-notes.png"] and last.read(0) == b"hello"
     inputs.close()
     last.close()
+
+
+def test_names_escape_to_utf8_text_and_back():
+    for raw in (b"plain.png", b"caf\xe9.png", b"a\\b.png", b"a\\xe9.png", b"\\\\x.png",
+                "chat été 猫.png".encode(), b"\xff\xfe/\x80.png"):
+        name = os.fsdecode(raw)
+        text = escape_name(name)
+        text.encode("utf-8")  # a lone surrogate would raise here
+        assert unescape_name(text) == name and os.fsencode(unescape_name(text)) == raw
+    assert escape_name(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert escape_name("a\\xe9.png") == "a\\\\xe9.png"  # a real backslash is doubled
+    assert escape_name("chat été 猫.png") == "chat été 猫.png"  # valid UTF-8 is kept as is
 
 
 def test_bad_inputs_are_user_errors(tmp_path):
