@@ -86,6 +86,12 @@ def _mb(n: int) -> str:
     help="Use only the finished parts of an unfinished label OUT_DIR.",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Replace another dataset in OUT_DIR (only the shards and dataset.json imnet64 "
+    "recorded writing are removed), or write beside files imnet64 did not write (kept).",
+)
+@click.option(
     "--progress-every",
     type=float,
     default=30.0,
@@ -105,6 +111,7 @@ def shard_records(
     encoding,
     num_workers,
     allow_partial,
+    force,
     progress_every,
 ) -> None:
     """Write training TFRecord shards and OUT_DIR/dataset.json from SOURCE.
@@ -113,7 +120,9 @@ def shard_records(
     class). Shards are train-IIIII-of-NNNNN.tfrecord and val-..., shuffled and
     class-balanced. Under `srun`, each rank (SLURM_PROCID of SLURM_NTASKS) writes its own
     shards and rank 0 writes the manifest once all exist. A re-run with the same SOURCE
-    and options changes nothing; an interrupted run resumes at the missing shards.
+    and options changes nothing; an interrupted run resumes at the missing shards. An
+    OUT_DIR holding another dataset, or files imnet64 did not write, is refused unless
+    --force.
     """
     from imnet64.shard_records import ShardOptions
     from imnet64.shard_records import shard_records as run
@@ -142,6 +151,7 @@ def shard_records(
             slot=slot,
             progress=update,
             log=_log,
+            force=force,
         )
     for message in result.messages:
         _log(message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +25,24 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def temp_path_for(path: str | os.PathLike) -> Path:
-    """A hidden temporary name next to `path` (same filesystem, so rename is atomic)."""
+    """A hidden temporary name next to `path` (same filesystem, so rename is atomic):
+    ".<name>.<8 random characters of a-z, 0-9, _>.tmp" (see `temp_target`)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+# tempfile.mkstemp's random part: 8 characters of a-z, 0-9 and _ (tests/test_records.py
+# makes its temporaries with temp_path_for and expects them found)
+_TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_target(name: str) -> str | None:
+    """The file name a temporary of `temp_path_for` was to become, or None if `name` is not
+    such a temporary. Lets a re-run remove what a killed writer left, and nothing else."""
+    m = _TEMP_NAME.fullmatch(name)
+    return m.group(1) if m else None
 
 
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:

@@ -13,6 +13,13 @@ Flow (every process computes the same plan, a pure function of inputs and option
    Under srun, rank 0 also waits for the other ranks' shards, so the manifest exists when
    the step ends; if a rank died, re-running the command (any rank count) completes the set.
 The output depends on nothing else: not the worker or rank count, not the clock.
+
+OUT_DIR may hold only what this dataset resumes from. Another dataset there (another
+source or options), or files imnet64 did not write, are refused before anything is written
+unless `force`; even then only files imnet64 recorded writing (shards listed by the old
+dataset.json or by a .shards/ sidecar, their sidecars, dataset.json) are removed, and a
+file no record covers is never overwritten. Temporaries a killed run left (atomic.py's
+names, for shard, sidecar and manifest names only) are removed by the next run.
 """
 
 from __future__ import annotations
@@ -257,11 +264,9 @@ def _manifest_is_current(out_dir: Path, fingerprint: str, options: ShardOptions)
         raw = atomic.read_json(path)
     except (OSError, ValueError):
         return None
+    if not isinstance(raw, dict) or not _same_dataset(raw, fingerprint, options):
+        return None
     try:
-        if raw.get("options") != options.as_json():
-            return None
-        if raw["source_info"]["fingerprint"] != fingerprint:
-            return None
         for split in raw["splits"].values():
             for shard in split["shards"]:
                 if (out_dir / shard["file"]).stat().st_size != shard["bytes"]:
@@ -320,16 +325,218 @@ def _build_manifest(
     }
 
 
-def _remove_stale_outputs(out_dir: Path, keep: set[str]) -> None:
-    """Shard files (and sidecars) of earlier plans in OUT_DIR: only names we write."""
-    for path in out_dir.iterdir():
-        if SHARD_NAME_RE.match(path.name) and path.name not in keep:
+# ---------------------------------------------------------------- what OUT_DIR holds
+
+
+@dataclass
+class OutDirState:
+    """What OUT_DIR holds before a run, sorted by who wrote it. Only imnet64's own records
+    (dataset.json, .shards/ sidecars) make a file imnet64's."""
+
+    manifest: dict[str, Any] | None = None  # an imnet64 manifest
+    foreign_manifest: bool = False  # a dataset.json that is not one
+    has_sidecar_dir: bool = False
+    sidecars: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard file -> sidecar
+    shard_named: list[str] = field(default_factory=list)  # files named like our shards
+    foreign: list[str] = field(default_factory=list)  # anything else imnet64 did not write
+
+    @property
+    def is_dataset_folder(self) -> bool:
+        """A folder shard-records has written into (and files named like shards are its)."""
+        return self.manifest is not None or self.has_sidecar_dir
+
+    def recorded(self) -> dict[str, int | None]:
+        """Shard files a record says imnet64 wrote -> their recorded size."""
+        files: dict[str, int | None] = {}
+        for split in (self.manifest or {}).get("splits", {}).values():
+            for shard in split.get("shards", []):
+                files[shard["file"]] = shard.get("bytes")
+        for name, sidecar in self.sidecars.items():
+            files.setdefault(name, sidecar.get("bytes"))
+        return files
+
+
+def _read_manifest_file(path: Path) -> dict[str, Any] | None:
+    try:
+        raw = atomic.read_json(path)
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) and raw.get("format") == FORMAT else None
+
+
+def _read_sidecars(folder: Path) -> dict[str, dict[str, Any]]:
+    sidecars = {}
+    for path in sorted(folder.iterdir()):
+        shard = path.name[: -len(".json")] if path.name.endswith(".json") else ""
+        if not SHARD_NAME_RE.match(shard):
+            continue
+        try:
+            sidecar = atomic.read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(sidecar, dict) and sidecar.get("file") == shard:
+            sidecars[shard] = sidecar
+    return sidecars
+
+
+def _is_own_temp(name: str, sidecar: bool = False) -> bool:
+    """A temporary atomic.py names after a file shard-records writes."""
+    target = atomic.temp_target(name)
+    if target is None:
+        return False
+    if sidecar:
+        return target.endswith(".json") and bool(SHARD_NAME_RE.match(target[: -len(".json")]))
+    return target == MANIFEST_NAME or bool(SHARD_NAME_RE.match(target))
+
+
+def read_out_dir(out_dir: Path) -> OutDirState:
+    state = OutDirState()
+    if not out_dir.is_dir():
+        return state
+    for path in sorted(out_dir.iterdir()):
+        name = path.name
+        if name == MANIFEST_NAME:
+            state.manifest = _read_manifest_file(path) if path.is_file() else None
+            state.foreign_manifest = state.manifest is None
+        elif name == SIDECAR_DIR and path.is_dir():
+            state.has_sidecar_dir = True
+            state.sidecars = _read_sidecars(path)
+        elif SHARD_NAME_RE.match(name) and path.is_file():
+            state.shard_named.append(name)
+        elif not _is_own_temp(name):
+            state.foreign.append(name)
+    return state
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _same_dataset(manifest: dict[str, Any], fingerprint: str, options: ShardOptions) -> bool:
+    try:
+        return (manifest.get("options") == options.as_json()
+                and manifest["source_info"]["fingerprint"] == fingerprint)
+    except (KeyError, TypeError):
+        return False
+
+
+def _describe_manifest(manifest: dict[str, Any], options: ShardOptions) -> str:
+    """One line on the dataset a manifest describes and how it differs from this run."""
+    try:
+        splits = manifest["splits"].values()
+        examples = sum(s["count"] for s in splits)
+        shards = sum(len(s["shards"]) for s in splits)
+        what = f"{examples} examples in {shards} shard(s) from {manifest.get('source')}"
+    except (KeyError, TypeError, AttributeError):
+        what = "unreadable details"
+    old = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    new = options.as_json()
+    changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    diff = ("options differ: " + ", ".join(changed)) if changed else "SOURCE has changed since"
+    return f"{what}; {diff}"
+
+
+def check_before_writing(
+    out_dir: Path, state: OutDirState, fingerprint: str, options: ShardOptions, force: bool
+) -> None:
+    """Refuse what writing into OUT_DIR would replace without asking (before any scan)."""
+    sidecar_dir = out_dir / SIDECAR_DIR
+    if sidecar_dir.exists() and not sidecar_dir.is_dir():
+        raise UserError(f"OUT_DIR {out_dir} holds a file {SIDECAR_DIR}, where imnet64 keeps "
+                        "its records: move it away or choose another folder")
+    if state.foreign_manifest:
+        raise UserError(
+            f"OUT_DIR {out_dir} holds a {MANIFEST_NAME} that is not an imnet64 manifest; "
+            "imnet64 will not replace it: move it away or choose another folder"
+        )
+    if force:
+        return
+    if state.manifest is not None and not _same_dataset(state.manifest, fingerprint, options):
+        raise UserError(
+            f"OUT_DIR {out_dir} holds another dataset ({MANIFEST_NAME}: "
+            f"{_describe_manifest(state.manifest, options)}); pass --force to replace it "
+            "(only its shards and manifest are removed) or choose another folder"
+        )
+    if not state.is_dataset_folder and (state.foreign or state.shard_named):
+        names = sorted(state.foreign + state.shard_named)
+        raise UserError(
+            f"OUT_DIR {out_dir} is not empty and holds files imnet64 did not write "
+            f"({_names(names)}); choose an empty or new folder, or pass --force to write "
+            "beside them (they are kept)"
+        )
+
+
+def check_plan_against(
+    out_dir: Path, state: OutDirState, hashes: dict[str, str], force: bool
+) -> None:
+    """Refuse a partly written dataset of another plan (unless `force`), and, always, a plan
+    that would overwrite a file no record says imnet64 wrote."""
+    if state.manifest is None and state.sidecars and not force:
+        resumes = any(hashes.get(f) == s.get("plan") for f, s in state.sidecars.items())
+        if not resumes:
+            raise UserError(
+                f"OUT_DIR {out_dir} holds a partly written dataset made from another SOURCE "
+                f"or with other options ({len(state.sidecars)} shard(s) recorded in "
+                f"{SIDECAR_DIR}/, no {MANIFEST_NAME}); pass --force to replace it or choose "
+                "another folder"
+            )
+    if not state.is_dataset_folder:
+        clash = sorted(set(state.shard_named) & set(hashes))
+        if clash:
+            raise UserError(
+                f"OUT_DIR {out_dir} holds {_names(clash)}, which this run would write, and no "
+                "record says imnet64 wrote it: imnet64 will not replace it; move it away or "
+                "choose another folder"
+            )
+
+
+def _remove_stale_outputs(
+    out_dir: Path, keep: set[str], recorded: dict[str, int | None]
+) -> list[str]:
+    """Shard files of earlier plans that a record (old manifest, sidecar) says imnet64
+    wrote, if their size is still the recorded one, and their sidecars. Returns the shard
+    files kept because no record covers them or their size changed."""
+    sidecars = _read_sidecars(out_dir / SIDECAR_DIR) if (out_dir / SIDECAR_DIR).is_dir() else {}
+    recorded = {**{f: s.get("bytes") for f, s in sidecars.items()}, **recorded}
+    kept = []
+    for path in sorted(out_dir.iterdir()):
+        name = path.name
+        if not SHARD_NAME_RE.match(name) or name in keep or not path.is_file():
+            continue
+        size = recorded.get(name, -1)
+        if name in recorded and (size is None or path.stat().st_size == size):
             path.unlink(missing_ok=True)
-    sidecars = out_dir / SIDECAR_DIR
-    if sidecars.is_dir():
-        for path in sidecars.iterdir():
-            if path.name.endswith(".json") and path.name[: -len(".json")] not in keep:
-                path.unlink(missing_ok=True)
+        else:
+            kept.append(name)
+    for name in sidecars:
+        if name not in keep and not (out_dir / name).exists():
+            (out_dir / SIDECAR_DIR / f"{name}.json").unlink(missing_ok=True)
+    return kept
+
+
+def _remove_temps(
+    out_dir: Path, shards: set[str] | None, manifest_older_than: float | None = None
+) -> int:
+    """Temporaries a killed run left: of the shard files `shards` (None: any) and their
+    sidecars, and, with `manifest_older_than`, dataset.json's that are older than that
+    (a newer one may be another rank's write in progress). Returns how many went."""
+    removed = 0
+    for folder, sidecar in ((out_dir, False), (out_dir / SIDECAR_DIR, True)):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not _is_own_temp(path.name, sidecar) or not path.is_file():
+                continue
+            target = atomic.temp_target(path.name) or ""
+            if target == MANIFEST_NAME:
+                if manifest_older_than is None or path.stat().st_mtime >= manifest_older_than:
+                    continue
+            elif shards is not None and target.removesuffix(".json") not in shards:
+                continue
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _check_out_dir(source: Path, out_dir: Path) -> None:
@@ -358,10 +565,13 @@ def shard_records(
     log: LogFn | None = None,
     wait_for_ranks: bool | None = None,
     poll_seconds: float = 5.0,
+    force: bool = False,
 ) -> ShardResult:
     """Write OUT_DIR's shards of this rank (`slot`, default one rank) and, once all shards of
     the plan exist, OUT_DIR/dataset.json. `wait_for_ranks` (default: under srun, on rank 0)
-    waits for the other ranks' shards before returning."""
+    waits for the other ranks' shards before returning. `force` replaces another dataset
+    in OUT_DIR (its recorded files only) and writes beside files imnet64 did not write."""
+    started_at = time.time()
     options.check()
     source, out_dir = Path(source), Path(out_dir)
     slot = slot or ShardSlot(0, 1, "default")
@@ -376,6 +586,8 @@ def shard_records(
     current = _manifest_is_current(out_dir, fingerprint, options)
     if current is not None:
         return ShardResult(out_dir, "up-to-date", manifest=current)
+    state = read_out_dir(out_dir)
+    check_before_writing(out_dir, state, fingerprint, options, force)
 
     log(f"reading the catalog of {source}")
     scanned = scan_source(source, allow_partial)
@@ -397,12 +609,18 @@ def shard_records(
         sort_keys=True,
     )
     hashes = {p.file: _plan_hash(base, p) for p in all_plans}
+    check_plan_against(out_dir, state, hashes, force)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # .shards/ first: it marks the folder as shard-records' even before a shard is done
+    (out_dir / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
     # an older manifest describes other shards: it must not outlive their replacement
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    if state.manifest is not None:
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    recorded = state.recorded()
 
     mine = [p for j, p in enumerate(all_plans) if j % slot.count == slot.index]
+    # this process alone writes its shards, so their temporaries are leftovers of a kill
+    removed = _remove_temps(out_dir, {p.file for p in mine})
     todo = [p for p in mine if _done_sidecar(out_dir, p, hashes[p.file]) is None]
     log(
         f"{len(scanned.items)} images in SOURCE, {len(selection.examples)} kept in "
@@ -411,6 +629,8 @@ def shard_records(
         + f"; this process writes {len(todo)} of them ({len(mine) - len(todo)} already done)"
     )
     result = ShardResult(out_dir, "partial", shards_skipped=len(mine) - len(todo))
+    if removed:
+        log(f"removed {removed} temporary file(s) an interrupted run left")
     ref = SourceRef.of(scanned)
     jobs = [
         ShardJob(ref, str(out_dir), p, hashes[p.file], options.encoding, selection.classes)
@@ -435,7 +655,15 @@ def shard_records(
         scanned, selection.classes, plans, sidecars, options, selection.dropped
     )
     atomic.write_json(out_dir / MANIFEST_NAME, manifest)
-    _remove_stale_outputs(out_dir, set(hashes))
+    kept = _remove_stale_outputs(out_dir, set(hashes), recorded)
+    if kept:
+        result.messages.append(
+            f"kept {_names(kept)} in {out_dir}: named like a shard, but no record says "
+            "imnet64 wrote it as it is now"
+        )
+    # every shard of the plan is done, so no writer of a shard is left; a manifest
+    # temporary from before this run started is a killed run's
+    _remove_temps(out_dir, None, manifest_older_than=started_at)
     result.status, result.manifest = "complete", manifest
     return result
 

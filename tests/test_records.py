@@ -163,8 +163,11 @@ def test_rerun_changes_nothing_and_new_options_replace_old_shards(labeled, datas
     assert (result.status, result.shards_written) == ("complete", 1)
     assert _tree_bytes(copy) == content
 
-    # other options: another plan; shards of the old plan are removed
-    result = shard_records(labeled[0], copy, ShardOptions(shard_size_mb=1.0, seed=3))
+    # other options: another dataset, refused unless forced; then the old plan's shards go
+    with pytest.raises(UserError, match="holds another dataset"):
+        shard_records(labeled[0], copy, ShardOptions(shard_size_mb=1.0, seed=3))
+    assert _tree_bytes(copy) == content
+    result = shard_records(labeled[0], copy, ShardOptions(shard_size_mb=1.0, seed=3), force=True)
     assert result.status == "complete"
     assert sorted(p.name for p in copy.glob("*.tfrecord")) == [
         "train-00000-of-00001.tfrecord",
@@ -441,3 +444,159 @@ def test_two_slurm_ranks_under_srun_write_one_dataset(labeled, dataset, tmp_path
     written = [int(log.split("wrote ")[1].split(" shard")[0]) for log in logs]
     assert written == [3, 2]  # shard jobs 0,2,4 on rank 0; 1,3 on rank 1
     assert _tree_bytes(out) == _tree_bytes(dataset)
+
+
+# ------------------------------------------- another dataset in OUT_DIR; leftovers of a kill
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (hidden ones too) -> sha256."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _copy(dataset: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(dataset, to)
+    return to
+
+
+def test_another_dataset_in_out_dir_is_refused_and_left_intact(labeled, dataset, tmp_path):
+    out = _copy(dataset, tmp_path / "ds")
+    before = _hashes(out)
+    other = ShardOptions(shard_size_mb=1.0, seed=4)
+    with pytest.raises(UserError) as refused:
+        shard_records(labeled[0], out, other)
+    message = str(refused.value)
+    assert str(out) in message and "another dataset" in message and "--force" in message
+    assert "\n" not in message
+    assert _hashes(out) == before
+
+    # the command line: one line, exit 2, nothing touched
+    code, text = _cli("shard-records", str(labeled[0]), str(out), "--seed", "4")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), text
+    assert "another dataset" in lines[0] and str(out) in lines[0]
+    assert _hashes(out) == before
+
+    # --force replaces it; a file imnet64 did not write stays
+    (out / "notes.txt").write_text("mine")
+    code, text = _cli("shard-records", str(labeled[0]), str(out), "--seed", "4", "--force")
+    assert code == 0, text
+    assert "dataset.json: 5 classes" in text
+    assert json.loads((out / "dataset.json").read_text())["options"]["seed"] == 4
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_force_replaces_only_the_old_datasets_own_files(labeled, dataset, tmp_path):
+    out = _copy(dataset, tmp_path / "ds")
+    old = json.loads((out / "dataset.json").read_text())
+    old_shards = [s["file"] for split in old["splits"].values() for s in split["shards"]]
+    # files imnet64 did not write: a note, and a file named like a shard that no record lists
+    (out / "notes.txt").write_text("mine")
+    (out / "train-00007-of-00009.tfrecord").write_bytes(b"not imnet64's")
+    foreign = {n: h for n, h in _hashes(out).items() if n in ("notes.txt",
+                                                                 "train-00007-of-00009.tfrecord")}
+
+    result = shard_records(labeled[0], out, ShardOptions(shard_size_mb=1.0, seed=4), force=True)
+    assert result.status == "complete"
+    splits = result.manifest["splits"].values()
+    new_shards = [s["file"] for split in splits for s in split["shards"]]
+    assert new_shards == ["train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]
+    left = _hashes(out)
+    assert {n: left[n] for n in foreign} == foreign  # kept, byte for byte
+    for name in set(old_shards) - set(new_shards):
+        assert not (out / name).exists() and not (out / ".shards" / f"{name}.json").exists()
+    assert sorted(left) == sorted(
+        [*foreign, "dataset.json", *new_shards, *(f".shards/{n}.json" for n in new_shards)]
+    )
+    # and the replacement is now the dataset a plain re-run finds up to date
+    again = shard_records(labeled[0], out, ShardOptions(shard_size_mb=1.0, seed=4))
+    assert again.status == "up-to-date"
+
+
+def test_a_folder_of_other_files_is_refused_unless_forced_and_they_are_kept(labeled, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
+    (out / "train-00000-of-00001.tfrecord").write_bytes(b"someone else's records")
+    before = _hashes(out)
+    with pytest.raises(UserError, match="files imnet64 did not write") as refused:
+        shard_records(labeled[0], out, ShardOptions(shard_size_mb=1.0))
+    assert "holiday.jpg" in str(refused.value) and str(out) in str(refused.value)
+    assert _hashes(out) == before
+    # --force writes beside them, but never over a file no record says imnet64 wrote
+    with pytest.raises(UserError, match="train-00000-of-00001.tfrecord"):
+        shard_records(labeled[0], out, ShardOptions(shard_size_mb=1.0), force=True)
+    assert _hashes(out) == before
+    (out / "train-00000-of-00001.tfrecord").unlink()
+    result = shard_records(labeled[0], out, ShardOptions(shard_size_mb=1.0), force=True)
+    assert result.status == "complete"
+    assert (out / "holiday.jpg").read_bytes() == b"\xff\xd8 a photo"
+
+
+def test_a_dataset_json_imnet64_did_not_write_is_never_replaced(labeled, tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "dataset.json").write_text('{"name": "my own dataset"}\n')
+    for force in (False, True):
+        with pytest.raises(UserError, match="not an imnet64 manifest"):
+            shard_records(labeled[0], out, ShardOptions(), force=force)
+    assert (out / "dataset.json").read_text() == '{"name": "my own dataset"}\n'
+
+
+def test_a_partly_written_other_dataset_is_refused_but_its_own_resume_is_not(
+    labeled, dataset, tmp_path
+):
+    # a run with other options that was killed: its sidecars, no manifest
+    out = _copy(dataset, tmp_path / "ds")
+    (out / "dataset.json").unlink()
+    (out / "train-00001-of-00004.tfrecord").unlink()
+    before = _hashes(out)
+    with pytest.raises(UserError, match="partly written dataset"):
+        shard_records(labeled[0], out, ShardOptions(shard_size_mb=0.25, seed=4))
+    assert _hashes(out) == before
+    # the same options resume it
+    result = shard_records(labeled[0], out, ShardOptions(shard_size_mb=0.25, seed=3))
+    assert (result.status, result.shards_written) == ("complete", 1)
+
+
+def test_a_killed_runs_temporaries_are_removed_and_look_alikes_kept(labeled, dataset, tmp_path):
+    from imnet64 import atomic
+
+    out = _copy(dataset, tmp_path / "ds")
+    reference = _tree_bytes(dataset)
+    (out / "dataset.json").unlink()
+    (out / "train-00002-of-00004.tfrecord").unlink()
+    # what a writer killed mid-shard, mid-sidecar and mid-manifest leaves (the real names)
+    ours = [
+        atomic.temp_path_for(out / "train-00002-of-00004.tfrecord"),
+        atomic.temp_path_for(out / "val-00000-of-00001.tfrecord"),
+        atomic.temp_path_for(out / ".shards" / "train-00002-of-00004.tfrecord.json"),
+        atomic.temp_path_for(out / "dataset.json"),
+        atomic.temp_path_for(out / "train-00000-of-00009.tfrecord"),  # of an older plan
+    ]
+    for path in ours:
+        path.write_bytes(b"partial")
+        os.utime(path, (1e9, 1e9))  # long ago
+    look_alikes = [
+        ".train-00002-of-00004.tfrecord.tmp",  # no random part
+        ".train-00002-of-00004.tfrecord.ABCDEFGH.tmp",  # not what tempfile makes
+        "train-00002-of-00004.tfrecord.abcd1234.tmp",  # not hidden
+        ".train-00002-of-00004.tfrecord.abcd1234.tmp.keep",
+        ".notes.txt.abcd1234.tmp",  # a temp of a file imnet64 does not write
+        ".shards/.notes.json.abcd1234.tmp",
+    ]
+    for name in look_alikes:
+        (out / name).write_bytes(b"not ours")
+
+    result = shard_records(labeled[0], out, ShardOptions(shard_size_mb=0.25, seed=3))
+    assert (result.status, result.shards_written) == ("complete", 1)
+    assert not [p for p in ours if p.exists()]
+    assert all((out / name).read_bytes() == b"not ours" for name in look_alikes)
+    left = _tree_bytes(out)
+    assert {k: v for k, v in left.items() if k not in look_alikes} == reference
