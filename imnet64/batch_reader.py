@@ -10,6 +10,14 @@ in common. Reading on ordinary Python threads and handing whole uint8 batches to
 teacher's tf.function ran at 1.8 cores in every run measured (bench/label.py shows the
 effect end to end). The overlap is the same: while the teacher classifies batch n, the
 threads decode batches n+1 and n+2.
+
+Memory: counting items in flight is not enough when one file may be 64 MB or decode to 64
+Mpx (x `--read-threads`). Each load reserves the bytes it is about to hold (the file's size
+before reading it, the decoded pixels' before decoding) from a `ByteBudget`, and gives
+them back when it returns; a load that would go over the budget waits, unless it is the
+oldest input not yet loaded, which always may go on (so one input larger than the budget,
+or several waiting on each other, never deadlock). Bytes held at once stay within the budget
+plus the oldest load's own reservation.
 """
 
 from __future__ import annotations
@@ -24,12 +32,66 @@ import numpy as np
 
 _DONE = object()
 
+Reserve = Callable[[int], None]
+
+
+class ByteBudget:
+    """Bytes held by the loads running now, at most `limit` (plus the oldest load's).
+
+    Inputs 0, 1, 2, ... are loaded once each, started in that order (a thread pool's FIFO
+    queue does that). `begin(i)` / `end(i)` bracket the load of input i; `reserve(i, n)`
+    blocks until n more bytes fit, or until i is the oldest input not yet loaded, which
+    never waits: every later batch depends on it, and it cannot be waiting for a thread,
+    since each input before it has been taken up by one. `peak` is the most ever held.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the byte budget must be at least 1")
+        self.limit = limit
+        self.in_flight = 0
+        self.peak = 0
+        self._held: dict[int, int] = {}
+        self._oldest = 0  # the lowest index whose load has not ended
+        self._ended: set[int] = set()  # ended loads above _oldest
+        self._cond = threading.Condition()
+
+    def begin(self, i: int) -> None:
+        with self._cond:
+            self._held[i] = 0
+
+    def reserve(self, i: int, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        with self._cond:
+            while self.in_flight + nbytes > self.limit and i != self._oldest:
+                self._cond.wait()
+            self._held[i] += nbytes
+            self.in_flight += nbytes
+            self.peak = max(self.peak, self.in_flight)
+
+    def end(self, i: int) -> None:
+        with self._cond:
+            self.in_flight -= self._held.pop(i)
+            self._ended.add(i)
+            while self._oldest in self._ended:
+                self._ended.remove(self._oldest)
+                self._oldest += 1
+            self._cond.notify_all()
+
+
+def _no_reserve(nbytes: int) -> None:
+    return None
+
 
 class BatchReader:
     """Iterate (indices int64 [k], images uint8 [k, H, W, 3]) over inputs 0..count-1.
 
-    `load(i)` reads and decodes input i and returns its uint8 [H, W, 3] image, or None when
-    the input is rejected (it records why itself; it must not raise for a bad file). The
+    `load(i, reserve)` reads and decodes input i and returns its uint8 [H, W, 3] image, or
+    None when the input is rejected (it records why itself; it must not raise for a bad
+    file). It calls `reserve(n)` before it holds n more bytes (the file, the decoded
+    pixels); with `byte_budget`, that waits while the bytes held by all loads would exceed
+    the budget (see ByteBudget). Only the small images it returns outlive the load. The
     survivors come out in input order, re-batched so that every batch has `batch_size`
     images except the last: the teacher's kernels round differently at other batch sizes,
     so an image's numbers must not depend on where rejects happen to fall.
@@ -38,12 +100,14 @@ class BatchReader:
     An exception in the reader is raised again in the consuming thread.
     """
 
-    def __init__(self, count: int, load: Callable[[int], np.ndarray | None],
-                 batch_size: int, *, threads: int = 4, ahead: int = 2) -> None:
+    def __init__(self, count: int, load: Callable[[int, Reserve], np.ndarray | None],
+                 batch_size: int, *, threads: int = 4, ahead: int = 2,
+                 byte_budget: int | None = None) -> None:
         if batch_size < 1 or threads < 1 or ahead < 1:
             raise ValueError("batch_size, threads and ahead must be at least 1")
         self._count, self._load, self._batch_size = count, load, batch_size
         self._threads = threads
+        self.budget = ByteBudget(byte_budget) if byte_budget is not None else None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,6 +145,16 @@ class BatchReader:
                 continue
         return False
 
+    def _load_one(self, i: int) -> np.ndarray | None:
+        budget = self.budget
+        if budget is None:
+            return self._load(i, _no_reserve)
+        budget.begin(i)
+        try:
+            return self._load(i, lambda nbytes: budget.reserve(i, nbytes))
+        finally:
+            budget.end(i)
+
     def _run(self) -> None:
         try:
             with ThreadPoolExecutor(self._threads, "imnet64-read") as pool:
@@ -88,7 +162,7 @@ class BatchReader:
                 images: list[np.ndarray] = []
                 for start in range(0, self._count, self._batch_size):
                     chunk = range(start, min(start + self._batch_size, self._count))
-                    for i, image in zip(chunk, pool.map(self._load, chunk)):
+                    for i, image in zip(chunk, pool.map(self._load_one, chunk)):
                         if image is None:
                             continue
                         indices.append(i)

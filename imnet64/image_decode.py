@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 64 * 1024 * 1024
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce MAX_PIXELS ourselves, before decoding
+
+# Bytes one decode holds at its peak, per pixel of the file's image: PIL's decoded image (4
+# for RGB, which PIL stores as 32-bit pixels), a rotated or mode-converted copy (up to 4),
+# our uint8 RGB array (3) and, when shrinking, PIL's copy of it (4): 11-12 on the paths in
+# _to_rgb and _shrink. What `reserve` is told before decoding (batch_reader.ByteBudget).
+DECODE_BYTES_PER_PIXEL = 12
 
 
 NATIVE_SIZE = (64, 64)  # (height, width) of the data set's images
@@ -85,10 +92,13 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if mode == "RGB":
         return np.asarray(im, dtype=np.uint8)
     if mode.startswith("I;16") or mode == "I":
-        # 16-bit (or 32-bit integer) grayscale: PIL's convert("L") clips instead of scaling
-        a = np.asarray(im).astype(np.int64)
-        a = np.clip(a, 0, 65535) >> 8
-        return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
+        # 16-bit (or 32-bit integer) grayscale: PIL's convert("L") clips instead of scaling.
+        # Kept in the array's own width (no int64 copy: 8 bytes a pixel on a 64 Mpx image)
+        a = np.asarray(im)
+        if a.dtype.kind != "u" or a.dtype.itemsize != 2:
+            a = np.clip(a, 0, 65535)
+        a = (a >> 8).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
     if mode == "F":
         a = np.asarray(im, dtype=np.float64)
         a = np.nan_to_num(a)
@@ -111,11 +121,14 @@ def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).reduce(factor), dtype=np.uint8)
 
 
-def decode_image(data: bytes, max_side: int | None = None) -> Decoded:
+def decode_image(data: bytes, max_side: int | None = None,
+                 reserve: Callable[[int], None] | None = None) -> Decoded:
     """Decode `data` (a whole image file) to RGB uint8, never raising for bad input.
 
     `max_side`: images with a longer side are shrunk by an integer factor (box filter) to
-    fit; `height`/`width` still report the original size.
+    fit; `height`/`width` still report the original size. `reserve(n)` is called with the
+    bytes the decode will hold (DECODE_BYTES_PER_PIXEL per pixel) once the header is read,
+    before the pixels are decoded; it may block until memory is free.
     """
     if not data:
         return _reject("empty file")
@@ -136,6 +149,8 @@ def decode_image(data: bytes, max_side: int | None = None) -> Decoded:
                     height,
                     width,
                 )
+            if reserve is not None:
+                reserve(width * height * DECODE_BYTES_PER_PIXEL)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # animated GIF/WebP/TIFF: the first frame
             im.load()

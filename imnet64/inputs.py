@@ -23,7 +23,7 @@ import re
 import stat
 import tarfile
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +98,9 @@ class InputSet:
     kind: str  # "folder", "list" or "tar"
     names: list[str] = field(default_factory=list)
 
-    def read(self, index: int) -> bytes:
+    def read(self, index: int, reserve: Callable[[int], None] | None = None) -> bytes:
+        """The bytes of input `index`. `reserve(n)` is called with its size before it is
+        read (it may block until memory is free: batch_reader.ByteBudget)."""
         raise NotImplementedError
 
     def local_path(self, index: int) -> Path | None:
@@ -116,7 +118,7 @@ class InputSet:
         raise NotImplementedError
 
 
-def _read_regular_file(path: Path) -> bytes:
+def _read_regular_file(path: str, reserve: Callable[[int], None] | None = None) -> bytes:
     """Bytes of `path`, refusing anything that is not a regular file of sane size.
 
     FIFOs/sockets/devices would block or stream forever, so they are checked with lstat/stat
@@ -136,6 +138,8 @@ def _read_regular_file(path: Path) -> bytes:
         raise InputReadError("not a regular file (FIFO, socket or device)")
     if st.st_size > MAX_FILE_BYTES:
         raise InputReadError(f"file too large ({st.st_size} bytes)")
+    if reserve is not None:
+        reserve(st.st_size)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
@@ -175,8 +179,8 @@ class FileInputSet(InputSet):
             return os.path.join(self._root, self.names[index])
         return self.paths[index]
 
-    def read(self, index: int) -> bytes:
-        return _read_regular_file(self._path(index))
+    def read(self, index: int, reserve: Callable[[int], None] | None = None) -> bytes:
+        return _read_regular_file(self._path(index), reserve)
 
     def local_path(self, index: int) -> Path | None:
         return Path(self._path(index))
@@ -312,10 +316,12 @@ class TarInputSet(InputSet):
                 raise InputReadError(f"link to a member that cannot be read: {special.problem}")
         raise InputReadError("too many levels of links inside the archive")
 
-    def read(self, index: int) -> bytes:
+    def read(self, index: int, reserve: Callable[[int], None] | None = None) -> bytes:
         offset, size = self._data_location(index)
         if size > MAX_FILE_BYTES:
             raise InputReadError(f"archive member too large ({size} bytes)")
+        if reserve is not None:
+            reserve(size)
         try:
             data = os.pread(self._fd, size, offset)
         except OSError as e:

@@ -45,7 +45,7 @@ from typing import Any
 
 import imnet64
 from imnet64 import atomic
-from imnet64.batch_reader import BatchReader
+from imnet64.batch_reader import BatchReader, Reserve
 from imnet64.errors import UserError
 from imnet64.image_decode import NATIVE_SIZE, decode_image, to_native_size
 from imnet64.inputs import (
@@ -77,6 +77,16 @@ DEFAULT_READ_THREADS = 4
 # Images larger than this on a side are first shrunk by an integer factor (a cheap box
 # filter) before the bilinear resize to 64x64, so one odd 8000x8000 photo costs little.
 MAX_DECODE_SIDE = 1024
+# Bytes the reading threads may hold at once: files being read plus images being decoded
+# (batch_reader.ByteBudget). Without it, peak memory grew with near-limit images (64 MB
+# files, 64 Mpx images: ~0.8 GB per decode) times --read-threads; an input larger than
+# the budget is read while the others wait.
+DEFAULT_READ_BUDGET = 256 * 2**20
+# An input's original bytes wait in memory from decoding to writing (about three batches
+# later) if the file is at most this large; a larger one is read again when its record is
+# written, and must be unchanged. So the read-ahead holds at most ~4 batches x this
+# (64 MiB at batch 64), not 4 x 64 x 64 MB. 64x64 images are a few kB.
+KEEP_ENCODED_BYTES = 256 * 1024
 
 
 @dataclass
@@ -204,26 +214,48 @@ def _shard_lock(paths: PartPaths) -> Iterator[None]:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class _ReadAgain:
+    """A large input's bytes, not kept: read again at write time and checked against this."""
+
+    size: int
+    digest: bytes
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _read_again(inputs: InputSet, i: int, want: _ReadAgain) -> bytes:
+    data = inputs.read(i)
+    if len(data) != want.size or _digest(data) != want.digest:
+        raise InputReadError("file changed while it was being labeled")
+    return data
+
+
 class _SideTable:
     """Per-input data that does not go to the teacher: original bytes and reject reasons."""
 
     def __init__(self) -> None:
-        self.encoded: dict[int, tuple[bytes, str, int, int]] = {}
+        self.encoded: dict[int, tuple[bytes | _ReadAgain, str, int, int]] = {}
         self.rejects: dict[int, str] = {}
         self.lock = threading.Lock()
 
 
-def _loader(inputs: InputSet, side: _SideTable) -> Callable[[int], Any]:
-    """load(i): input i read and decoded to uint8 64x64x3, or None when rejected (the reason
-    goes to `side`). Never raises for a bad file: one file must not end the job."""
+def _loader(inputs: InputSet, side: _SideTable) -> Callable[[int, Reserve], Any]:
+    """load(i, reserve): input i read and decoded to uint8 64x64x3, or None when rejected
+    (the reason goes to `side`). Never raises for a bad file: one file must not end the job.
+    `reserve` is told the bytes it is about to hold (batch_reader.ByteBudget)."""
 
-    def load(i: int):
+    def load(i: int, reserve: Reserve):
         try:
-            data = inputs.read(i)
-            decoded = decode_image(data, max_side=MAX_DECODE_SIDE)
+            data = inputs.read(i, reserve)
+            decoded = decode_image(data, max_side=MAX_DECODE_SIDE, reserve=reserve)
             if decoded.ok:
+                kept = (data if len(data) <= KEEP_ENCODED_BYTES
+                        else _ReadAgain(len(data), _digest(data)))
                 with side.lock:
-                    side.encoded[i] = (data, decoded.image_format, decoded.height, decoded.width)
+                    side.encoded[i] = (kept, decoded.image_format, decoded.height, decoded.width)
                 return to_native_size(decoded.image)
             reason = decoded.reason or "undecodable"
         except InputReadError as e:
@@ -286,6 +318,7 @@ def label_shard(
     batch_size: int = DEFAULT_BATCH_SIZE,
     top_k: int = DEFAULT_TOP_K,
     read_threads: int = DEFAULT_READ_THREADS,
+    read_budget: int = DEFAULT_READ_BUDGET,
     teacher_spec: str | None = None,
     progress: ProgressFn | None = None,
     log: LogFn | None = None,
@@ -322,7 +355,8 @@ def label_shard(
 
         side = _SideTable()
         batches = stack.enter_context(
-            BatchReader(total, _loader(inputs, side), batch_size, threads=read_threads))
+            BatchReader(total, _loader(inputs, side), batch_size, threads=read_threads,
+                        byte_budget=read_budget))
         predict = _predictor(teacher, top_k)
         labeled = 0
         start = time.monotonic()
@@ -337,6 +371,13 @@ def label_shard(
                     for row, i in enumerate(indices.tolist()):
                         with side.lock:
                             encoded, fmt, height, width = side.encoded.pop(i)
+                        if isinstance(encoded, _ReadAgain):
+                            try:
+                                encoded = _read_again(inputs, i, encoded)
+                            except InputReadError as e:
+                                with side.lock:
+                                    side.rejects[i] = str(e)
+                                continue
                         ids = tuple(int(v) for v in top_ids[row])
                         probs = tuple(float(v) for v in top_probs[row])
                         name = inputs.names[i]

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from imnet64.errors import UserError
+from imnet64.inputs import open_inputs
 from imnet64.label import plan_shard, read_csv_rows, run
 from imnet64.label_parts import part_paths, read_summary
 from imnet64.label_status import label_status
@@ -433,6 +434,35 @@ def test_file_names_that_are_not_utf8_are_escaped_in_the_csv(photos, teacher, tm
     assert [r["path"] for r in summary["rejects"]] == ["bad-\\xff.png"]
     json_text = part_paths(tmp_path / "out", 0, 1).summary.read_bytes().decode("utf-8")
     assert "bad-\\\\xff.png" in json_text
+
+
+def test_large_files_are_read_again_for_their_record_not_held(photos, teacher, tmp_path):
+    from imnet64.label import KEEP_ENCODED_BYTES
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    noise = np.random.default_rng(1).integers(0, 256, (330, 330, 3), np.uint8)
+    (folder / "big.png").write_bytes(_png_bytes(Image.fromarray(noise)))
+    assert (folder / "big.png").stat().st_size > KEEP_ENCODED_BYTES
+    (folder / "small.png").write_bytes(next(photos.rglob("chelsea_0000.png")).read_bytes())
+    summary, _ = label(folder, tmp_path / "out", teacher, batch_size=2)
+    assert summary["labeled"] == 2
+    for record in records_of(tmp_path / "out"):
+        assert record.encoded == (folder / record.filename).read_bytes()
+
+
+def test_a_large_file_changed_before_its_record_is_written_is_rejected(tmp_path):
+    from imnet64.inputs import InputReadError
+    from imnet64.label import _digest, _read_again, _ReadAgain
+
+    path = tmp_path / "x.png"
+    path.write_bytes(b"first version")
+    inputs = open_inputs(tmp_path)
+    want = _ReadAgain(len(b"first version"), _digest(b"first version"))
+    assert _read_again(inputs, 0, want) == b"first version"
+    path.write_bytes(b"other version")  # same size, other bytes
+    with pytest.raises(InputReadError, match="changed while it was being labeled"):
+        _read_again(inputs, 0, want)
 
 
 def test_label_status_counts_done_partial_missing(photos, teacher, tmp_path):
