@@ -10,25 +10,36 @@ and waits. Gloo is only the control plane: on GPUs the allreduce still goes thro
 
 Signals: the chosen stop signal (and SIGTERM/SIGINT) received by this launching process is
 turned into RUN_DIR/stop-request, which the ranks act on (checkpoint, then exit); horovodrun
-itself does not forward USR1/USR2 to its ranks. Exit code: the ranks exit 0 after a
-preemption checkpoint when we launched them (horovodrun turns any other code into 1 and a
-traceback), and this process exits with the requeue code when RUN_DIR/status.json says
-the run was preempted during this launch.
+itself does not forward USR1/USR2 to its ranks. The command installs the handler before it
+does anything else, and the ranks take a stop file written after this process started as
+a fresh request even if it appeared while they were still starting (only an older one is
+stale). horovodrun is started with the stop signal ignored (unless it is TERM or INT,
+which it handles itself), so a signal sent to the whole process group does not kill it.
+A signal before the ranks were started: nothing is started, exit 75.
+
+Exit code: the ranks exit 0 after a preemption checkpoint when we launched them
+(horovodrun turns any other code into 1 and a traceback); this process exits with the
+requeue code when it was signalled itself (whatever the ranks did: the rerun resumes, or
+finds the run finished), or when RUN_DIR/status.json says the run was preempted or
+stopped during this launch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from imnet64 import atomic
 from imnet64.errors import UserError
-from imnet64.preemption import REQUEUE_EXIT_CODE, STOP_FILE
+from imnet64.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
 from imnet64.world import under_launcher
 
 LAUNCHED_ENV = "IMNET64_SELF_LAUNCHED"
@@ -79,13 +90,22 @@ def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
     if not runner:
         raise UserError("--np needs horovodrun (install Horovod), or start the ranks with "
                         "mpirun/srun yourself")
-    return [runner, "--gloo", "-np", str(np_), "-H", f"localhost:{np_}",
+    if importlib.util.find_spec("horovod") is not None:
+        # horovodrun, with its own TensorFlow import (a build check) through imnet64's filter
+        runner_cmd = [sys.executable, "-m", "imnet64.horovodrun"]
+    else:
+        runner_cmd = [runner]
+    return [*runner_cmd, "--gloo", "-np", str(np_), "-H", f"localhost:{np_}",
             sys.executable, "-m", "imnet64_cli.main", "train", *child_args]
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when this launching process dies, even by SIGKILL (Linux),
-    so horovodrun (which then stops its ranks) is not left behind as an orphan."""
+def _child_setup(ignore: Iterable[signal.Signals]) -> None:
+    """In the child, before it runs horovodrun: get SIGTERM when this launching process dies,
+    even by SIGKILL (Linux), so horovodrun (which then stops its ranks) is not left behind
+    as an orphan; and ignore the stop signals horovodrun does not handle (USR1 would kill
+    it: the ranks get the request from the stop file instead)."""
+    for sig in ignore:
+        signal.signal(sig, signal.SIG_IGN)
     try:
         import ctypes
 
@@ -94,31 +114,40 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_ranks(np_: int, child_args: list[str], run_dir: Path,
-              stop_signals: list[signal.Signals]) -> int:
-    """Run the ranks under horovodrun; returns the exit code this command should give."""
+def run_ranks(np_: int, child_args: list[str], run_dir: Path, stop: StopRequest) -> int:
+    """Run the ranks under horovodrun; returns the exit code this command should give.
+
+    `stop` is the command's stop request, installed before anything else: a signal it
+    received (before or while the ranks run) becomes RUN_DIR/stop-request for them."""
     started = time.time()
     run_dir = Path(run_dir)
-    # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
-    # for any other code); status.json tells this process to exit with the requeue code
-    env = {**os.environ, LAUNCHED_ENV: "1"}
-    proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env,
-                            preexec_fn=_die_with_parent)
 
-    def forward(signum, frame):
+    def forward(sig: signal.Signals) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / STOP_FILE, f"{signal.Signals(signum).name}\n")
+        atomic.write_text(run_dir / STOP_FILE, f"{sig.name}\n")
 
-    handled = set(stop_signals) | {signal.SIGTERM, signal.SIGINT}
-    previous = {sig: signal.signal(sig, forward) for sig in handled}
+    stop.on_signal = forward  # first: a signal after the check below reaches the ranks
+    if stop.received is not None:
+        stop.on_signal = None
+        print(f"stop requested (signal {stop.received.name}) before the ranks were started: "
+              f"nothing to checkpoint; exit {REQUEUE_EXIT_CODE} to requeue", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+    # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
+    # for any other code); status.json or our own signal tell this process to exit 75.
+    # STARTED_ENV: a stop file we write from now on is a request for them, not a stale one.
+    env = {**os.environ, LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started)}
+    ignore = [s for s in stop.signals if s not in (signal.SIGTERM, signal.SIGINT)]
     try:
+        proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env,
+                                preexec_fn=partial(_child_setup, ignore))
         code = proc.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        stop.on_signal = None
+    if stop.received is not None:
+        return REQUEUE_EXIT_CODE
     status_path = run_dir / "status.json"
     if status_path.exists():
         status = atomic.read_json(status_path)
-        if status.get("state") == "preempted" and status.get("time", 0) >= started:
+        if status.get("state") in ("preempted", "stopped") and status.get("time", 0) >= started:
             return REQUEUE_EXIT_CODE
     return code

@@ -1,4 +1,4 @@
-"""Drop the benign start-up lines TensorFlow's CUDA wheels print on every import.
+"""Drop the benign start-up lines TensorFlow's CUDA wheels print in every process.
 
 The `tensorflow` wheel registers its cuFFT/cuDNN/cuBLAS plugins twice and says so on stderr
 ("Unable to register cuDNN factory ...", plus absl's "All log messages before
@@ -6,7 +6,13 @@ absl::InitializeLog()" preamble) at ERROR level, so TF_CPP_MIN_LOG_LEVEL cannot 
 without hiding real errors too. They come from C++ writing to file descriptor 2, so
 `sys.stderr` cannot catch them either: while TensorFlow's top-level module executes, fd 2
 goes to a temporary file; afterwards every line but those known ones is written back.
-Set IMNET64_TF_STARTUP_LOGS=1 to keep everything.
+
+A machine without an NVIDIA device adds one more at the first device use, not at import:
+"failed call to cuInit: ... UNKNOWN ERROR (303)". There, still inside the filter, the import
+lists the physical devices (which starts the CUDA platform and prints it) and drops it too.
+With an NVIDIA device present that line is a real diagnosis and stays, and CUDA is left to
+start when TensorFlow first needs it (a CUDA context made before a fork is unusable in the
+child). Set IMNET64_TF_STARTUP_LOGS=1 to keep everything.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 BENIGN = re.compile(
     r"Unable to register cu(?:FFT|DNN|BLAS) factory: Attempting to register factory for "
@@ -26,6 +33,13 @@ BENIGN = re.compile(
     r"|^WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
     r"STDERR$"
 )
+# Only dropped where no NVIDIA device exists (see the module's docstring).
+CUINIT_WITHOUT_GPU = re.compile(r"failed call to cuInit")
+
+
+def nvidia_device_present(dev: Path = Path("/dev")) -> bool:
+    """An NVIDIA GPU device node (/dev/nvidia0, ...), as the driver creates one per GPU."""
+    return any(dev.glob("nvidia[0-9]*"))
 
 
 @contextlib.contextmanager
@@ -62,13 +76,26 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         loader_exec = spec.loader.exec_module
+        start_cuda_now = not nvidia_device_present()
+        drop = (re.compile(f"{BENIGN.pattern}|{CUINIT_WITHOUT_GPU.pattern}") if start_cuda_now
+                else BENIGN)
 
         def exec_module(module) -> None:
-            with filtered_fd2():
+            with filtered_fd2(drop):
                 loader_exec(module)
+                if start_cuda_now:
+                    _list_devices(module)
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+def _list_devices(tf) -> None:
+    """Start TensorFlow's device platforms now (CUDA says it found nothing). Listing
+    physical devices leaves every setting that must precede the runtime's start open
+    (threads, visible devices, memory growth)."""
+    with contextlib.suppress(Exception):  # it only ever tidies the logs
+        tf.config.list_physical_devices()
 
 
 def install() -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from imnet64.quiet_tf_import import filtered_fd2
 
-IMPORT_TF = "import imnet64, tensorflow as tf, tf_keras; print(tf.keras.__name__)"
+# the import, then the first op: TensorFlow initialises its CUDA platform at first device use
+IMPORT_TF = ("import imnet64, tensorflow as tf, tf_keras; print(tf.keras.__name__); "
+             "print(float(tf.constant(1.0) + 1))")
+NO_GPU = not any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -20,12 +24,16 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_import_selects_keras_2_and_drops_only_the_plugin_lines():
     quiet = _run(IMPORT_TF)
-    assert quiet.stdout.strip() == "tf_keras.api._v2.keras"  # Keras 2, what Horovod needs
+    # Keras 2, what Horovod needs
+    assert quiet.stdout.split() == ["tf_keras.api._v2.keras", "2.0"]
     assert "Unable to register" not in quiet.stderr
     assert "absl::InitializeLog" not in quiet.stderr
     # the filter is what removed them: with it off, this TensorFlow wheel prints them
     loud = _run(IMPORT_TF, IMNET64_TF_STARTUP_LOGS="1")
     assert "Unable to register cuDNN factory" in loud.stderr
+    if NO_GPU:  # no NVIDIA device here: CUDA's failed start-up is noise, not a diagnosis
+        assert "failed call to cuInit" in loud.stderr
+        assert "cuInit" not in quiet.stderr, quiet.stderr
 
 
 def test_filtered_fd2_keeps_every_other_line(capfd):

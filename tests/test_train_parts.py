@@ -90,7 +90,8 @@ def test_self_launch_only_outside_a_launcher(monkeypatch):
     monkeypatch.setenv("HOROVOD_RANK", "0")
     assert not launch.should_self_launch(2)
     cmd = launch.horovodrun_command(2, ["data", "run", "--epochs", "3"])
-    assert cmd[1:6] == ["--gloo", "-np", "2", "-H", "localhost:2"]
+    assert cmd[:3] == [sys.executable, "-m", "imnet64.horovodrun"]  # horovodrun, filtered
+    assert cmd[3:8] == ["--gloo", "-np", "2", "-H", "localhost:2"]
     assert cmd[-6:] == ["imnet64_cli.main", "train", "data", "run", "--epochs", "3"]
 
 
@@ -129,7 +130,7 @@ def test_in_process_run_files_schedule_and_resume_checks(dataset, tmp_path):
     assert again.global_step == 6 and [r.loss for r in again.history] == [
         r.loss for r in result.history]
     # other options in the same RUN_DIR: refused, saying what differs
-    with pytest.raises(UserError, match=r"batch_size 8 -> 4"):
+    with pytest.raises(UserError, match=r"--batch-size 8 -> 4"):
         train(TrainConfig(**{**cfg.__dict__, "batch_size": 4}))
     # more epochs changes the schedule: refused too
     with pytest.raises(UserError, match="epochs"):
@@ -137,7 +138,7 @@ def test_in_process_run_files_schedule_and_resume_checks(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(warmup_epochs=10), "warmup epochs"),
+    (dict(warmup_epochs=10), "--warmup-epochs"),
     (dict(precision="fp8"), "precision"),
     (dict(arch="vgg"), "arch"),
     (dict(signal="NOPE"), "unknown signal"),
