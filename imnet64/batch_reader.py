@@ -22,6 +22,8 @@ plus the oldest load's own reservation.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -70,18 +72,43 @@ class ByteBudget:
             self.in_flight += nbytes
             self.peak = max(self.peak, self.in_flight)
 
-    def end(self, i: int) -> None:
+    def end(self, i: int) -> int:
+        """Give back what load i held; returns how many bytes that was."""
         with self._cond:
-            self.in_flight -= self._held.pop(i)
+            held = self._held.pop(i)
+            self.in_flight -= held
             self._ended.add(i)
             while self._oldest in self._ended:
                 self._ended.remove(self._oldest)
                 self._oldest += 1
             self._cond.notify_all()
+        return held
 
 
 def _no_reserve(nbytes: int) -> None:
     return None
+
+
+# After a load that held more than this, free memory is handed back to the system.
+TRIM_AFTER_BYTES = 64 * 2**20
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """glibc keeps memory freed by a thread in that thread's arena (one per reading thread),
+    so peak RSS still grew with --read-threads after one big decode at a time in each: 2.8
+    GB vs 0.6 GB for 8 threads decoding 49 Mpx PNGs here. malloc_trim returns it to the
+    system from every arena. Called after big loads only (64x64 images never get here)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class BatchReader:
@@ -153,7 +180,8 @@ class BatchReader:
         try:
             return self._load(i, lambda nbytes: budget.reserve(i, nbytes))
         finally:
-            budget.end(i)
+            if budget.end(i) > TRIM_AFTER_BYTES:
+                release_free_memory()
 
     def _run(self) -> None:
         try:

@@ -174,3 +174,43 @@ def test_byte_budget_lets_the_oldest_go_first():
     t.join()
     budget.end(1)
     assert budget.in_flight == 0
+
+
+RSS_SCRIPT = """
+import resource, sys
+from imnet64.batch_reader import BatchReader
+from imnet64.inputs import open_inputs
+from imnet64.label import _loader, _SideTable
+inputs = open_inputs(sys.argv[1])
+budget = int(sys.argv[2]) or None
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with BatchReader(len(inputs), _loader(inputs, _SideTable()), 8, threads=8,
+                 byte_budget=budget) as reader:
+    assert sum(len(b[0]) for b in reader) == len(inputs)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_peak_rss_of_the_reader_stays_near_the_budget(tmp_path):
+    """The real memory, in a fresh process: 8 threads decoding 8 images of 6.25 Mpx."""
+    import subprocess
+    import sys
+
+    ramp = np.linspace(0, 255, 2500, dtype=np.float32)
+    base = (np.add.outer(ramp, ramp) / 2).astype(np.uint8)
+    for k in range(8):
+        Image.fromarray(np.dstack([base, np.roll(base, 50 * k, 0), base.T])).save(
+            tmp_path / f"{k}.png", compress_level=1)
+    item = 2500 * 2500 * DECODE_BYTES_PER_PIXEL + (tmp_path / "0.png").stat().st_size
+    budget = 80 * 2**20
+
+    def growth(limit: int) -> int:
+        done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path), str(limit)],
+                              capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1])
+
+    bounded, unbounded = growth(budget), growth(0)
+    slack = 64 * 2**20  # allocator rounding, PIL's internals, thread stacks
+    print(f"RSS growth: {bounded >> 20} MiB with the budget, {unbounded >> 20} MiB without")
+    assert bounded <= budget + item + slack, (bounded >> 20, unbounded >> 20)
+    assert unbounded > 1.5 * bounded, (bounded >> 20, unbounded >> 20)  # the budget bites
