@@ -96,7 +96,12 @@ def model_options(f):
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Also checkpoint every N steps (0: once per epoch).")
 @click.option("--signal", "signal_name", default="USR1", show_default=True,
-              help="Signal that means: checkpoint now and exit 75 to be requeued.")
+              help="Signal that means: checkpoint now and exit 75 to be requeued "
+                   "(SIGTERM and SIGINT do the same).")
+@click.option("--restart-if-damaged", is_flag=True,
+              help="If RUN_DIR has checkpoints but none of them restores, start over at epoch "
+                   "1 instead of stopping with an error (the damaged files are kept in "
+                   "RUN_DIR/checkpoints/damaged).")
 @click.option("--peak-flops", type=float, default=None,
               help="Peak FLOP/s of one rank for the MFU figure [default: estimated].")
 @click.option("--log-every", default=30.0, show_default=True,
@@ -110,45 +115,58 @@ def model_options(f):
 def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recompute, epochs,
           warmup_epochs, batch_size, lr_max, lr_init_scale, lr_final_scale, lr_scaling,
           steps_per_epoch, precision, xla, seed, augment, shuffle, keep_checkpoints,
-          checkpoint_every, signal_name, peak_flops, log_every, np_, dump_weights) -> None:
+          checkpoint_every, signal_name, restart_if_damaged, peak_flops, log_every, np_,
+          dump_weights) -> None:
     """Train the encoder on DATASET_DIR (made by shard-records) into RUN_DIR.
 
-    Run the same command again to resume from RUN_DIR's latest checkpoint. On the --signal
-    (default USR1) or when RUN_DIR/stop-request appears, the ranks finish the step, write a
-    checkpoint and exit with code 75 (requeue me).
+    Run the same command again to resume from RUN_DIR's newest checkpoint that restores
+    (damaged ones are skipped, said so, and kept). On the --signal (default USR1), SIGTERM,
+    SIGINT, or when RUN_DIR/stop-request appears, the ranks finish the step, write a
+    checkpoint and exit with code 75 (requeue me), also during start-up.
     """
-    from imnet64 import launch
-    from imnet64.preemption import parse_signal
+    from imnet64.preemption import StopRequest, parse_signal, stop_signals
 
-    np_count = launch.resolve_np(np_)
-    if launch.should_self_launch(np_count):
-        code = launch.run_ranks(np_count, _child_args(ctx), run_dir, [parse_signal(signal_name)])
+    try:
+        requeue = parse_signal(signal_name)
+    except UserError as e:
+        raise UserError(f"--signal: {e}") from None
+    # First thing, before TensorFlow loads: from here on a stop signal is a request to stop
+    # (checkpoint what exists, exit 75), never the signal's default action.
+    with StopRequest(stop_signals(requeue), requeue_signal=requeue) as stop:
+        from imnet64 import launch
+
+        np_count = launch.resolve_np(np_)
+        if launch.should_self_launch(np_count):
+            code = launch.run_ranks(np_count, _child_args(ctx), run_dir, stop)
+            if code:
+                raise click.exceptions.Exit(code)
+            return
+
+        from imnet64.train import TrainConfig
+        from imnet64.train import train as run_training
+
+        _setup_logging()
+        cfg = TrainConfig(
+            run_dir=run_dir, dataset=dataset_dir, arch=arch,
+            repeats=_ints(repeats, "--repeats"), widths=_ints(widths, "--widths"),
+            recompute=recompute, epochs=epochs, warmup_epochs=warmup_epochs,
+            batch_size=batch_size, lr_max=lr_max, init_scale=lr_init_scale,
+            final_scale=lr_final_scale, lr_scaling=lr_scaling, steps_per_epoch=steps_per_epoch,
+            precision=precision, xla=xla, seed=seed, augment=augment, shuffle=shuffle,
+            keep_checkpoints=keep_checkpoints, checkpoint_every=checkpoint_every,
+            signal=signal_name, restart_if_damaged=restart_if_damaged, peak_flops=peak_flops,
+            log_every=log_every, dump_weights=dump_weights)
+        result = run_training(cfg, stop=stop)
+        # (still inside: a signal now must not kill a run that just finished with its
+        # default action; the run is complete and checkpointed, it exits 0)
+        if result.rank == 0 and result.state == "finished" and result.history:
+            last = result.history[-1]
+            click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
+                       f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
+                       f"run in {run_dir}")
+        code = launch.rank_exit_code(result.exit_code)
         if code:
             raise click.exceptions.Exit(code)
-        return
-
-    from imnet64.train import TrainConfig
-    from imnet64.train import train as run_training
-
-    _setup_logging()
-    cfg = TrainConfig(
-        run_dir=run_dir, dataset=dataset_dir, arch=arch, repeats=_ints(repeats, "--repeats"),
-        widths=_ints(widths, "--widths"), recompute=recompute, epochs=epochs,
-        warmup_epochs=warmup_epochs, batch_size=batch_size, lr_max=lr_max,
-        init_scale=lr_init_scale, final_scale=lr_final_scale, lr_scaling=lr_scaling,
-        steps_per_epoch=steps_per_epoch, precision=precision, xla=xla, seed=seed,
-        augment=augment, shuffle=shuffle, keep_checkpoints=keep_checkpoints,
-        checkpoint_every=checkpoint_every, signal=signal_name, peak_flops=peak_flops,
-        log_every=log_every, dump_weights=dump_weights)
-    result = run_training(cfg)
-    if result.rank == 0 and result.state == "finished" and result.history:
-        last = result.history[-1]
-        click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
-                   f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
-                   f"run in {run_dir}")
-    code = launch.rank_exit_code(result.exit_code)
-    if code:
-        raise click.exceptions.Exit(code)
 
 
 def _fmt_flops(n: float) -> str:

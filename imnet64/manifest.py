@@ -22,6 +22,7 @@ Written by `imnet64 shard-records` (last, atomically); read by training, evaluat
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,61 @@ class Manifest:
 
     def shard_paths(self, split: str) -> list[Path]:
         return [self.root / s.file for s in self.split(split).shards]
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset's identity, wherever it lies: a sha256 over its class names and each
+        split's shard sha256s. A copy or a move keeps it; other examples change it."""
+        payload = {"classes": self.class_names,
+                   "splits": {name: [s.sha256 for s in info.shards]
+                              for name, info in sorted(self.splits.items())}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def shard_size_problems(self, splits: list[str] | None = None) -> list[str]:
+        """Shards that are missing or whose size differs from the manifest's (a cheap check:
+        one stat per file). One line per problem."""
+        problems = []
+        for name in splits if splits is not None else list(self.splits):
+            if name not in self.splits:
+                continue
+            for shard in self.splits[name].shards:
+                path = self.root / shard.file
+                try:
+                    size = path.stat().st_size
+                except OSError as e:
+                    problems.append(f"shard {path} cannot be read ({e.strerror or e})")
+                    continue
+                if size != shard.bytes:
+                    problems.append(f"shard {path} has {size} bytes, its manifest says "
+                                    f"{shard.bytes} (truncated or replaced)")
+        return problems
+
+    def damaged_shards(self, split: str, files: list[Path] | None = None) -> list[str]:
+        """Shards of `split` (or just `files` of it) whose size or sha256 differs from the
+        manifest's (reads every byte of them). One line per damaged shard."""
+        wanted = None if files is None else {Path(f).name for f in files}
+        problems = []
+        for shard in self.split(split).shards:
+            if wanted is not None and shard.file not in wanted:
+                continue
+            path = self.root / shard.file
+            try:
+                digest = sha256_file(path)
+            except OSError as e:
+                problems.append(f"shard {path} cannot be read ({e.strerror or e})")
+                continue
+            if digest != shard.sha256:
+                problems.append(f"shard {path} is damaged (its sha256 differs from the "
+                                "manifest's)")
+        return problems
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def manifest_path(dataset_dir: str | Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic
-from imnet64.checkpointing import find_checkpoint
+from imnet64.checkpointing import find_checkpoint, one_line
 from imnet64.errors import UserError
 from imnet64.model import ModelConfig
 
@@ -40,6 +40,9 @@ def load_run_config(run_dir: str | Path) -> dict:
 def load_trained_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
     """The run's model with the weights of its best (by val loss) or latest checkpoint.
 
+    Checkpoints are found from their files (a damaged state file does not hide them); the
+    latest is the newest one that reads back intact, a damaged best one is an error.
+
     Built in float32 whatever precision it trained in (the weights are float32 either way).
     """
     run_dir = Path(run_dir)
@@ -48,9 +51,13 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRu
     if path is None:
         raise UserError(f"{run_dir} has no {checkpoint} checkpoint yet (train at least an epoch)")
     model = ModelConfig.from_json(config["model"]).build()
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.expect_partial()  # the optimizer and counters are not needed here
-    status.assert_existing_objects_matched()
+    try:
+        status = tf.train.Checkpoint(model=model).restore(path)
+        status.expect_partial()  # the optimizer and counters are not needed here
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+        # find_checkpoint read it back intact: it is another model's checkpoint
+        raise UserError(f"checkpoint {path} does not fit {run_dir}'s model: {one_line(e)}") from e
     classes_path = run_dir / CLASSES
     names = atomic.read_json(classes_path) if classes_path.exists() else [
         str(i) for i in range(config["num_classes"])]

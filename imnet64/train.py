@@ -8,9 +8,14 @@ statistics averaged over ranks, validation on every rank's part of the val split
 summed over ranks, then rank 0 writes history.json, curves.png, TensorBoard scalars and a
 checkpoint (plus the best one by validation loss).
 
-Restarting the same command in the same RUN_DIR resumes from the latest checkpoint: same
-epoch, step, optimizer state and learning rate. Each epoch reads the data in an order fixed
-by (seed, epoch), and a resume inside an epoch skips the batches already trained on.
+Restarting the same command in the same RUN_DIR resumes from the newest checkpoint that
+restores (damaged ones are skipped and set aside, see checkpointing.py): same epoch, step,
+optimizer state and learning rate. Each epoch reads the data in an order fixed by (seed,
+epoch), and a resume inside an epoch skips the batches already trained on. A resume with
+other options, or with another dataset (other class names or shards), is refused.
+
+status.json says what the run is doing or how it ended: running, finished, preempted /
+stopped (a stop signal: checkpointed, exit 75), or failed (with the error's one line).
 """
 
 from __future__ import annotations
@@ -23,14 +28,20 @@ from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic, data
-from imnet64.checkpointing import Checkpoints, TrainState
+from imnet64.checkpointing import Checkpoints, TrainState, one_line
 from imnet64.distributed import World, init_world
 from imnet64.errors import UserError
 from imnet64.history import EpochRecord, TensorBoardLog, load_history, plot_curves, write_history
 from imnet64.manifest import Manifest, load_manifest
-from imnet64.model import ModelConfig, flops_per_image
+from imnet64.model import ARCHS, ModelConfig, flops_per_image
 from imnet64.peak_flops import mfu, peak_per_rank
-from imnet64.preemption import REQUEUE_EXIT_CODE, STOP_FILE, StopRequest, parse_signal
+from imnet64.preemption import (
+    REQUEUE_EXIT_CODE,
+    STOP_FILE,
+    StopRequest,
+    parse_signal,
+    stop_signals,
+)
 from imnet64.run_dir import CLASSES, CONFIG
 from imnet64.schedule import Schedule
 
@@ -48,6 +59,15 @@ RESUME_MUST_MATCH = (
     "lr_max", "init_scale", "final_scale", "lr_scaling", "precision", "seed", "augment",
     "shuffle", "world_size", "steps_per_epoch", "num_classes",
 )
+# config.json key -> what the user changes to fix a difference (error messages)
+OPTION_NAMES = {
+    "arch": "--arch", "repeats": "--repeats", "widths": "--widths", "recompute": "--recompute",
+    "epochs": "--epochs", "warmup_epochs": "--warmup-epochs", "batch_size": "--batch-size",
+    "lr_max": "--lr-max", "init_scale": "--lr-init-scale", "final_scale": "--lr-final-scale",
+    "lr_scaling": "--lr-scaling", "precision": "--precision", "seed": "--seed",
+    "augment": "--augment", "shuffle": "--shuffle", "world_size": "number of ranks (--np)",
+    "steps_per_epoch": "--steps-per-epoch", "num_classes": "classes of the dataset",
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,7 @@ class TrainConfig:
     signal: str = "USR1"
     peak_flops: float | None = None  # per rank; default: an estimate (peak_flops.py)
     log_every: float = 30.0  # seconds between progress lines
+    restart_if_damaged: bool = False  # no checkpoint restores: start over instead of an error
     dump_weights: str | None = field(default=None, compare=False)  # "path-{rank}.npz"
 
     def model_config(self, num_classes: int) -> ModelConfig:
@@ -84,7 +105,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    state: str  # "finished" or "preempted"
+    state: str  # "finished", "preempted" (requeue signal, stop file) or "stopped" (TERM, INT)
     epoch: int  # epochs completed
     step_in_epoch: int
     global_step: int
@@ -94,27 +115,65 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        return REQUEUE_EXIT_CODE if self.state == "preempted" else 0
+        return REQUEUE_EXIT_CODE if self.state in ("preempted", "stopped") else 0
 
 
 # ---- setup ---------------------------------------------------------------------------------
 
 
 def _check(cfg: TrainConfig) -> None:
-    if cfg.precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UserError("epochs and batch size must be at least 1")
-    if not 0 <= cfg.warmup_epochs < cfg.epochs:
-        raise UserError(f"warmup epochs ({cfg.warmup_epochs}) must be in 0..epochs-1 "
-                        f"(epochs = {cfg.epochs})")
-    if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-        raise UserError("steps per epoch must be at least 1")
+    """Every option on its own; each message names the option that fixes it."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(cfg.precision in PRECISIONS,
+         f"--precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
+    need(cfg.epochs >= 1, f"--epochs must be at least 1 (got {cfg.epochs})")
+    need(cfg.batch_size >= 1, f"--batch-size must be at least 1 (got {cfg.batch_size})")
+    need(0 <= cfg.warmup_epochs < cfg.epochs,
+         f"--warmup-epochs ({cfg.warmup_epochs:g}) must be at least 0 and less than --epochs "
+         f"({cfg.epochs}): lower --warmup-epochs or raise --epochs")
+    need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1,
+         f"--steps-per-epoch must be at least 1 (got {cfg.steps_per_epoch})")
+    need(cfg.lr_max > 0 and math.isfinite(cfg.lr_max),
+         f"--lr-max must be a number above 0 (got {cfg.lr_max:g})")
+    need(cfg.init_scale >= 0 and math.isfinite(cfg.init_scale),
+         f"--lr-init-scale must be 0 or more (got {cfg.init_scale:g})")
+    need(cfg.final_scale >= 0 and math.isfinite(cfg.final_scale),
+         f"--lr-final-scale must be 0 or more (got {cfg.final_scale:g})")
+    need(cfg.keep_checkpoints >= 1,
+         f"--keep-checkpoints must be at least 1 (got {cfg.keep_checkpoints})")
+    need(cfg.checkpoint_every >= 0,
+         f"--checkpoint-every must be 0 (per epoch only) or more (got {cfg.checkpoint_every})")
+    need(cfg.log_every >= 0, f"--log-every must be 0 or more seconds (got {cfg.log_every:g})")
+    need(cfg.peak_flops is None or cfg.peak_flops > 0,
+         f"--peak-flops must be above 0 (got {cfg.peak_flops})")
+    need(cfg.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
+    need(len(cfg.repeats) == len(cfg.widths) and len(cfg.repeats) > 0,
+         f"--repeats and --widths need the same number of levels (got {len(cfg.repeats)} "
+         f"and {len(cfg.widths)})")
+    need(min(cfg.repeats) >= 1, f"--repeats must be at least 1 per level (got {cfg.repeats})")
+    need(min(cfg.widths) >= 1, f"--widths must be at least 1 per level (got {cfg.widths})")
     try:
-        ModelConfig(2, cfg.arch, cfg.repeats, cfg.widths)
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    parse_signal(cfg.signal)
+        parse_signal(cfg.signal)
+    except UserError as e:
+        raise UserError(f"--signal: {e}") from None
+
+
+def _check_dataset(manifest: Manifest) -> None:
+    """What training needs of a dataset, checked before anything is written: at least two
+    classes, and every shard there with the size its manifest says (one stat per file; the
+    contents are checked when reading them fails)."""
+    if manifest.num_classes < 2:
+        raise UserError(f"dataset {manifest.root} has {manifest.num_classes} class(es): "
+                        "training a classifier needs at least 2 classes")
+    problems = manifest.shard_size_problems(["train", "val"])
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}: rebuild the dataset with imnet64 shard-records "
+                        "(imnet64 inspect --verify checks it)")
 
 
 def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
@@ -122,9 +181,11 @@ def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
     """The run's config.json: the options, plus everything derived from them."""
     d = asdict(cfg)
     d.pop("dump_weights")
+    d.pop("restart_if_damaged")  # what this session does on damage, not what the run is
     d.update(
         repeats=list(cfg.repeats), widths=list(cfg.widths),
         dataset=str(Path(cfg.dataset).resolve()),
+        dataset_fingerprint=manifest.fingerprint,
         num_classes=manifest.num_classes,
         train_examples=manifest.split("train").count,
         world_size=world.size,
@@ -139,20 +200,47 @@ def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
     return d
 
 
+def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[str]) -> str | None:
+    """Why a resumed run's dataset is not the one it was trained on (None if it is): other
+    class names (class ids would change meaning under the trained head) or other shards
+    (another dataset's fingerprint). A moved or copied dataset is the same dataset."""
+    classes_path = run_dir / CLASSES
+    old_names = atomic.read_json(classes_path) if classes_path.exists() else None
+    if old_names is not None and list(old_names) != list(class_names):
+        first = next((i for i, (a, b) in enumerate(zip(old_names, class_names)) if a != b),
+                     min(len(old_names), len(class_names)))
+        a = old_names[first] if first < len(old_names) else None
+        b = class_names[first] if first < len(class_names) else None
+        return (f"{run_dir} was trained on other class names than dataset "
+                f"{resolved['dataset']} has (class {first}: {a!r} -> {b!r}): resume with the "
+                f"dataset it started with ({old.get('dataset')}), or use a new RUN_DIR")
+    fingerprint = old.get("dataset_fingerprint")
+    if fingerprint and fingerprint != resolved["dataset_fingerprint"]:
+        return (f"{run_dir} was trained on another dataset ({old.get('dataset')}, fingerprint "
+                f"{fingerprint[:12]}) than {resolved['dataset']} (fingerprint "
+                f"{resolved['dataset_fingerprint'][:12]}): the same class names but other "
+                "shards; resume with the dataset it started with, or use a new RUN_DIR")
+    if old.get("dataset") != resolved["dataset"]:
+        log.info("resuming with dataset %s: the same dataset as %s (same fingerprint)"
+                 if fingerprint else "resuming with dataset %s (the run started with %s)",
+                 resolved["dataset"], old.get("dataset"))
+    return None
+
+
 def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> str | None:
     """Rank 0: write config.json for a new run, or check a resumed run's. Returns an error
     message (to be raised on every rank) or None."""
     path = run_dir / CONFIG
     if path.exists():
         old = atomic.read_json(path)
-        diffs = [f"{k} {old.get(k)!r} -> {resolved[k]!r}" for k in RESUME_MUST_MATCH
-                 if old.get(k) != resolved[k]]
+        diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k)!r} -> {resolved[k]!r}"
+                 for k in RESUME_MUST_MATCH if old.get(k) != resolved[k]]
         if diffs:
             return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
                     "rerun with the same options to resume, or use a new RUN_DIR")
-        if old.get("dataset") != resolved["dataset"]:
-            log.warning("resuming with dataset %s (the run started with %s)",
-                        resolved["dataset"], old.get("dataset"))
+        other = _other_dataset(run_dir, old, resolved, class_names)
+        if other:
+            return other
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, resolved)
     atomic.write_json(run_dir / CLASSES, class_names)
@@ -242,10 +330,19 @@ def make_eval_step(model: tf.keras.Model):
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, world: World):
+    def __init__(self, cfg: TrainConfig, world: World, stop: StopRequest | None = None):
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
+        # the command's (installed before TensorFlow loaded), or one of our own
+        requeue = parse_signal(cfg.signal)
+        self.stop = stop or StopRequest(stop_signals(requeue), requeue_signal=requeue)
+        self.prepared = False  # RUN_DIR checked and config.json written: status.json is ours
+
+    def setup(self) -> None:
+        """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
+        cfg, world = self.cfg, self.world
         self.manifest = load_manifest(cfg.dataset)
+        _check_dataset(self.manifest)
         chief = world.is_chief
         tf.keras.utils.set_random_seed(cfg.seed)
         self.steps = cfg.steps_per_epoch or data.steps_per_epoch(
@@ -253,7 +350,7 @@ class _Trainer:
         if self.steps < 1:
             raise UserError(
                 f"the train split ({self.manifest.split('train').count} examples) is too small "
-                f"for batches of {cfg.batch_size} on {world.size} rank(s)")
+                f"for --batch-size {cfg.batch_size} on {world.size} rank(s): lower --batch-size")
         base = Schedule(cfg.lr_max, cfg.init_scale, cfg.final_scale, cfg.warmup_epochs,
                         cfg.epochs - cfg.warmup_epochs)
         self.schedule = base.scaled(world.size if cfg.lr_scaling else 1)
@@ -273,11 +370,15 @@ class _Trainer:
         error = world.broadcast_object(error, name="config_check")
         if error:
             raise UserError(error)
+        self.prepared = True
 
         self.checkpoints = Checkpoints(self.run_dir, self.checkpoint, cfg.keep_checkpoints) \
             if chief else None
-        resumed = self.checkpoints.restore_latest() if chief else None
-        self.resumed_from = world.broadcast_object(resumed, name="resumed_from")
+        outcome = self._restore() if chief else None
+        resumed, error = world.broadcast_object(outcome, name="resumed_from")
+        if error:
+            raise UserError(error)
+        self.resumed_from = resumed
         # rank 0's weights, moments, counters (restored or freshly initialised) everywhere
         world.broadcast_variables(_all_variables(self.model, self.optimizer, self.state))
         if not chief:
@@ -297,7 +398,44 @@ class _Trainer:
         val = self.manifest.splits.get("val")
         self.has_val = val is not None and val.count > 0
 
+    def _restore(self) -> tuple[str | None, str | None]:
+        """Rank 0: restore the newest checkpoint that restores. (path or None, error)."""
+        try:
+            restored = self.checkpoints.restore_newest(self.cfg.restart_if_damaged)
+        except UserError as e:
+            return None, str(e)
+        if restored.skipped and restored.path is None:
+            log.warning("none of the %d checkpoint(s) restores: starting over at epoch 1 "
+                        "(--restart-if-damaged); the damaged ones are kept in %s",
+                        len(restored.skipped), self.checkpoints.damaged_dir)
+        return restored.path, None
+
     # -- helpers
+
+    def guarded(self, batches: tf.data.Dataset, split: str):
+        """Iterate `batches`; a read error (a damaged shard) becomes a UserError that names
+        the shard (found by checking this rank's shards of `split` against the manifest)."""
+        iterator = iter(batches)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except tf.errors.OpError as e:
+                raise UserError(self._data_error(split, e)) from e
+            yield batch
+
+    def _data_error(self, split: str, error: tf.errors.OpError) -> str:
+        paths = self.manifest.shard_paths(split)
+        if len(paths) >= self.world.size:  # the files this rank reads (data.py's dealing)
+            paths = paths[self.world.rank::self.world.size]
+        damaged = self.manifest.damaged_shards(split, paths)
+        if damaged:
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            return (f"{damaged[0]}{more}: reading the {split} split failed ({one_line(error)}); "
+                    "rebuild the dataset with imnet64 shard-records")
+        return (f"reading the {split} split of {self.manifest.root} failed ({one_line(error)}); "
+                "its shards match the manifest's sha256s")
 
     def info(self, msg: str, *args) -> None:
         if self.world.is_chief:
@@ -319,7 +457,7 @@ class _Trainer:
             self.manifest, "val", cfg.batch_size, rank=w.rank, size=w.size, shuffle=False,
             augment=False, repeat=False, drop_remainder=False)
         sums = np.zeros(3)
-        for images, labels in ds:
+        for images, labels in self.guarded(ds, "val"):
             sums += np.array([t.numpy() for t in self.eval_step(images, labels)])
         loss_sum, correct, count = w.sum(sums, name="val_sums")
         if count == 0:
@@ -372,16 +510,34 @@ class _Trainer:
                            self.world.rank, self.world.size)
 
     def preempt(self, stop: StopRequest) -> TrainResult:
+        # nothing new since the restored (or last written) checkpoint, or nothing trained
+        # at all yet: nothing is written (the path is the restored one, or None)
         path = self.save_checkpoint()
+        reason = stop.reason
         self.info("stop requested (%s): checkpoint %s at epoch %d step %d; exit %d to requeue",
-                  stop.reason, path, int(self.state.epoch.numpy()) + 1,
+                  reason, path or "none (nothing trained yet)", int(self.state.epoch.numpy()) + 1,
                   int(self.state.step_in_epoch.numpy()), REQUEUE_EXIT_CODE)
-        self.set_status("preempted", checkpoint=path, exit_code=REQUEUE_EXIT_CODE)
+        self.set_status(stop.state, checkpoint=path, reason=reason, exit_code=REQUEUE_EXIT_CODE)
         if self.world.is_chief and stop.stop_file is not None:
             stop.stop_file.unlink(missing_ok=True)  # consumed: the rerun must not stop again
         self.dump_weights()
         self.world.barrier()
-        return self.result("preempted")
+        return self.result(stop.state)
+
+    def record_failure(self, error: BaseException) -> None:
+        """status.json says how the run ended when an exception ends it (rank 0, and only
+        once this session has made RUN_DIR its own: a refused resume leaves it alone)."""
+        if not (self.world.is_chief and self.prepared and hasattr(self, "state")):
+            return
+        try:
+            if isinstance(error, KeyboardInterrupt):
+                self.set_status("stopped", reason="signal SIGINT again: stopped at once, "
+                                "without a checkpoint", exit_code=130)
+            else:
+                code = error.exit_code if isinstance(error, UserError) else 1
+                self.set_status("failed", error=one_line(error), exit_code=code)
+        except Exception as e:  # noqa: BLE001  (never hide the error being reported)
+            log.warning("could not write %s: %s", self.run_dir / STATUS, e)
 
     # -- one epoch
 
@@ -394,7 +550,7 @@ class _Trainer:
         per_step_images = cfg.batch_size * w.size
         timed_steps, t_first, last_log = 0, None, time.monotonic()
         t_begin = time.perf_counter()
-        for images, labels in self.epoch_batches(epoch, start):
+        for images, labels in self.guarded(self.epoch_batches(epoch, start), "train"):
             global_step = int(state.global_step.numpy())
             lr = self.schedule.at_step(global_step, self.steps)
             self.optimizer.learning_rate.assign(lr)
@@ -463,10 +619,11 @@ class _Trainer:
                   val_loss, val_acc, lr, record.images_per_s, util)
 
     def run(self) -> TrainResult:
-        cfg, w, state = self.cfg, self.world, self.state
-        stop_file = self.run_dir / STOP_FILE if w.is_chief else None
-        if stop_file is not None:
-            stop_file.unlink(missing_ok=True)  # a stale request from before this start
+        cfg, w, state, stop = self.cfg, self.world, self.state, self.stop
+        if w.is_chief:
+            stop.stop_file = self.run_dir / STOP_FILE
+            if stop.discard_stale_stop_file():
+                log.warning("removed a stale %s (older than this start)", stop.stop_file)
         self.info("training %s (%d ranks x batch %d, %d steps/epoch, %d epochs, %.3g FLOPs/image"
                   ", peak %s) in %s", cfg.arch, w.size, cfg.batch_size, self.steps, cfg.epochs,
                   self.flops, self.peak_source, self.run_dir)
@@ -478,15 +635,18 @@ class _Trainer:
             log.warning("dataset %s has no val split: no validation, and the 'best' checkpoint "
                         "is the latest", self.manifest.root)
         self.set_status("running")
-        with StopRequest([parse_signal(cfg.signal)], stop_file) as stop:
-            while int(state.epoch.numpy()) < cfg.epochs:
+        with stop:
+            while True:
+                # a request that came during start-up or validation (the epoch's checkpoint
+                # is written), or in the last epoch: stop, never report "finished" then
+                if w.sum([float(stop.requested)], name="stop_between_epochs")[0] > 0:
+                    return self.preempt(stop)
                 epoch = int(state.epoch.numpy())
+                if epoch >= cfg.epochs:
+                    break
                 if not self.run_epoch(epoch, stop):
                     return self.preempt(stop)
                 self.end_epoch(epoch)
-                # a request that came during validation: the epoch's checkpoint is written
-                if w.sum([float(stop.requested)], name="stop_after_epoch")[0] > 0:
-                    return self.preempt(stop)
         self.set_status("finished", exit_code=0)
         self.dump_weights()
         if self.tensorboard:
@@ -494,8 +654,18 @@ class _Trainer:
         return self.result("finished")
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) the run in `cfg.run_dir`. Rank 0 alone writes files."""
+def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
+    """Train (or resume) the run in `cfg.run_dir`. Rank 0 alone writes files.
+
+    `stop`: the command's stop request, installed as early as possible so that a signal
+    during start-up is not lost (by default the trainer makes and installs its own)."""
     _check(cfg)
     world = init_world()
-    return _Trainer(cfg, world).run()
+    trainer = _Trainer(cfg, world, stop)
+    try:
+        with trainer.stop:  # (already installed by the command: then this is a no-op)
+            trainer.setup()
+            return trainer.run()
+    except BaseException as e:
+        trainer.record_failure(e)
+        raise
