@@ -72,17 +72,19 @@ class ByteBudget:
             self.in_flight += nbytes
             self.peak = max(self.peak, self.in_flight)
 
-    def end(self, i: int) -> int:
-        """Give back what load i held; returns how many bytes that was."""
+    def holding(self, i: int) -> int:
         with self._cond:
-            held = self._held.pop(i)
-            self.in_flight -= held
+            return self._held[i]
+
+    def end(self, i: int) -> None:
+        """Give back what load i held."""
+        with self._cond:
+            self.in_flight -= self._held.pop(i)
             self._ended.add(i)
             while self._oldest in self._ended:
                 self._ended.remove(self._oldest)
                 self._oldest += 1
             self._cond.notify_all()
-        return held
 
 
 def _no_reserve(nbytes: int) -> None:
@@ -180,8 +182,11 @@ class BatchReader:
         try:
             return self._load(i, lambda nbytes: budget.reserve(i, nbytes))
         finally:
-            if budget.end(i) > TRIM_AFTER_BYTES:
+            # the load's big buffers are freed by now; hand them back to the system before
+            # the next load may take their place in the budget
+            if budget.holding(i) > TRIM_AFTER_BYTES:
                 release_free_memory()
+            budget.end(i)
 
     def _run(self) -> None:
         try:

@@ -176,18 +176,25 @@ def test_byte_budget_lets_the_oldest_go_first():
     assert budget.in_flight == 0
 
 
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS (here pytest's, with
+# TensorFlow and the teacher loaded), so it would hide the growth
 RSS_SCRIPT = """
-import resource, sys
+import sys
 from imnet64.batch_reader import BatchReader
 from imnet64.inputs import open_inputs
 from imnet64.label import _loader, _SideTable
+
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+
 inputs = open_inputs(sys.argv[1])
 budget = int(sys.argv[2]) or None
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak()
 with BatchReader(len(inputs), _loader(inputs, _SideTable()), 8, threads=8,
                  byte_budget=budget) as reader:
     assert sum(len(b[0]) for b in reader) == len(inputs)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(peak() - before)
 """
 
 
@@ -210,7 +217,7 @@ def test_peak_rss_of_the_reader_stays_near_the_budget(tmp_path):
         return int(done.stdout.split()[-1])
 
     bounded, unbounded = growth(budget), growth(0)
-    slack = 64 * 2**20  # allocator rounding, PIL's internals, thread stacks
+    slack = 100 * 2**20  # allocator rounding, PIL internals, thread stacks (seen: <= 30 MiB)
     print(f"RSS growth: {bounded >> 20} MiB with the budget, {unbounded >> 20} MiB without")
     assert bounded <= budget + item + slack, (bounded >> 20, unbounded >> 20)
     assert unbounded > 1.5 * bounded, (bounded >> 20, unbounded >> 20)  # the budget bites
