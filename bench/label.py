@@ -229,7 +229,10 @@ def _run(args, work: Path) -> dict:
     batch = args.batch_size
     images = work / "images"
     write_sample(images, args.images, per_folder=1000)
+    from imnet64.machine import machine_line
+
     teacher = load_teacher("offline")
+    print(f"machine: {machine_line()}")
     print(f"{args.images} real 64x64 photos, teacher {teacher.name} ({teacher.path}), "
           f"batch {batch}, {args.rounds} rounds, TF {tf.__version__}, {os.cpu_count()} CPUs")
 
@@ -358,6 +361,7 @@ def _run(args, work: Path) -> dict:
         "teacher": teacher.name,
         "tensorflow": tf.__version__,
         "cpus": os.cpu_count(),
+        "machine": machine_line(),
         "images_per_second": {"best": best, "median": median},
         "cpu_ms_per_image": cpu_ms,
         "label_vs_seed_loop": round(vs_seed, 3),

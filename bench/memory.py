@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             r["rss_over_baseline_bytes"] = r["peak_rss_bytes"] - base["peak_rss_bytes"]
             rows.append(r)
 
+    from imnet64.machine import machine_line
+
+    print(f"machine: {machine_line()}")
     print(f"encoder at 64x64, repeats (3,3,3), widths (32,64,128), batch {args.batch}, "
           f"float32, {args.classes} classes, {args.steps} timed steps per process, "
           f"median of {args.rounds} processes per training mode")
@@ -209,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             for r in rows
         }
-        write_json(args.json, {"batch": args.batch, "classes": args.classes,
+        write_json(args.json, {"machine": machine_line(), "batch": args.batch,
+                               "classes": args.classes,
                                "steps": args.steps, "rounds": args.rounds,
                                "configs": configs, "recompute_vs_not": summary})
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.data import training_dataset
+from imnet64.machine import machine_line
 from imnet64.manifest import load_manifest
 from imnet64.sample_images import write_sample
 from imnet64.shard_records import ShardOptions, shard_records
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets[encoding] = load_manifest(out)
     setup = time.perf_counter() - t0
     m = datasets["png"]
+    print(f"machine: {machine_line()}")
     print(
         f"{m.split('train').count} images in {m.num_classes} class folders; "
         f"{len(m.split('train').shards)} png shards; setup {setup:.0f} s; "

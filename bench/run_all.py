@@ -2,25 +2,31 @@
 then merge their figures into bench/results.json and a markdown table bench/results.md.
 
 Each benchmark is a script taking `--json PATH`; a failing one is recorded, not hidden.
+Every figure comes with the machine line of imnet64.machine (CPU model and vector extensions,
+cores, memory, oneDNN, TensorFlow). With `--only NAME...` the other benchmarks' entries of
+an existing results.json are kept, each with the machine and date it was measured on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from imnet64.machine import describe
+
 HERE = Path(__file__).resolve().parent
+
 BENCHES = {
     "label": ["bench/label.py"],
     "records": ["bench/records.py"],
     "train": ["bench/train.py"],
     "memory": ["bench/memory.py"],
+    "onednn": ["bench/onednn.py"],
 }
 
 
@@ -50,6 +56,10 @@ HEADLINES = [
     ("memory", "configs.plain.computed_activation_mib",
      "plain: activation memory computed in docs/gradients.md (MiB, batch 32)", ""),
     ("memory", "configs.plain.allocator_step_peak_mib", "plain: measured step peak (MiB)", ""),
+    ("onednn", "on_over_off.label", "`imnet64 label`, oneDNN on / off (images/s)", ">= 1"),
+    ("onednn", "on_over_off.train_step", "training step, oneDNN on / off (images/s)", ">= 1"),
+    ("onednn", "cpu_off_over_on.label", "`imnet64 label`, CPU time per image off / on", ""),
+    ("onednn", "cpu_off_over_on.train_step", "training step, CPU time per image off / on", ""),
 ]
 
 
@@ -64,17 +74,10 @@ def headline_rows(results: dict) -> list[str]:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1),
-            "python": platform.python_version(), "system": platform.platform()}
+    """imnet64.machine's description (CPU model and vector extensions, cores, memory,
+    oneDNN as the benchmarks get it, TensorFlow) plus Python and the OS."""
+    return {**describe().as_dict(), "python": platform.python_version(),
+            "system": platform.platform()}
 
 
 def flatten(obj, prefix: str = "") -> list[tuple[str, object]]:
@@ -89,6 +92,22 @@ def flatten(obj, prefix: str = "") -> list[tuple[str, object]]:
             isinstance(obj, str) and len(obj) < 60):
         return [(prefix.rstrip("."), obj)]
     return []
+
+
+def kept_entries(previous: Path, rerun: list[str]) -> dict:
+    """The entries of an earlier results.json for benchmarks not run now, each naming the
+    machine and date it was measured on (older files kept those once, at the top)."""
+    if not previous.exists():
+        return {}
+    old = json.loads(previous.read_text())
+    m = old.get("machine", {})
+    line = m.get("line") or (f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores, "
+                             f"{m.get('memory_gib', '?')} GiB (vector extensions not recorded)")
+    kept = {}
+    for name, entry in old.get("benchmarks", {}).items():
+        if name not in rerun:
+            kept[name] = {"machine": line, "started": old.get("started"), **entry}
+    return kept
 
 
 def fmt(value: object) -> str:
@@ -106,16 +125,21 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "benchmarks": {}}
+    kept = kept_entries(out / "results.json", args.only) if args.only else {}
     for name, script in BENCHES.items():
         if args.only and name not in args.only:
+            if name in kept:
+                results["benchmarks"][name] = kept[name]
             continue
         path = out / f".{name}.json"
         path.unlink(missing_ok=True)
-        print(f"== bench {name}: {' '.join(script)}", flush=True)
+        print(f"== bench {name}: {' '.join(script)} on {results['machine']['line']}",
+              flush=True)
         started = time.monotonic()
         code = subprocess.call([sys.executable, *script, "--json", str(path)],
                                cwd=HERE.parent)
-        entry = {"exit_code": code, "seconds": round(time.monotonic() - started, 1)}
+        entry = {"exit_code": code, "seconds": round(time.monotonic() - started, 1),
+                 "machine": results["machine"]["line"], "started": results["started"]}
         if path.exists():
             entry["figures"] = json.loads(path.read_text())
             path.unlink()
@@ -123,11 +147,14 @@ def main() -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-             f"Python {m['python']} ({results['started']}).", "",
-             "| figure | measured | goal |", "|---|---|---|", *headline_rows(results), "",
-             "All figures:", "",
-             "| benchmark | figure | value |", "|---|---|---|"]
+    lines = [f"Machine: {m['line']}, Python {m['python']} ({results['started']}).", ""]
+    if kept:
+        lines += [f"This run: {', '.join(args.only)}. Kept from earlier runs:", "",
+                  *(f"- {name}: {entry['started']}, {entry['machine']}"
+                    for name, entry in results["benchmarks"].items() if name in kept), ""]
+    lines += ["| figure | measured | goal |", "|---|---|---|", *headline_rows(results), "",
+              "All figures:", "",
+              "| benchmark | figure | value |", "|---|---|---|"]
     for name, entry in results["benchmarks"].items():
         if entry["exit_code"]:
             lines.append(f"| {name} | FAILED (exit {entry['exit_code']}) | |")

@@ -117,6 +117,9 @@ def _run(args, tf, np, weights, keras_bn, keras_folded, tmp: Path) -> int:
                 rates[name][b].append(b * args.batches / (time.perf_counter() - start))
                 cpu_cost[name][b].append((time.process_time() - cpu_start) / (b * args.batches))
 
+    from imnet64.machine import machine_line
+
+    print(f"machine: {machine_line()}")
     print(f"threads intra={args.intra or 'default'} inter={args.inter or 'default'}; "
           f"images/s (median | best of {args.rounds} rounds x {args.batches} batches), "
           f"CPU ms per image (median)")

@@ -152,6 +152,9 @@ def main() -> int:
         return 0
 
     import imnet64  # noqa: F401  (Keras 2 before TensorFlow, for the dataset writer)
+    from imnet64.machine import machine_line
+
+    print(f"machine: {machine_line()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="imnet64-bench-train-") as tmp:
         work = Path(tmp)
