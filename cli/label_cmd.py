@@ -63,7 +63,9 @@ def _shard(index: int | None, count: int | None) -> ShardSlot:
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=str))
+# OUT_DIR and --export-folders are checked by imnet64.label (a file made there) before
+# anything else, with a one-line error: no click.Path(file_okay=False) usage text
+@click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("--teacher", "teacher_spec", default=None, metavar="T",
               help="TF Hub handle, SavedModel folder, or 'offline' (built-in MobileNet V2). "
                    "Default: $IMNET64_TEACHER, else the TF Hub MobileNet V2 handle.")
@@ -76,7 +78,7 @@ def _shard(index: int | None, count: int | None) -> ShardSlot:
 @click.option("--top-k", type=int, default=5, show_default=True, metavar="K",
               help="Teacher top-k ids and probabilities kept per image (soft labels).")
 @click.option("--force", is_flag=True, help="Relabel a shard even if its summary exists.")
-@click.option("--export-folders", "export_dir", type=click.Path(file_okay=False),
+@click.option("--export-folders", "export_dir", type=click.Path(path_type=str),
               default=None, metavar="DIR",
               help="Also lay out DIR/<class>/<file> as symlinks to the inputs (never moves).")
 @click.option("--copy", is_flag=True, help="With --export-folders: copy instead of linking.")

@@ -116,6 +116,14 @@ def test_out_dir_under_a_regular_file_fails_before_reading_inputs_or_the_teacher
         assert lines == [f"error: cannot write label outputs to {blocker}/out/labels: "
                          f"{blocker} is a file, not a folder"], result.stderr
         assert seconds < 10  # the CLI starts in ~2 s; loading the teacher alone takes ~12
+    # OUT_DIR or --export-folders being that file: the same one line (not click's usage text)
+    for args, what in (([blocker], "label outputs"),
+                       ([tmp_path / "out", "--export-folders", blocker], "--export-folders")):
+        result = imnet64("label", photos, *args, "--teacher", tmp_path / "no-teacher")
+        assert result.returncode == 2
+        where = f"{blocker}/labels" if what == "label outputs" else f"{blocker}"
+        assert error_lines(result) == [f"error: cannot write {what} to {where}: "
+                                       f"{blocker} is a file, not a folder"], result.stderr
     assert blocker.read_text() == "not a folder"
 
 
