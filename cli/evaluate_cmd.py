@@ -13,7 +13,8 @@ import click
               help="Dataset to evaluate on [default: the one the run trained on].")
 @click.option("--split", default="val", show_default=True, help="Split of the dataset.")
 @click.option("--checkpoint", default="best", show_default=True,
-              help="'best' (lowest val loss), 'latest', or a checkpoint path.")
+              help="'best' (lowest val loss), 'latest' (the newest one that reads back intact), "
+                   "or a checkpoint path.")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--top-confused", default=10, show_default=True,
               help="How many confused class pairs to list.")

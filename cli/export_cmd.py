@@ -13,7 +13,8 @@ import click
 @click.option("--encoder-only", is_flag=True,
               help="Export the encoder up to the pooled features (no head).")
 @click.option("--checkpoint", default="best", show_default=True,
-              help="'best' (lowest val loss), 'latest', or a checkpoint path.")
+              help="'best' (lowest val loss), 'latest' (the newest one that reads back intact), "
+                   "or a checkpoint path.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def export(run_dir, out, fmt, encoder_only, checkpoint, force) -> None:
     """Export RUN_DIR's model to OUT; reloads it and checks the outputs match to 1e-6."""

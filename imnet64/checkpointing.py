@@ -251,9 +251,9 @@ class Checkpoints:
         if chosen is None and skipped and not restart_if_damaged:
             listed = "; ".join(f"{f.prefix.parent.name}/{f.prefix.name}: {r}" for f, r in skipped)
             raise UserError(
-                f"no checkpoint in {self.dir} restores ({listed}); nothing was changed: repair "
-                "or remove them, or rerun with --restart-if-damaged to start over at epoch 1 "
-                f"(the damaged files are then kept in {self.damaged_dir})")
+                f"no checkpoint in {self.dir} restores ({listed}); they were left as they are: "
+                "repair or remove them, or rerun with --restart-if-damaged to start over at "
+                f"epoch 1 (the damaged files are then kept in {self.damaged_dir})")
         if chosen is not None:
             try:
                 status = self.checkpoint.restore(str(chosen.prefix))
@@ -269,7 +269,7 @@ class Checkpoints:
             where = "best-" if found.prefix.parent == self.best_dir else ""
             target = _set_aside(found, reason, self.damaged_dir, f"{where}{found.prefix.name}")
             log.warning("kept the damaged %s in %s", found.prefix, target)
-        for folder, label in ((self.dir, "checkpoint"), (self.best_dir, "best-checkpoint")):
+        for folder, label in ((self.dir, "state-file"), (self.best_dir, "best-state-file")):
             if not _state_file_ok(folder):
                 _keep_state_file_copy(folder, self.damaged_dir, label)
                 log.warning("%s could not be parsed: kept it in %s and wrote a new one",
