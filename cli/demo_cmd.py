@@ -39,6 +39,9 @@ def _print_summary(s: dict) -> None:
     rates = ", ".join(f"{k} {v if v is not None else 'reused'}"
                       for k, v in s["images_per_second"].items())
     out(f"  images/s per stage: {rates}   (train on {s['ranks']} Horovod rank(s))")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())
+    out(f"  wall time: {s['seconds']:.1f} s (per stage, s: {stages})")
+    out(f"  machine: {s['machine']}")
     out(f"  curves:         {s['curves']}")
     out(f"  exported model: {s['exported_model']}")
     out(f"  summary.json:   {s['workdir']}/summary.json")

@@ -3,7 +3,9 @@
 Stages (each reuses its finished output on a re-run, like the real pipeline):
 offline teacher -> sample images (+ a few broken files) -> label (N shards) ->
 shard-records -> train (Horovod ranks when horovodrun is there) -> evaluate -> export.
-The summary says what happened and checks that the counts add up.
+The summary says what happened and checks that the counts add up; it names the machine
+(CPU model and vector extensions, oneDNN, TensorFlow: imnet64.machine) and the wall time of
+this run and of each stage, as measured.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 
 from imnet64 import atomic
 from imnet64.errors import UserError
+from imnet64.machine import machine_line
 
 LogFn = Callable[[str], None]
 SUMMARY = "summary.json"
@@ -118,6 +121,16 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     from imnet64.teacher.offline import ensure_offline_teacher
 
     log = log or (lambda message: None)
+    started_run = time.monotonic()
+    stage_seconds: dict[str, float] = {}
+    stage_started = [started_run]
+
+    def stage_done(name: str) -> None:
+        now = time.monotonic()
+        stage_seconds[name] = round(now - stage_started[0], 1)
+        stage_started[0] = now
+
+    log(f"machine: {machine_line()}")
     work = Path(cfg.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     images, labels, dataset = work / "images", work / "labeling", work / "dataset"
@@ -126,10 +139,12 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
 
     log("1/7 teacher: real MobileNet V2 (torchvision ImageNet weights), built once")
     teacher_spec = str(ensure_offline_teacher()) if cfg.teacher == "offline" else cfg.teacher
+    stage_done("teacher")
 
     log(f"2/7 images: {cfg.images} real 64x64 crops of photos shipped in packages + broken files")
     write_sample(images / "photos", cfg.images)
     write_broken_files(images / "broken")
+    stage_done("images")
 
     log(f"3/7 label: {cfg.shards} shards with the teacher")
     labels.mkdir(parents=True, exist_ok=True)
@@ -148,6 +163,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     status = label_status(labels, cfg.shards)
     totals = status.totals()
     rates["label"] = totals["images_per_second_per_shard"]
+    stage_done("label")
 
     log(f"4/7 shard-records: keep the {cfg.classes} most frequent classes, "
         f"{cfg.val_fraction:.0%} validation")
@@ -159,6 +175,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     examples = sum(s["count"] for s in manifest["splits"].values())
     if result.status != "up-to-date":
         rates["shard-records"] = examples / max(time.monotonic() - started, 1e-9)
+    stage_done("shard-records")
 
     ranks = cfg.ranks if _horovodrun_available() else 1
     log(f"5/7 train: {cfg.epochs} epochs on {ranks} Horovod rank(s)")
@@ -177,6 +194,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
 
     history = load_history(run_dir)
     rates["train"] = history[-1].images_per_s if history else None
+    stage_done("train")
 
     log("6/7 evaluate on the validation split")
     from imnet64.evaluate import evaluate_run
@@ -184,14 +202,20 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     started = time.monotonic()
     evaluation = evaluate_run(run_dir, split="val")
     rates["evaluate"] = evaluation.count / max(time.monotonic() - started, 1e-9)
+    stage_done("evaluate")
 
     log("7/7 export a SavedModel (uint8 64x64x3 in, probabilities out)")
     from imnet64.export import export_run
 
     if not (export_dir / "saved_model.pb").exists():
         export_run(run_dir, export_dir)
+    stage_done("export")
 
     summary = _summarise(cfg, status, manifest, evaluation, rates, run_dir, export_dir, ranks)
+    # asked now: TensorFlow is loaded and says itself whether its oneDNN kernels ran
+    summary["machine"] = machine_line()
+    summary["stage_seconds"] = stage_seconds
+    summary["seconds"] = round(time.monotonic() - started_run, 1)
     atomic.write_json(work / SUMMARY, summary)
     return summary
 

@@ -1,24 +1,56 @@
 """The demo end to end on a small setting: real photos, the real offline teacher, label in
-2 shards, shard-records, Horovod training on 2 ranks, evaluate, export."""
+2 shards, shard-records, Horovod training on 2 ranks, evaluate, export. Everything the run
+writes to file descriptors 1 and 2 (this process, horovodrun and the ranks) is kept, to check
+that TensorFlow's CUDA start-up lines stay out of it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from imnet64.demo import DemoConfig, run_demo
+from imnet64.machine import describe
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
+OUTPUT = "demo-output.txt"  # in the demo's workdir: all it printed, ranks included
+NO_GPU = not any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+@contextlib.contextmanager
+def _fds_to(path: Path):
+    """Send fds 1 and 2 (inherited by horovodrun and the ranks) to `path` for the block,
+    then replay it to the real stderr (pytest shows it when a test fails)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "wb") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        sys.stderr.write(path.read_text(errors="replace"))
+
+
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory, offline_teacher_dir):
     cfg = DemoConfig.quick(str(tmp_path_factory.mktemp("demo")), shards=2, classes=5, ranks=2)
-    return cfg, run_demo(cfg)
+    with _fds_to(Path(cfg.workdir) / OUTPUT):
+        summary = run_demo(cfg)
+    return cfg, summary
 
 
 def test_demo_counts_add_up(small_demo):
@@ -31,6 +63,36 @@ def test_demo_counts_add_up(small_demo):
     assert s["after_filters"] + sum(s["dropped_by_filters"].values()) == s["labeled"]
     assert len(s["classes_kept"]) == cfg.classes
     assert s["ranks"] == 2
+
+
+def test_demo_output_has_no_tensorflow_cuda_start_up_lines(small_demo):
+    """Neither horovodrun's own TensorFlow import (its build check) nor the 2 ranks print
+    TensorFlow's CUDA-plugin lines; without an NVIDIA device, nor CUDA's failed cuInit."""
+    cfg, _ = small_demo
+    out = (Path(cfg.workdir) / OUTPUT).read_text(errors="replace")
+    assert "[0]<stderr>:" in out  # the ranks' output is in there (rank 0 logs training)
+    noise = ["Unable to register cu", "absl::InitializeLog"]
+    if NO_GPU:
+        noise.append("failed call to cuInit")
+    found = [line for line in out.splitlines() if any(n in line for n in noise)]
+    assert not found, found
+
+
+def test_summary_names_the_machine_and_the_wall_time(small_demo, capsys):
+    from imnet64_cli.demo_cmd import _print_summary
+
+    cfg, s = small_demo
+    assert s["machine"] == describe().line()  # the CPU model, its vector extensions, oneDNN
+    stages = ["teacher", "images", "label", "shard-records", "train", "evaluate", "export"]
+    assert list(s["stage_seconds"]) == stages
+    assert s["seconds"] >= sum(s["stage_seconds"].values()) - 0.5 > 0
+    assert s["stage_seconds"]["train"] > 0
+    assert json.loads((Path(cfg.workdir) / "summary.json").read_text())["machine"] == \
+        s["machine"]
+    _print_summary(s)
+    printed = capsys.readouterr().out
+    assert f"  machine: {s['machine']}" in printed
+    assert f"  wall time: {s['seconds']:.1f} s (per stage, s: teacher " in printed
 
 
 def test_student_learned_something(small_demo):
