@@ -114,11 +114,20 @@ def _child_setup(ignore: Iterable[signal.Signals]) -> None:
         pass
 
 
-def run_ranks(np_: int, child_args: list[str], run_dir: Path, stop: StopRequest) -> int:
+def run_ranks(np_: int, child_args: list[str], run_dir: Path,
+              stop: StopRequest | Iterable[signal.Signals]) -> int:
     """Run the ranks under horovodrun; returns the exit code this command should give.
 
     `stop` is the command's stop request, installed before anything else: a signal it
-    received (before or while the ranks run) becomes RUN_DIR/stop-request for them."""
+    received (before or while the ranks run) becomes RUN_DIR/stop-request for them. Given
+    signals instead (the first one the requeue signal), a request for them and SIGTERM and
+    SIGINT is installed for the time the ranks run."""
+    if not isinstance(stop, StopRequest):
+        signals = list(stop)
+        own = StopRequest(dict.fromkeys([*signals, signal.SIGTERM, signal.SIGINT]),
+                          requeue_signal=signals[0] if signals else None)
+        with own:
+            return run_ranks(np_, child_args, run_dir, own)
     started = time.time()
     run_dir = Path(run_dir)
 

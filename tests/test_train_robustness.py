@@ -334,6 +334,17 @@ def test_sigterm_and_sigint_checkpoint_and_say_stopped(dataset, tmp_path, sig):
     assert Path(st["checkpoint"] + ".index").is_file()
 
 
+def test_np_launcher_signalled_before_starting_the_ranks_starts_nothing(tmp_path):
+    from imnet64 import launch
+    from imnet64.preemption import StopRequest, stop_signals
+
+    with StopRequest(stop_signals(signal.SIGUSR1)) as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        code = launch.run_ranks(2, ["data", str(tmp_path / "run")], tmp_path / "run", stop)
+    assert code == REQUEUE_EXIT_CODE
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
 @pytest.mark.slow
 def test_np_2_signalled_during_startup_exits_75_and_the_rerun_trains(dataset, tmp_path):
     run_dir = tmp_path / "run"
