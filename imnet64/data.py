@@ -8,9 +8,26 @@ augmentation (pad 4, random 64x64 crop, random horizontal flip; vectorised on ui
 stateless ops keyed by `seed`), in parallel over batches -> prefetch. Images stay uint8:
 the model normalises, and uint8 batches are a quarter of the bytes of float32 ones.
 Batching before parsing matters: per-record parse/augment ops cost more than the work.
+
+tf.data's autotuning is off (fixed parallelism and prefetch depth instead): with it on, every
+iterator runs a model thread (Model::OptimizeLoop) that sleeps between optimisations for a
+period doubling from 10 ms to 60 s, and in TensorFlow 2.18 that thread can miss the wake-up
+when its iterator is deleted (its cancellation callback notifies it before the cancellation
+manager reads as cancelled, so it goes back to sleep for the rest of its period), while the
+deleting thread, Python's main thread holding the GIL, waits for it. Each epoch's pipeline,
+validation pass and evaluation then sometimes ended with an idle wait of up to one epoch's
+length (seen with py-spy/gdb: `RootDataset::Iterator::~Iterator` ->
+`UnboundedThreadPool::LogicalThreadWrapper::~LogicalThreadWrapper` on the main thread, the
+model thread in `Model::OptimizeLoop` -> `wait_until_system_clock`). See docs/training.md.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
@@ -19,10 +36,74 @@ from imnet64.records import CHANNELS, IMAGE_SIZE, make_batch_parser
 
 import tensorflow as tf
 
-AUTOTUNE = tf.data.AUTOTUNE
 PAD = 4
 DEFAULT_SHUFFLE_BUFFER = 8192
 READ_BUFFER = 1 << 20  # per TFRecord file
+MAX_PARALLELISM = 16  # TensorFlow's own starting value for AUTOTUNE is min(16, cores)
+T = TypeVar("T")
+
+
+def default_parallelism(local_ranks: int = 1) -> int:
+    """Parallel reads and batch decodes of one pipeline: this process's share of the cores
+    it may use (`local_ranks` processes on this host share them), at most MAX_PARALLELISM."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_PARALLELISM, (cores or 1) // max(1, local_ranks)))
+
+
+class InputWait:
+    """Time a consumer spends blocked in next() on an iterable: the input stall. The end of
+    the iteration counts too (deleting an iterator can block: see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, items: Iterable[T]) -> Iterator[T]:
+        iterator = iter(items)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                del iterator  # the deletion is timed as well
+                self.seconds += time.perf_counter() - start
+                return
+            self.seconds += time.perf_counter() - start
+            yield item
+
+
+class StartedInBackground:
+    """Iterate `make()`, built and started now on a background thread: building the
+    pipeline, opening files, filling the shuffle buffer and decoding the first batches
+    happen while the caller does other work (the trainer: the previous epoch's validation
+    and end-of-epoch writes), not at the start of the epoch's training loop. An error of
+    the start is raised by the first next()."""
+
+    def __init__(self, make: Callable[[], Iterable[T]]):
+        self._iterator: Iterator[T] | None = None
+        self._first: list[T] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, args=(make,), daemon=True,
+                                        name="imnet64-pipeline-start")
+        self._thread.start()
+
+    def _start(self, make: Callable[[], Iterable[T]]) -> None:
+        try:
+            self._iterator = iter(make())
+            self._first.append(next(self._iterator))
+        except StopIteration:
+            pass
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer's thread)
+            self._error = e
+
+    def __iter__(self) -> Iterator[T]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        iterator, self._iterator = self._iterator, None
+        yield from self._first
+        self._first.clear()
+        if iterator is not None:
+            yield from iterator
 
 
 def _check_rank(rank: int, size: int) -> None:
@@ -90,24 +171,29 @@ def training_dataset(
     drop_remainder: bool = True,
     with_soft_labels: bool = False,
     shuffle_buffer: int | None = None,
+    parallelism: int | None = None,
 ) -> tf.data.Dataset:
     """Batches (images uint8 [B,64,64,3], labels int32 [B]) for `rank` of `size`, or
     (images, labels, soft [B,C]) with `with_soft_labels`. Deterministic given `seed` when
-    `shuffle` is False (with shuffle, parallel reads may also reorder for speed)."""
+    `shuffle` is False (with shuffle, parallel reads may also reorder for speed).
+    `parallelism`: files read at once and batches decoded at once (default: the cores this
+    process may use, at most 16); as many batches are prefetched (at least 2)."""
     _check_rank(rank, size)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     files, deal_records = _rank_files(manifest, split, rank, size)
     deterministic = not shuffle
+    threads = max(1, parallelism or default_parallelism())
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle and not deal_records:  # dealing records needs the same file order everywhere
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    cycle = min(len(files), 16)
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER),
-        cycle_length=min(len(files), 16),
+        cycle_length=cycle,
         block_length=1,
-        num_parallel_calls=AUTOTUNE,
+        num_parallel_calls=min(cycle, threads),
         # shard() below deals records by position: every rank must see the same order
         deterministic=deterministic or deal_records,
     )
@@ -145,5 +231,9 @@ def training_dataset(
             images, labels, _confidence, soft = parse(serialized)
             return outputs(images, labels, soft)
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    return ds.prefetch(AUTOTUNE)
+    ds = ds.map(prepare, num_parallel_calls=threads, deterministic=deterministic)
+    ds = ds.prefetch(max(2, threads))
+    options = tf.data.Options()
+    # no autotuning model thread: deleting the iterator must never wait for it (docstring)
+    options.autotune.enabled = False
+    return ds.with_options(options)

@@ -1,16 +1,22 @@
 """What a run leaves for people to look at: history.json, curves.png, TensorBoard events.
 
-Only rank 0 writes. history.json and curves.png are rewritten atomically after each epoch;
-TensorBoard event files are append-only by design (a resumed run appends to new files).
+Only rank 0 writes. history.json and curves.png are rewritten atomically after each epoch
+(curves.png by a background thread: drawing it takes matplotlib ~0.1-1 s, which the other
+ranks would otherwise wait for); TensorBoard event files are append-only by design (a
+resumed run appends to new files).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from imnet64 import atomic
+
+log = logging.getLogger(__name__)
 
 HISTORY = "history.json"
 CURVES = "curves.png"
@@ -28,6 +34,12 @@ class EpochRecord:
     images_per_s: float  # training images per second, all ranks together
     seconds: float  # wall time of the epoch's training steps (this session)
     mfu: float | None  # achieved fraction of peak FLOP/s (None when the peak is unknown)
+    # share of `seconds` that rank 0 spent blocked waiting for its next batch (0-100; None
+    # in histories written before it was measured)
+    input_stall_pct: float | None = None
+    # mean time the other ranks waited at the end of the epoch for rank 0's end-of-epoch
+    # work (history, TensorBoard, checkpoints); None with one rank
+    rank0_wait_s: float | None = None
 
 
 def load_history(run_dir: Path) -> list[EpochRecord]:
@@ -46,19 +58,18 @@ def write_history(run_dir: Path, records: list[EpochRecord]) -> None:
 
 
 def plot_curves(run_dir: Path, records: list[EpochRecord]) -> Path:
-    """The seed's figure: accuracy (train vs val) above, cross-entropy below, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The seed's figure: accuracy (train vs val) above, cross-entropy below, per epoch.
+    (matplotlib's object API, not pyplot: safe to call from a background thread.)"""
     import matplotlib.ticker
+    from matplotlib.figure import Figure
 
     epochs = [r.epoch for r in records]
 
     def series(name: str) -> list[float]:  # missing values (no val split) become gaps
         return [math.nan if getattr(r, name) is None else getattr(r, name) for r in records]
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    fig = Figure(figsize=(8, 8))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(epochs, series("accuracy"), marker="o", label="Training Accuracy")
     top.plot(epochs, series("val_accuracy"), marker="o", label="Validation Accuracy")
     top.legend(loc="lower right")
@@ -78,8 +89,46 @@ def plot_curves(run_dir: Path, records: list[EpochRecord]) -> Path:
     path = Path(run_dir) / CURVES
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
     return path
+
+
+class CurvePlotter:
+    """Draws curves.png on a background thread: `submit` returns at once, so rank 0's
+    end-of-epoch work does not make the other ranks wait for matplotlib. Only the newest
+    history is drawn when several are waiting; `close` waits for the last drawing."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._cond = threading.Condition()
+        self._pending: list[EpochRecord] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="imnet64-curves", daemon=True)
+        self._thread.start()
+
+    def submit(self, records: list[EpochRecord]) -> None:
+        with self._cond:
+            self._pending = list(records)
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                records, self._pending = self._pending, None
+            if records is None:  # closed and nothing left to draw
+                return
+            try:
+                plot_curves(self.run_dir, records)
+            except Exception as e:  # noqa: BLE001  (a figure is never worth a failed run)
+                log.warning("could not draw %s: %s", self.run_dir / CURVES, e)
+
+    def close(self) -> None:
+        """Draw what was submitted last, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
 
 
 class TensorBoardLog:
@@ -102,6 +151,13 @@ class TensorBoardLog:
                 if name != "epoch" and value is not None:
                     group = "val" if name.startswith("val_") else "train"
                     self._tf.summary.scalar(f"{group}/{name.removeprefix('val_')}", value)
+        self.writer.flush()
+
+    def epoch_scalars(self, epoch: int, **scalars: float) -> None:
+        """More per-epoch scalars, known after `epoch(record)` was written."""
+        with self.writer.as_default(step=epoch):
+            for name, value in scalars.items():
+                self._tf.summary.scalar(f"train/{name}", value)
         self.writer.flush()
 
     def close(self) -> None:

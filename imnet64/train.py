@@ -20,6 +20,7 @@ stopped (a stop signal: checkpointed, exit 75), or failed (with the error's one 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -31,7 +32,13 @@ from imnet64 import atomic, data
 from imnet64.checkpointing import Checkpoints, TrainState, one_line
 from imnet64.distributed import World, init_world
 from imnet64.errors import UserError
-from imnet64.history import EpochRecord, TensorBoardLog, load_history, plot_curves, write_history
+from imnet64.history import (
+    CurvePlotter,
+    EpochRecord,
+    TensorBoardLog,
+    load_history,
+    write_history,
+)
 from imnet64.manifest import Manifest, load_manifest
 from imnet64.model import ARCHS, ModelConfig, flops_per_image
 from imnet64.peak_flops import mfu, peak_per_rank
@@ -389,6 +396,10 @@ class _Trainer:
             done = int(self.state.epoch.numpy())
             self.history = [r for r in load_history(self.run_dir) if r.epoch <= done]
         self.tensorboard = TensorBoardLog(self.run_dir) if chief else None
+        self.curves = CurvePlotter(self.run_dir) if chief else None
+        # tf.data threads per pipeline: this rank's share of the host's cores
+        self.data_threads = data.default_parallelism(world.local_size)
+        self._ahead: tuple[int, data.StartedInBackground] | None = None  # (epoch, batches)
         peak = peak_per_rank(cfg.precision, cfg.peak_flops, world.local_size)
         self.peak_total = peak.flops_per_s * world.size if peak.flops_per_s else None
         self.peak_source = peak.source
@@ -446,7 +457,7 @@ class _Trainer:
         ds = data.training_dataset(
             self.manifest, "train", cfg.batch_size, rank=w.rank, size=w.size,
             shuffle=cfg.shuffle, augment=cfg.augment, repeat=True,
-            seed=cfg.seed * 1000 + epoch, drop_remainder=True)
+            seed=cfg.seed * 1000 + epoch, drop_remainder=True, parallelism=self.data_threads)
         return ds.skip(skip).take(self.steps - skip)
 
     def validate(self) -> tuple[float, float]:
@@ -455,7 +466,7 @@ class _Trainer:
             return math.nan, math.nan
         ds = data.training_dataset(
             self.manifest, "val", cfg.batch_size, rank=w.rank, size=w.size, shuffle=False,
-            augment=False, repeat=False, drop_remainder=False)
+            augment=False, repeat=False, drop_remainder=False, parallelism=self.data_threads)
         sums = np.zeros(3)
         for images, labels in self.guarded(ds, "val"):
             sums += np.array([t.numpy() for t in self.eval_step(images, labels)])
@@ -504,6 +515,8 @@ class _Trainer:
             np.savez(f, **arrays)
 
     def result(self, state: str) -> TrainResult:
+        if self.curves:
+            self.curves.close()  # the last curves.png is written when the run returns
         return TrainResult(state, int(self.state.epoch.numpy()),
                            int(self.state.step_in_epoch.numpy()),
                            int(self.state.global_step.numpy()), list(self.history),
@@ -549,8 +562,16 @@ class _Trainer:
             self.info("epoch %d: resuming at step %d/%d", epoch + 1, start, self.steps)
         per_step_images = cfg.batch_size * w.size
         timed_steps, t_first, last_log = 0, None, time.monotonic()
+        # input stall: time blocked waiting for the next batch (pipeline start-up and end
+        # included) over the epoch's wall time
+        waited = data.InputWait()
+        # the pipeline started in the background during the previous epoch's end, else a
+        # new one (the first epoch of a session, or one resumed in its middle)
+        ahead, self._ahead = self._ahead, None
+        batches = ahead[1] if ahead and ahead[0] == epoch and not start else \
+            self.epoch_batches(epoch, start)
         t_begin = time.perf_counter()
-        for images, labels in self.guarded(self.epoch_batches(epoch, start), "train"):
+        for images, labels in waited.timed(self.guarded(batches, "train")):
             global_step = int(state.global_step.numpy())
             lr = self.schedule.at_step(global_step, self.steps)
             self.optimizer.learning_rate.assign(lr)
@@ -567,21 +588,26 @@ class _Trainer:
             if w.is_chief and timed_steps and time.monotonic() - last_log >= cfg.log_every:
                 last_log = time.monotonic()
                 rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
+                stall = 100 * waited.seconds / max(time.perf_counter() - t_begin, 1e-9)
                 self._log_progress(epoch, int(state.step_in_epoch.numpy()), float(loss), lr,
-                                   rate)
+                                   rate, stall)
         seconds = time.perf_counter() - t_begin
+        self._input_stall = min(100.0, 100 * waited.seconds / max(seconds, 1e-9))
         if timed_steps:
             self._rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
         else:
             self._rate = (self.steps - start) * per_step_images / max(seconds, 1e-9)
         self._seconds = seconds
+        if epoch + 1 < cfg.epochs:  # the next epoch's pipeline starts while this one ends
+            self._ahead = (epoch + 1, data.StartedInBackground(
+                lambda: self.epoch_batches(epoch + 1, 0)))
         return True
 
-    def _log_progress(self, epoch, step, loss, lr, rate) -> None:
+    def _log_progress(self, epoch, step, loss, lr, rate, stall) -> None:
         util = mfu(rate, self.flops, self.peak_total)
-        self.info("epoch %d/%d step %d/%d loss %.4f lr %.3g | %.1f images/s%s", epoch + 1,
-                  self.cfg.epochs, step, self.steps, loss, lr, rate,
-                  f" | MFU {100 * util:.2f}%" if util is not None else "")
+        self.info("epoch %d/%d step %d/%d loss %.4f lr %.3g | %.1f images/s%s | input stall "
+                  "%.1f%%", epoch + 1, self.cfg.epochs, step, self.steps, loss, lr, rate,
+                  f" | MFU {100 * util:.2f}%" if util is not None else "", stall)
         if self.tensorboard:
             self.tensorboard.step(int(self.state.global_step.numpy()), loss=loss, lr=lr,
                                   images_per_s=rate)
@@ -595,7 +621,8 @@ class _Trainer:
         record = EpochRecord(
             epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
             val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=self._rate,
-            seconds=self._seconds, mfu=mfu(self._rate, self.flops, self.peak_total))
+            seconds=self._seconds, mfu=mfu(self._rate, self.flops, self.peak_total),
+            input_stall_pct=self._input_stall)
         state.epoch.assign(epoch + 1)
         state.step_in_epoch.assign(0)
         state.reset_sums()
@@ -607,16 +634,35 @@ class _Trainer:
             # history first, checkpoint second: a kill in between redoes this epoch, and the
             # rerun replaces its history row
             write_history(self.run_dir, self.history)
-            plot_curves(self.run_dir, self.history)
+            self.curves.submit(self.history)  # drawn in the background: nobody waits for it
             self.tensorboard.epoch(record)
             if improved:
                 self.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val_loss)
             self.checkpoints.save(int(state.global_step.numpy()))
+        t_barrier = time.perf_counter()
         w.barrier()
+        record = self._record_rank0_wait(record, time.perf_counter() - t_barrier)
         util = f" | MFU {100 * record.mfu:.2f}%" if record.mfu is not None else ""
+        waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
+            if record.rank0_wait_s is not None else ""
         self.info("epoch %d/%d done: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.3g "
-                  "| %.1f images/s%s", epoch + 1, self.cfg.epochs, record.loss, record.accuracy,
-                  val_loss, val_acc, lr, record.images_per_s, util)
+                  "| %.1f images/s%s | input stall %.1f%%%s", epoch + 1, self.cfg.epochs,
+                  record.loss, record.accuracy, val_loss, val_acc, lr, record.images_per_s, util,
+                  record.input_stall_pct, waits)
+
+    def _record_rank0_wait(self, record: EpochRecord, waited: float) -> EpochRecord:
+        """`waited`: this rank's time in the barrier after rank 0's end-of-epoch writes. The
+        mean over the other ranks (collective) goes into rank 0's history row."""
+        w = self.world
+        if w.size == 1:
+            return record
+        total = w.sum([0.0 if w.is_chief else waited], name="rank0_wait")[0]
+        record = dataclasses.replace(record, rank0_wait_s=total / (w.size - 1))
+        if w.is_chief:  # the row was written before the wait was known: complete it
+            self.history[-1] = record
+            write_history(self.run_dir, self.history)
+            self.tensorboard.epoch_scalars(record.epoch, rank0_wait_s=record.rank0_wait_s)
+        return record
 
     def run(self) -> TrainResult:
         cfg, w, state, stop = self.cfg, self.world, self.state, self.stop
