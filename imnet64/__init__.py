@@ -12,11 +12,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ INFO/WARNING chatter drowns batch logs; users can still lower this.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow's oneDNN CPU kernels, which TF 2.18 turns on by itself only on x86 CPUs with
-# AVX-512 VNNI/BF16, AVX-VNNI or AMX. Measured (bench/onednn.py): on an AVX2-only AMD Zen 3
-# the teacher labeled 2.5x faster with them and the training step ran 1.55x faster; on an
-# AVX-512 AMD EPYC, off vs on: label 3.5x, training step 1.9x CPU time per image. Read once,
-# at TensorFlow's first use; an explicit setting (0 to turn them off) wins. Ranks, Slurm
-# jobs and containers import this package (or inherit the environment) too.
+# AVX-512 VNNI/BF16, AVX-VNNI or AMX. With them `label` ran 2.5x and the training step 1.55x
+# as fast on an AVX2-only AMD Zen 3 (issue 13), and 3.5x and 2.1x on an AVX-512 AMD EPYC
+# (bench/onednn.py). Read once, at TensorFlow's first use; an explicit setting (0 to turn
+# them off) wins. Ranks, Slurm jobs and containers import this package (or inherit the
+# environment) too.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
