@@ -14,7 +14,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imnet64 import atomic
+from imnet64 import atomic, provenance
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,22 @@ def load_history(run_dir: Path) -> list[EpochRecord]:
 
 
 def write_history(run_dir: Path, records: list[EpochRecord]) -> None:
+    """history.json, with the provenance of the session writing it: the block config.json
+    holds (rank 0 rewrites config.json at the start of each session)."""
     def clean(value):  # JSON has no NaN/inf
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     rows = [{k: clean(v) for k, v in asdict(r).items()} for r in records]
-    atomic.write_json(Path(run_dir) / HISTORY, {"epochs": rows})
+    atomic.write_json(Path(run_dir) / HISTORY,
+                      {"epochs": rows, provenance.KEY: _session_provenance(Path(run_dir))})
+
+
+def _session_provenance(run_dir: Path) -> dict:
+    try:
+        block = atomic.read_json(run_dir / "config.json").get(provenance.KEY)
+    except (OSError, ValueError, AttributeError):
+        block = None
+    return block if isinstance(block, dict) else provenance.collect()
 
 
 def plot_curves(run_dir: Path, records: list[EpochRecord]) -> Path:

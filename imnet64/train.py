@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from imnet64 import atomic, data
+from imnet64 import atomic, data, provenance
 from imnet64.checkpointing import Checkpoints, TrainState, one_line
 from imnet64.distributed import World, init_world
 from imnet64.errors import UserError
@@ -203,6 +203,8 @@ def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
         flops_per_image=flops,
         model=cfg.model_config(manifest.num_classes).to_json(),
         versions={"imnet64": imnet64.__version__, "tensorflow": tf.__version__},
+        # this session's code, host and job, and the teacher that labeled the dataset
+        provenance=provenance.collect(**provenance.teacher_fields(manifest.raw)),
     )
     return d
 
