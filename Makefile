@@ -83,6 +83,8 @@ slurm-down:
 ENGINE       ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 IMAGE        ?= imnet64
 BUILD_FLAGS  ?=
+# recorded by every output made in the image (IMNET64_IMAGE_ID, imnet64/provenance.py)
+IMAGE_ID     ?= $(IMAGE)-0.1.0-$(shell git describe --always --dirty 2>/dev/null || echo nogit)
 comma        := ,
 IMAGE_FLAGS   = $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \
                 $(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT)) $(BUILD_FLAGS)
@@ -90,10 +92,11 @@ IMAGE_FLAGS   = $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \
 .PHONY: image image-cpu sif container-test
 
 image:  ## the default image: GPU, Horovod over NCCL
-	$(ENGINE) build $(IMAGE_FLAGS) -t $(IMAGE):latest .
+	$(ENGINE) build $(IMAGE_FLAGS) --build-arg IMAGE_ID=$(IMAGE_ID)-gpu -t $(IMAGE):latest .
 
 image-cpu:  ## the CPU variant (what CI builds and runs)
-	$(ENGINE) build $(IMAGE_FLAGS) --build-arg VARIANT=cpu -t $(IMAGE):cpu .
+	$(ENGINE) build $(IMAGE_FLAGS) --build-arg VARIANT=cpu --build-arg IMAGE_ID=$(IMAGE_ID)-cpu \
+	  -t $(IMAGE):cpu .
 
 sif:  ## imnet64.sif for Apptainer from $(IMAGE):latest (needs apptainer)
 	ENGINE=$(ENGINE) scripts/build-sif.sh $(IMAGE):latest imnet64.sif

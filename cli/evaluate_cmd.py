@@ -27,8 +27,12 @@ def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, 
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
+    from imnet64.provenance import lines
+
     click.echo(f"{result.split} split of {result.dataset}: {result.count} images "
                f"(checkpoint {result.checkpoint})")
+    for i, line in enumerate(lines(result.run_provenance)):
+        click.echo(f"{'trained by' if i == 0 else '':<10}  {line}")
     click.echo(f"loss {result.loss:.4f}   top-1 {result.top1:.4f}   "
                f"top-{result.k} {result.top5:.4f}")
     click.echo("")

@@ -25,3 +25,4 @@ def export(run_dir, out, fmt, encoder_only, checkpoint, force) -> None:
     what = "encoder" if encoder_only else "classifier"
     click.echo(f"exported {what} ({result.format}) to {result.path}: reloaded {result.output} "
                f"match on {result.checked_images} images (max |diff| {result.max_abs_diff:.2g})")
+    click.echo(f"provenance and origin: {result.metadata}")

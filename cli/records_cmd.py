@@ -180,6 +180,10 @@ def _print_summary(summary, all_classes: bool) -> None:
         f"encoding {summary.encoding}   classes {summary.num_classes}   "
         f"teacher {summary.teacher or '-'}"
     )
+    from imnet64.provenance import lines
+
+    for i, line in enumerate(lines(summary.provenance)):
+        click.echo(f"{'made by' if i == 0 else '':<8} {line}")
     click.echo("")
     click.echo(
         f"{'split':<6} {'examples':>9} {'shards':>6} {'size':>12} "

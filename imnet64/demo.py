@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from imnet64 import atomic
+from imnet64 import atomic, provenance
 from imnet64.errors import UserError
 from imnet64.machine import machine_line
 
@@ -216,6 +216,8 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     summary["machine"] = machine_line()
     summary["stage_seconds"] = stage_seconds
     summary["seconds"] = round(time.monotonic() - started_run, 1)
+    # code, host, job, and the teacher (with its weights' sha256) the labels came from
+    summary[provenance.KEY] = provenance.collect(**provenance.teacher_fields(manifest))
     atomic.write_json(work / SUMMARY, summary)
     return summary
 

@@ -7,11 +7,12 @@ memory stays flat for 1000 classes and any split size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from imnet64 import atomic
+from imnet64 import atomic, provenance
 from imnet64.data import training_dataset
 from imnet64.errors import UserError
 from imnet64.manifest import load_manifest
@@ -53,6 +54,9 @@ class Evaluation:
     k: int  # the k of "top5" (fewer than 5 classes: all of them)
     per_class: list[ClassScore]
     most_confused: list[Confusion]
+    # this evaluation (imnet64.provenance), and the run's: what trained the model
+    provenance: dict[str, Any] = field(default_factory=dict)
+    run_provenance: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -125,7 +129,9 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None, split: 
         run_dir=str(run.run_dir), checkpoint=run.checkpoint, dataset=str(manifest.root),
         split=split, count=count, loss=loss_sum / count,
         top1=float(np.trace(confusion) / count), top5=top_k_hits / count, k=k,
-        per_class=per_class, most_confused=most_confused(confusion, names, top_confused))
+        per_class=per_class, most_confused=most_confused(confusion, names, top_confused),
+        provenance=provenance.collect(**provenance.teacher_fields(run.config)),
+        run_provenance=run.config.get(provenance.KEY))
     if write:
         atomic.write_json(Path(run_dir) / f"evaluation-{split}.json", result.to_json())
     return result

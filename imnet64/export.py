@@ -12,6 +12,10 @@ With `encoder_only`, the signature returns `features` [N, D]: the pooled encoder
 Both are written to a temporary folder/file next to OUT, reloaded and checked (outputs equal
 to the in-memory model's to 1e-6 on real images of the run's val split when the dataset is
 there, else on fixed random images), and only then renamed to OUT.
+
+What made the model (imnet64.provenance: code, host, job, and the teacher of the labels it
+learned from), the run and checkpoint it came from are in `OUT/imnet64_model.json` for a
+SavedModel (inside the folder; TF ignores it) and in `OUT.json` beside a .keras file.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from imnet64 import atomic, provenance
 from imnet64.errors import UserError
 from imnet64.model import ENCODER_OUTPUT
-from imnet64.run_dir import load_trained_run
+from imnet64.run_dir import TrainedRun, load_trained_run
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +39,8 @@ import tensorflow as tf
 FORMATS = ("savedmodel", "keras")
 TOLERANCE = 1e-6
 CLASS_NAMES_ASSET = "class_names.txt"
+METADATA_FILE = "imnet64_model.json"  # inside a SavedModel folder; OUT.json beside a .keras
+METADATA_FORMAT = "imnet64.export/1"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,32 @@ class ExportResult:
     checked_images: int
     max_abs_diff: float
     output: str  # the compared output's name
+    metadata: Path  # provenance and origin (metadata_path)
+
+
+def metadata_path(out: str | Path) -> Path:
+    """Where an export's metadata is: inside a SavedModel folder, beside a .keras file."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.json") if out.suffix == ".keras" else out / METADATA_FILE
+
+
+def read_metadata(out: str | Path) -> dict:
+    return atomic.read_json(metadata_path(out))
+
+
+def _metadata(run: TrainedRun, fmt: str, encoder_only: bool) -> dict:
+    return {
+        "format": METADATA_FORMAT,
+        "model_format": fmt,
+        "encoder_only": encoder_only,
+        "run_dir": str(Path(run.run_dir).resolve()),
+        "checkpoint": run.checkpoint,
+        "num_classes": len(run.class_names),
+        "dataset_fingerprint": run.config.get("dataset_fingerprint"),
+        # this export, and the training session that wrote the run's config.json
+        provenance.KEY: provenance.collect(**provenance.teacher_fields(run.config)),
+        "run_provenance": run.config.get(provenance.KEY),
+    }
 
 
 class ServingModule(tf.Module):
@@ -164,5 +197,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "savedmodel",
         if not diff <= TOLERANCE:
             raise UserError(f"export check failed: reloaded {output} differ by {diff:.3g} "
                             f"(> {TOLERANCE})")
+        metadata = _metadata(run, fmt, encoder_only)
+        if fmt == "savedmodel":  # inside the folder: appears with it in the rename
+            atomic.write_json(staged / METADATA_FILE, metadata)
         _replace(staged, out, force)
-    return ExportResult(out, fmt, encoder_only, run.checkpoint, len(images), diff, output)
+    if fmt == "keras":
+        atomic.write_json(metadata_path(out), metadata)
+    return ExportResult(out, fmt, encoder_only, run.checkpoint, len(images), diff, output,
+                        metadata_path(out))

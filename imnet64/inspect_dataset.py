@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imnet64.manifest import Manifest
+from imnet64.manifest import Manifest, dataset_provenance
 from imnet64.tfrecord_file import RecordFileError, count_records
 
 
@@ -47,6 +47,7 @@ class Summary:
     splits: list[SplitSummary]
     classes: list[ClassRow]
     options: dict = field(default_factory=dict)
+    provenance: dict | None = None  # imnet64.provenance of the dataset (None: not recorded)
 
     @property
     def examples(self) -> int:
@@ -91,6 +92,7 @@ def summarize(manifest: Manifest) -> Summary:
         splits=splits,
         classes=classes,
         options=dict(manifest.raw.get("options", {})),
+        provenance=dataset_provenance(manifest.root, manifest.raw),
     )
 
 

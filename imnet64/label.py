@@ -41,8 +41,10 @@ Outputs of one shard (see label_parts): the TFRecord and CSV are written to temp
 and renamed when complete; the JSON summary is written last and marks the shard done. Their
 bytes depend only on the inputs, the teacher, top-k and the batch size (no timestamps, no
 timings: those go to the .timing.json beside them), so a run killed with `kill -9` and
-re-run gives the same files as an uninterrupted run. Names in the CSV and the summary are
-valid UTF-8 even when the file names are not (inputs.escape_name).
+re-run gives the same files as an uninterrupted run. Their provenance (imnet64.provenance)
+is split the same way: code and teacher in the .json, host and Slurm ids in the .timing.json.
+Names in the CSV and the summary are valid UTF-8 even when the file names are not
+(inputs.escape_name).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import imnet64
-from imnet64 import atomic
+from imnet64 import atomic, provenance
 from imnet64.batch_reader import BatchReader, Reserve
 from imnet64.errors import UserError
 from imnet64.image_decode import NATIVE_SIZE, decode_image, to_native_size
@@ -426,6 +428,9 @@ def label_shard(
         missing = total - labeled - len(rejects)
         if missing:  # cannot happen unless the reader dropped inputs; never hide it
             raise RuntimeError(f"{missing} inputs neither labeled nor rejected")
+        # what made it: code and teacher here (the same on a re-run); host and job ids go
+        # to the .timing.json, which may differ between runs
+        made_by = provenance.of_teacher(teacher)
         summary = {
             "format": SUMMARY_FORMAT,
             "imnet64_version": imnet64.__version__,
@@ -450,6 +455,7 @@ def label_shard(
             "top_k": top_k,
             "batch_size": batch_size,
             "files": {"tfrecord": _file_facts(paths.tfrecord), "csv": _file_facts(paths.csv)},
+            provenance.KEY: provenance.stable(made_by),
         }
         atomic.write_json(paths.summary, summary)  # last part file: marks the shard done
         # timings vary from run to run: kept out of the part files, which must not
@@ -458,10 +464,11 @@ def label_shard(
             "inputs_sha256": plan.fingerprint,
             "seconds": round(seconds, 3),
             "images_per_second": round(total / seconds, 2) if seconds > 0 else None,
+            provenance.KEY: provenance.run_part(made_by),
         }
         atomic.write_json(paths.timing, timing)
         return {**summary, "seconds": timing["seconds"],
-                "images_per_second": timing["images_per_second"]}
+                "images_per_second": timing["images_per_second"], provenance.KEY: made_by}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:

@@ -6,7 +6,9 @@ The JSON summary is written last: its presence marks a shard done.
 The three part files depend only on the inputs, the teacher and the options: re-running a
 shard (after `kill -9`, or with `--force`) writes the same bytes. How long the run took is
 kept out of them, in `part-IIIII-of-NNNNN.timing.json` beside them (written after the
-summary; `read_summary` merges its fields back in for whoever shows rates).
+summary; `read_summary` merges its fields back in for whoever shows rates). The same holds
+for the provenance (imnet64.provenance): the summary records what made it (code, teacher),
+the .timing.json where it ran (host, Slurm ids).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic
+from imnet64 import atomic, provenance
 
 LABELS_DIR = "labels"
 SUMMARY_FORMAT = "imnet64.label-part/1"
@@ -96,12 +98,16 @@ def read_summary(path: str | Path) -> dict[str, Any] | None:
 
     The timing of the run that wrote it (`seconds`, `images_per_second`) is merged in from
     the .timing.json beside it when that belongs to the same inputs; without it, the
-    fields are absent.
+    fields are absent. So are the run fields of its provenance (host, Slurm ids: null
+    without the .timing.json).
     """
     data = _read_json_dict(path, SUMMARY_FORMAT)
     if data is None:
         return None
     timing = _read_json_dict(timing_path(path), TIMING_FORMAT)
-    if timing is not None and timing.get("inputs_sha256") == data.get("inputs_sha256"):
-        data.update({k: timing[k] for k in TIMING_FIELDS if k in timing})
+    if timing is None or timing.get("inputs_sha256") != data.get("inputs_sha256"):
+        timing = {}
+    data.update({k: timing[k] for k in TIMING_FIELDS if k in timing})
+    if provenance.KEY in data:
+        data[provenance.KEY] = provenance.merge(data[provenance.KEY], timing.get(provenance.KEY))
     return data

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
+from imnet64 import provenance
 from imnet64.class_names import imagenet_class_names, safe_folder_name
 from imnet64.errors import UserError
 from imnet64.inputs import is_image_name
@@ -60,6 +61,7 @@ class Source:
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
     part_files: list[str] = field(default_factory=list)  # index -> part file name
+    teacher_sha256: str | None = None  # of the teacher's weights (the parts' provenance)
 
 
 def _hash_text(lines: Iterator[str]) -> str:
@@ -165,6 +167,7 @@ def scan_labels(folder: Path, allow_partial: bool) -> Source:
     items: list[SourceItem] = []
     class_names: dict[ClassKey, str] = {}
     teachers: set[str] = set()
+    teacher_weights: set[str] = set()
     totals = {"inputs": 0, "labeled": 0, "rejected": 0}
     part_files = [""] * parts.count
     for i in parts.done:
@@ -177,6 +180,9 @@ def scan_labels(folder: Path, allow_partial: bool) -> Source:
         teacher = _teacher_text(summary.get("teacher"))
         if teacher is not None:
             teachers.add(teacher)
+        weights = provenance.teacher_fields(summary)["teacher_sha256"]
+        if weights:  # parts written before provenance records have none
+            teacher_weights.add(weights)
         for key in totals:
             if isinstance(summary.get(key), int):
                 totals[key] += summary[key]
@@ -201,6 +207,10 @@ def scan_labels(folder: Path, allow_partial: bool) -> Source:
             )
     if len(teachers) > 1:
         raise UserError(f"label parts in {folder} come from different teachers: {sorted(teachers)}")
+    if len(teacher_weights) > 1:  # e.g. a TF Hub module updated between label tasks
+        raise UserError(f"label parts in {folder} come from teachers with different weights "
+                        f"(sha256 {', '.join(w[:12] for w in sorted(teacher_weights))}): "
+                        "relabel the parts of one of them with --force")
     return Source(
         kind="labels",
         root=folder,
@@ -216,6 +226,7 @@ def scan_labels(folder: Path, allow_partial: bool) -> Source:
             **totals,
         },
         part_files=part_files,
+        teacher_sha256=next(iter(teacher_weights), None),
     )
 
 

@@ -16,8 +16,13 @@ Written by `imnet64 shard-records` (last, atomically); read by training, evaluat
   },
   "teacher": "...",            # the teacher that made the labels
   "source": "...",             # what shard-records read
-  "options": {...}             # the options that made it
+  "options": {...},            # the options that made it
+  "provenance": {...}          # code and teacher (imnet64.provenance.STABLE_FIELDS)
 }
+
+dataset.json is the same bytes for any --num-workers or number of ranks, so where it was
+written (host, Slurm ids: provenance.RUN_FIELDS) goes to `dataset.run.json` beside it, tied
+to it by its sha256; `dataset_provenance` joins the two.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imnet64 import atomic, provenance
 from imnet64.errors import UserError
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "imnet64-dataset"
 VERSION = 1
+RUN_SIDECAR = "dataset.run.json"  # where dataset.json was written (provenance.RUN_FIELDS)
+RUN_FORMAT = "imnet64.dataset-run/1"
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,35 @@ def sha256_file(path: str | Path) -> str:
 
 def manifest_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / MANIFEST_NAME
+
+
+def write_run_sidecar(dataset_dir: str | Path) -> None:
+    """dataset.run.json for the dataset.json just written by this process."""
+    root = Path(dataset_dir)
+    atomic.write_json(root / RUN_SIDECAR, {
+        "format": RUN_FORMAT,
+        "manifest_sha256": sha256_file(root / MANIFEST_NAME),
+        provenance.KEY: provenance.run_part(provenance.collect()),
+    })
+
+
+def dataset_provenance(dataset_dir: str | Path, raw: dict[str, Any] | None = None
+                       ) -> dict[str, Any] | None:
+    """The dataset's provenance: dataset.json's block with the run fields of
+    dataset.run.json when that belongs to this very dataset.json (else they are null).
+    None for a manifest written before provenance records."""
+    root = Path(dataset_dir)
+    if raw is None:
+        raw = atomic.read_json(root / MANIFEST_NAME)
+    run_fields = None
+    try:
+        sidecar = atomic.read_json(root / RUN_SIDECAR)
+        if (isinstance(sidecar, dict) and sidecar.get("format") == RUN_FORMAT
+                and sidecar.get("manifest_sha256") == sha256_file(root / MANIFEST_NAME)):
+            run_fields = sidecar.get(provenance.KEY)
+    except (OSError, ValueError):
+        pass
+    return provenance.merge(raw.get(provenance.KEY), run_fields)
 
 
 def load_manifest(dataset_dir: str | Path) -> Manifest:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic, image64
+from imnet64 import atomic, image64, provenance
 from imnet64.errors import UserError
 from imnet64.label_source import (
     ItemReader,
@@ -44,7 +44,7 @@ from imnet64.label_source import (
     scan_source,
     source_fingerprint,
 )
-from imnet64.manifest import FORMAT, MANIFEST_NAME, VERSION
+from imnet64.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR, VERSION, write_run_sidecar
 from imnet64.split import (
     SPLITS,
     Example,
@@ -314,6 +314,10 @@ def _build_manifest(
         "source": str(Path(source.root).resolve()),
         "source_info": {"kind": source.kind, "fingerprint": source.fingerprint, **source.info},
         "options": options.as_json(),
+        # code and teacher only: the same for any number of ranks or workers (where it ran
+        # goes to dataset.run.json)
+        provenance.KEY: provenance.stable(provenance.collect(source.teacher,
+                                                             source.teacher_sha256)),
         "stats": {
             "source_images": len(source.items),
             "examples": total,
@@ -386,7 +390,7 @@ def _is_own_temp(name: str, sidecar: bool = False) -> bool:
         return False
     if sidecar:
         return target.endswith(".json") and bool(SHARD_NAME_RE.match(target[: -len(".json")]))
-    return target == MANIFEST_NAME or bool(SHARD_NAME_RE.match(target))
+    return target in (MANIFEST_NAME, RUN_SIDECAR) or bool(SHARD_NAME_RE.match(target))
 
 
 def read_out_dir(out_dir: Path) -> OutDirState:
@@ -398,6 +402,8 @@ def read_out_dir(out_dir: Path) -> OutDirState:
         if name == MANIFEST_NAME:
             state.manifest = _read_manifest_file(path) if path.is_file() else None
             state.foreign_manifest = state.manifest is None
+        elif name == RUN_SIDECAR and path.is_file():
+            pass  # dataset.json's sidecar: ours when dataset.json is
         elif name == SIDECAR_DIR and path.is_dir():
             state.has_sidecar_dir = True
             state.sidecars = _read_sidecars(path)
@@ -529,7 +535,7 @@ def _remove_temps(
             if not _is_own_temp(path.name, sidecar) or not path.is_file():
                 continue
             target = atomic.temp_target(path.name) or ""
-            if target == MANIFEST_NAME:
+            if target in (MANIFEST_NAME, RUN_SIDECAR):
                 if manifest_older_than is None or path.stat().st_mtime >= manifest_older_than:
                     continue
             elif shards is not None and target.removesuffix(".json") not in shards:
@@ -616,6 +622,7 @@ def shard_records(
     # an older manifest describes other shards: it must not outlive their replacement
     if state.manifest is not None:
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        (out_dir / RUN_SIDECAR).unlink(missing_ok=True)
     recorded = state.recorded()
 
     mine = [p for j, p in enumerate(all_plans) if j % slot.count == slot.index]
@@ -655,6 +662,7 @@ def shard_records(
         scanned, selection.classes, plans, sidecars, options, selection.dropped
     )
     atomic.write_json(out_dir / MANIFEST_NAME, manifest)
+    write_run_sidecar(out_dir)  # where it was written: not in the byte-identical manifest
     kept = _remove_stale_outputs(out_dir, set(hashes), recorded)
     if kept:
         result.messages.append(

@@ -512,7 +512,8 @@ def test_force_replaces_only_the_old_datasets_own_files(labeled, dataset, tmp_pa
     for name in set(old_shards) - set(new_shards):
         assert not (out / name).exists() and not (out / ".shards" / f"{name}.json").exists()
     assert sorted(left) == sorted(
-        [*foreign, "dataset.json", *new_shards, *(f".shards/{n}.json" for n in new_shards)]
+        [*foreign, "dataset.json", "dataset.run.json", *new_shards,
+         *(f".shards/{n}.json" for n in new_shards)]
     )
     # and the replacement is now the dataset a plain re-run finds up to date
     again = shard_records(labeled[0], out, ShardOptions(shard_size_mb=1.0, seed=4))

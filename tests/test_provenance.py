@@ -1,0 +1,135 @@
+"""Every output imnet64 writes records what produced it (imnet64.provenance): one small real
+demo run (real photos, the real offline teacher, label, shard-records, training, evaluate,
+export, summary) in this process, then each output kind is read the way its readers do."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import imnet64
+from imnet64 import atomic, provenance
+from imnet64.teacher.offline import WEIGHTS_SHA256
+
+import pytest
+
+IMAGE_ID = "imnet64-test-image:42"
+
+
+@pytest.fixture(scope="module")
+def demo_work(tmp_path_factory, offline_teacher_dir) -> Path:
+    from imnet64.demo import DemoConfig, run_demo
+
+    work = tmp_path_factory.mktemp("provenance")
+    cfg = DemoConfig(workdir=str(work), images=48, shards=2, classes=2, val_fraction=0.25,
+                     epochs=2, warmup_epochs=1.0, batch_size=8, ranks=1, widths=(8, 8, 8),
+                     repeats=(1, 1, 1))
+    previous = os.environ.get(provenance.IMAGE_ID_ENV)
+    os.environ[provenance.IMAGE_ID_ENV] = IMAGE_ID  # as our Dockerfile sets it
+    try:
+        run_demo(cfg)
+    finally:
+        if previous is None:
+            os.environ.pop(provenance.IMAGE_ID_ENV, None)
+        else:
+            os.environ[provenance.IMAGE_ID_ENV] = previous
+    return work
+
+
+def _label_part(work: Path) -> dict:
+    from imnet64.label_parts import part_paths, read_summary
+
+    summary = part_paths(work / "labeling", 1, 2).summary
+    # the part file itself: code and teacher only (it must stay byte-identical on a re-run)
+    assert sorted(atomic.read_json(summary)[provenance.KEY]) == sorted(provenance.STABLE_FIELDS)
+    return read_summary(summary)[provenance.KEY]
+
+
+def _dataset(work: Path) -> dict:
+    from imnet64.manifest import MANIFEST_NAME, dataset_provenance
+
+    raw = atomic.read_json(work / "dataset" / MANIFEST_NAME)
+    # the same bytes for any number of ranks or workers: no host, no job ids
+    assert sorted(raw[provenance.KEY]) == sorted(provenance.STABLE_FIELDS)
+    return dataset_provenance(work / "dataset")
+
+
+def _export(work: Path) -> dict:
+    from imnet64.export import read_metadata
+
+    return read_metadata(work / "export" / "model")[provenance.KEY]
+
+
+def _evaluation(work: Path) -> dict:
+    evaluation = atomic.read_json(work / "run" / "evaluation-val.json")
+    assert evaluation["run_provenance"] == atomic.read_json(
+        work / "run" / "config.json")[provenance.KEY]
+    return evaluation[provenance.KEY]
+
+
+KINDS = {
+    "label part": _label_part,
+    "dataset.json": _dataset,
+    "run config.json": lambda work: atomic.read_json(work / "run" / "config.json")[provenance.KEY],
+    "run history.json": lambda work: atomic.read_json(work / "run" / "history.json")[
+        provenance.KEY],
+    "evaluation": _evaluation,
+    "exported model": _export,
+    "demo summary.json": lambda work: atomic.read_json(work / "summary.json")[provenance.KEY],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_output_kind_records_its_provenance(demo_work, kind):
+    fields = KINDS[kind](demo_work)
+    assert sorted(fields) == sorted(provenance.FIELDS)  # every field, none missing or extra
+    assert fields["imnet64_version"] == imnet64.__version__
+    assert fields["python"] == platform.python_version()
+    assert fields["tensorflow"] == metadata.version("tensorflow")
+    assert fields["horovod"] == metadata.version("horovod")
+    assert fields["git_commit"] == provenance.git_commit()
+    assert fields["container_image"] == IMAGE_ID
+    # the labels' teacher travels with every later output: dataset, run, model, summary
+    assert Path(fields["teacher"]).name == "mobilenet_v2_torchvision"
+    assert fields["teacher_sha256"] == WEIGHTS_SHA256
+    assert fields["host"] == platform.node()
+    assert fields["slurm_job_id"] == (os.environ.get("SLURM_JOB_ID") or None)
+
+
+def test_a_saved_model_teacher_is_hashed_over_its_files_and_cached(tmp_path, monkeypatch,
+                                                                     offline_teacher_dir):
+    import shutil
+
+    from imnet64.teacher.offline import METADATA_FILE
+
+    monkeypatch.setenv("IMNET64_HOME", str(tmp_path / "home"))
+    model = tmp_path / "model"
+    shutil.copytree(offline_teacher_dir, model)
+    (model / METADATA_FILE).unlink()  # not the offline teacher: any SavedModel folder
+    first = provenance.teacher_sha256(model)
+    assert first and first != WEIGHTS_SHA256
+    assert len(list((tmp_path / "home" / "cache" / "teacher-sha256").iterdir())) == 1
+    assert provenance.teacher_sha256(model) == first  # from the cache
+    variables = next((model / "variables").glob("*.data-*"))
+    data = bytearray(variables.read_bytes())
+    data[-1] ^= 1
+    variables.write_bytes(bytes(data))  # other weights: another sha256 (not the cached one)
+    assert provenance.teacher_sha256(model) not in (None, first)
+    assert provenance.teacher_sha256(tmp_path / "nothing-here") is None
+
+
+def test_git_commit_is_read_without_git(tmp_path):
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert provenance.git_commit(tmp_path) is None  # a branch without a commit yet
+    (git / "packed-refs").write_text(f"# pack-refs\n{'a' * 40} refs/heads/main\n")
+    assert provenance.git_commit(tmp_path) == "a" * 40
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert provenance.git_commit(tmp_path) == "b" * 40  # a loose ref wins
+    (git / "HEAD").write_text("c" * 40 + "\n")  # detached
+    assert provenance.git_commit(tmp_path) == "c" * 40
+    assert provenance.git_commit(tmp_path / "elsewhere") is None
