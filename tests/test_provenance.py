@@ -133,3 +133,39 @@ def test_git_commit_is_read_without_git(tmp_path):
     (git / "HEAD").write_text("c" * 40 + "\n")  # detached
     assert provenance.git_commit(tmp_path) == "c" * 40
     assert provenance.git_commit(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.slow
+def test_inspect_and_evaluate_print_the_provenance(demo_work, capsys):
+    from imnet64_cli.main import main
+
+    assert main(["inspect", str(demo_work / "dataset")]) == 0
+    out = capsys.readouterr().out
+    made_by = next(line for line in out.splitlines() if line.startswith("made by"))
+    assert f"imnet64 {imnet64.__version__}" in made_by and f"image {IMAGE_ID}" in made_by
+    assert f"teacher {offline_name(demo_work)} (sha256 {WEIGHTS_SHA256[:16]}…)" in out
+    assert f"host {platform.node()}" in out  # from dataset.run.json
+    assert main(["evaluate", str(demo_work / "run"), "--batch-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith(f"trained by  imnet64 {imnet64.__version__}")
+    assert f"(sha256 {WEIGHTS_SHA256[:16]}…)" in out
+
+
+def offline_name(work: Path) -> str:
+    return atomic.read_json(work / "dataset" / "dataset.json")[provenance.KEY]["teacher"]
+
+
+@pytest.mark.slow
+def test_label_parts_of_other_teacher_weights_are_not_mixed(demo_work, tmp_path):
+    import shutil
+
+    from imnet64.errors import UserError
+    from imnet64.label_source import scan_source
+
+    labels = shutil.copytree(demo_work / "labeling", tmp_path / "labeling")
+    part = labels / "labels" / "part-00001-of-00002.json"
+    summary = atomic.read_json(part)
+    summary[provenance.KEY]["teacher_sha256"] = "0" * 64  # e.g. the TF Hub module changed
+    atomic.write_json(part, summary)
+    with pytest.raises(UserError, match="come from teachers with different weights"):
+        scan_source(labels)
