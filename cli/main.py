@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "model-summary": ("train_cmd", "model_summary", "Layer table with params and FLOPs."),
     "demo": ("demo_cmd", "demo", "Run the whole pipeline on built-in demo data."),
     "submit": ("submit_cmd", "submit", "Submit the Slurm templates with sbatch."),
+    "doctor": ("doctor_cmd", "doctor", "Check what a job will see here before submitting."),
 }
 
 

@@ -59,13 +59,18 @@ def visible_gpus() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return nvidia_smi_gpus() or 0
+
+
+def nvidia_smi_gpus() -> int | None:
+    """GPUs `nvidia-smi -L` lists on this node (None: no nvidia-smi, or it failed)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return 0
+        return None
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return 0
+        return None
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 

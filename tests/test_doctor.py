@@ -1,0 +1,198 @@
+"""`imnet64 doctor` without a cluster: planted layouts in real environment variables (the
+command in a subprocess), the teacher and disk checks, and the disk estimate against real
+records of real photos. tests/test_slurm_operator.py runs it inside real Slurm jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from imnet64 import doctor
+from imnet64.teacher.offline import WEIGHTS_SHA256
+
+REPO = Path(__file__).resolve().parents[1]
+IMNET64 = REPO / ".venv" / "bin" / "imnet64"
+LAUNCHER_VARS = ("SLURM", "OMPI_", "PMI", "HOROVOD_", "CUDA_VISIBLE_DEVICES",
+                 "GPU_DEVICE_ORDINAL")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any launcher's variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARS)}
+    return {**env, **extra}
+
+
+def run_doctor(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(IMNET64), "doctor", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+# A 2-task srun step on node1/node2 as Slurm sets it, but: rank 3 of 2, no PMI (plain srun
+# with MpiDefault=none), and two ranks on this node sharing the one GPU Slurm bound.
+WRONG_LAYOUT = {
+    "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "2",
+    "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_NODEID": "0",
+    "SLURM_LOCALID": "1", "SLURM_STEP_NODELIST": "node[1-2]", "SLURMD_NODENAME": "node1",
+    "SLURM_GPUS_ON_NODE": "1", "SLURM_JOB_GPUS": "0", "CUDA_VISIBLE_DEVICES": "0",
+}
+
+
+def test_a_planted_wrong_layout_exits_1_naming_each_problem(tmp_path):
+    done = run_doctor("--quick", "--no-teacher", "--json", env=clean_env(**WRONG_LAYOUT))
+    assert done.returncode == 1, done.stderr
+    problems = done.stderr.splitlines()
+    assert all(line.startswith("problem: ") for line in problems), problems
+    text = "\n".join(problems)
+    assert "SLURM_PROCID=3 is not a rank of SLURM_STEP_NUM_TASKS=2" in text
+    assert "srun started 2 tasks without PMI (SLURM_MPI_TYPE=none)" in text
+    assert "2 ranks per node but 1 GPU(s) visible to each (CUDA_VISIBLE_DEVICES=0)" in text
+    assert len(problems) == 3, problems
+    report = json.loads(done.stdout)  # the report stays machine-readable
+    assert report["ok"] is False and report["problems"] == [p[9:] for p in problems]
+    launcher = report["launcher"]
+    assert (launcher["kind"], launcher["size"], launcher["local_size"]) == ("slurm", 2, 2)
+    assert launcher["nodes"] == ["node1", "node2"] and launcher["node"] == "node1"
+    assert report["gpus"]["granted"] == 1 and report["gpus"]["visible"] == 1
+    assert report["provenance"]["slurm_job_id"] == "77"
+
+
+def test_the_same_step_bound_right_is_fine():
+    """One GPU per task (--gpus-per-task 1) and PMIx: nothing to report."""
+    env = {**WRONG_LAYOUT, "SLURM_PROCID": "1", "PMIX_RANK": "1", "SLURM_MPI_TYPE": "pmix",
+           "SLURM_GPUS_PER_TASK": "1", "SLURM_GPUS_ON_NODE": "2", "CUDA_VISIBLE_DEVICES": "1"}
+    report = doctor.diagnose(env=env, quick=True, check_teacher_=False)
+    assert report.problems == []
+    assert report.launcher.pmi == "pmix" and report.gpus.per_task
+
+
+def test_np_auto_without_gpus_when_gpus_were_asked_for():
+    report = doctor.diagnose(env={"CUDA_VISIBLE_DEVICES": ""}, np_text="auto", gpus="all",
+                             quick=True, check_teacher_=False)
+    assert len(report.problems) == 1, report.problems
+    assert report.problems[0].startswith("--np auto would start 1 rank on the CPU: no GPU is "
+                                         "visible here (CUDA_VISIBLE_DEVICES=)")
+    assert "--gpus all" in report.problems[0]
+    # without asking for GPUs, one CPU rank is what --np auto means: fine
+    assert doctor.diagnose(env={"CUDA_VISIBLE_DEVICES": ""}, np_text="auto", quick=True,
+                           check_teacher_=False).problems == []
+    # mpirun's variables, the world mpirun says: size 4, 2 on this node
+    mpi = doctor.diagnose(env={"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4",
+                               "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                               "OMPI_COMM_WORLD_LOCAL_SIZE": "2"},
+                          quick=True, check_teacher_=False)
+    assert (mpi.launcher.kind, mpi.launcher.rank, mpi.launcher.size) == ("mpi", 3, 4)
+    assert mpi.launcher.pmi == "ompi" and mpi.problems == []
+
+
+def test_hostlists_and_tasks_per_node():
+    assert doctor.expand_hostlist("node[1-2]") == ["node1", "node2"]
+    assert doctor.expand_hostlist("gpu[08-10,12],login") == ["gpu08", "gpu09", "gpu10",
+                                                             "gpu12", "login"]
+    assert doctor.expand_hostlist("r[1-2]n[1-2]") == ["r1n1", "r1n2", "r2n1", "r2n2"]
+    assert doctor.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+
+
+def test_teacher_missing_on_an_offline_node_and_found_in_the_cache(tmp_path,
+                                                                   offline_teacher_dir):
+    handle = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/classification/5"
+    env = {"TFHUB_CACHE_DIR": str(tmp_path / "hub")}
+    check, problems = doctor.check_teacher(handle, env, network=False)
+    assert not check.present and len(problems) == 1
+    assert problems[0].startswith(f"teacher {handle} is not in the TF Hub cache "
+                                  f"{tmp_path}/hub and tfhub.dev cannot be reached from here")
+    # filled on a login node (imnet64 teacher fetch): found, and its weights hashed
+    cached = tmp_path / "hub" / hashlib.sha1(handle.encode()).hexdigest()
+    shutil.copytree(offline_teacher_dir, cached)
+    check, problems = doctor.check_teacher(handle, env, network=False)
+    assert check.present and problems == [] and check.sha256 == WEIGHTS_SHA256
+    check, problems = doctor.check_teacher(str(tmp_path / "no-model"), env)
+    assert not check.present and "is not a SavedModel folder" in problems[0]
+    check, problems = doctor.check_teacher("offline", {"IMNET64_HOME": str(
+        offline_teacher_dir.parents[1])})
+    assert check.present and check.sha256 == WEIGHTS_SHA256 and problems == []
+
+
+def test_tfhub_cache_dir_is_the_one_tf_hub_uses(tmp_path, monkeypatch):
+    from imnet64.teacher import hub
+
+    monkeypatch.delenv("TFHUB_CACHE_DIR", raising=False)
+    assert doctor.tfhub_cache_dir(os.environ) == hub.cache_dir()
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    assert doctor.tfhub_cache_dir(os.environ) == hub.cache_dir() == tmp_path
+
+
+def test_not_enough_disk_for_the_planned_images(tmp_path):
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    images = free // doctor.estimate_bytes_per_image("label") + 1000
+    check, problems = doctor.check_disk(tmp_path / "out", images, "label")
+    assert check.measured_at == str(tmp_path) and check.needed_bytes > free
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path}/out: {images} images "
+                                                         "need about ")
+    check, problems = doctor.check_disk(tmp_path / "out", 1000, "all")
+    assert problems == [] and check.needed_bytes == 1000 * check.bytes_per_image
+
+
+def test_the_disk_estimate_matches_real_records_of_real_photos():
+    """Bytes per image as imnet64 writes them: a label record + CSV row, a dataset record
+    (png), each with TFRecord framing, for real 64x64 photos; vs the estimate at the
+    photos' mean PNG size."""
+    from imnet64.records import (
+        DatasetExample,
+        LabeledImage,
+        serialize_dataset_example,
+        serialize_labeled,
+    )
+    from imnet64.sample_images import iter_sample
+
+    pngs, label_bytes, dataset_bytes = [], 0, 0
+    for i, (_, image) in enumerate(iter_sample(60)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        png = buffer.getvalue()
+        pngs.append(len(png))
+        name = f"train/n01440764/n01440764_{10000 + i}.png"
+        probs = (0.9, 0.05, 0.02, 0.02, 0.01)
+        label_bytes += 16 + len(serialize_labeled(LabeledImage(
+            png, "png", 64, 64, name, 1, "tench", 0.9, (1, 2, 3, 4, 5), probs)))
+        label_bytes += len(f"{name},1,tench,0.900000\n")
+        dataset_bytes += 16 + len(serialize_dataset_example(DatasetExample(
+            png, "png", name, 0, "tench", 1, 0.9, (1, 2, 3, 4, 5), probs, (0, -1, -1, -1, -1))))
+    mean_png = round(sum(pngs) / len(pngs))
+    for stage, real in (("label", label_bytes), ("dataset", dataset_bytes)):
+        estimate = doctor.estimate_bytes_per_image(stage, mean_png) * len(pngs)
+        assert abs(estimate - real) / real < 0.02, (stage, estimate, real)
+
+
+def test_doctor_on_this_machine_is_ok_and_says_what_it_saw(offline_teacher_dir, tmp_path):
+    """The whole command (TensorFlow and Horovod imported) outside any launcher."""
+    env = clean_env(IMNET64_HOME=str(offline_teacher_dir.parents[1]))
+    done = run_doctor("--json", "--teacher", "offline", "--out", str(tmp_path), "--images",
+                      "1000", env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["problems"] == [] and done.stderr == ""
+    assert report["launcher"]["kind"] == "none" and report["launcher"]["size"] == 1
+    assert report["horovod"]["imported"] and report["horovod"]["mpi"] is True
+    assert report["horovod"]["controller"] == "mpi"
+    assert report["tensorflow"]["imported"] and report["gpus"]["tensorflow"] == 0
+    assert report["teacher"]["present"] and report["teacher"]["sha256"] == WEIGHTS_SHA256
+    assert report["disk"]["needed_bytes"] == 1000 * report["disk"]["bytes_per_image"]
+    assert report["provenance"]["teacher_sha256"] == WEIGHTS_SHA256
+    text = run_doctor("--teacher", "offline", "--quick", env=env)
+    assert text.returncode == 0 and "ok: nothing found" in text.stdout, text.stderr
+
+
+def test_bad_options_are_one_line_errors():
+    env = clean_env()
+    for args, message in ((["--images", "5"], "--images needs --out"),
+                          (["--np", "two"], "--np must be"),
+                          (["--gpus", "some", "--quick", "--no-teacher"], "--gpus must be")):
+        done = run_doctor(*args, env=env)
+        assert done.returncode == 2 and done.stderr.startswith("error: "), (args, done.stderr)
+        assert message in done.stderr and done.stderr.count("\n") == 1
