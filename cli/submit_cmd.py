@@ -144,6 +144,8 @@ def submit_shard(dry_run, **kw) -> None:
 def train_options(f):
     f = click.option("--train-args", default=None, metavar="ARGS",
                      help='More `imnet64 train` options, e.g. "--epochs 40".')(f)
+    f = click.option("--max-restarts", type=COUNT, default=None, metavar="N",
+                     help="Stop requeueing after N reruns (0: never requeue) [50].")(f)
     f = click.option("--signal-time", type=COUNT, default=None, metavar="S",
                      help="Seconds before the time limit to checkpoint and requeue [120].")(f)
     f = click.option("--signal", default=None,
@@ -162,7 +164,8 @@ def _train_job(common: sb.Common, kw: dict, dataset: str | None) -> sb.Job:
     return sb.train_job(common, dataset=dataset, run_dir=kw["run_dir"], nodes=kw["nodes"],
                         ntasks_per_node=kw["ntasks_per_node"],
                         gpus_per_node=kw["gpus_per_node"], signal=kw["signal"],
-                        signal_time=kw["signal_time"], args=kw["train_args"])
+                        signal_time=kw["signal_time"], args=kw["train_args"],
+                        max_restarts=kw["max_restarts"])
 
 
 @submit.command("train")

@@ -3,7 +3,8 @@
 Rendering edits the template's text: an `#SBATCH --name=value` line is replaced when the
 template has one and added after the last `#SBATCH` line otherwise, and settings become
 `export IMNET64_...=value` lines after the `#SBATCH` block. The rendered script is what
-`sbatch` receives on stdin, so `--dry-run` shows exactly what would run.
+`sbatch` receives on stdin, so `--dry-run` shows exactly what would run; once submitted,
+that script is also saved beside the job's logs as `<job name>-<job id>.sbatch`.
 
 Every option value is checked here before it reaches the script (see "Checking what goes
 into the script" below): a value that could add a command or an sbatch option is refused
@@ -24,6 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imnet64 import atomic
 from imnet64.errors import UserError
 
 STAGES = ("label", "shard", "train")
@@ -156,6 +158,15 @@ def parse_count(option: str, text: str) -> int:
     if not re.fullmatch(r"[0-9]+", text):
         raise UserError(f"{option} {text!r}: expected a whole number (e.g. 4)")
     return int(text)
+
+
+def check_count(option: str, value: object, minimum: int = 0) -> int:
+    """`value` if it is a whole number (an int, not a bool) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{option} {value!r}: expected a whole number (e.g. 4)")
+    if value < minimum:
+        raise UserError(f"{option} must be at least {minimum} (got {value})")
+    return value
 
 
 def parse_sbatch_arg(arg: str, option: str = "--sbatch-arg") -> tuple[str, str]:
@@ -327,7 +338,48 @@ def submit(job: Job, script: str | None = None) -> str:
     job_id = done.stdout.strip().split(";")[0]
     if not job_id.isdigit():
         raise UserError(f"unexpected sbatch output for the {job.stage} job: {done.stdout!r}")
+    try:
+        save_script(job, script, job_id)
+    except OSError as e:  # the job is queued all the same: say so, do not fail
+        print(f"warning: job {job_id} submitted, but its script could not be saved in "
+              f"{script_folder(job)}: {e.strerror or e}", file=sys.stderr)
     return job_id
+
+
+def _job_name(job: Job, script: str) -> str:
+    for line in script.splitlines():
+        m = _SBATCH_LINE.match(line)
+        if m and m.group(1) == "--job-name" and m.group(2):
+            return m.group(2)
+    return f"imnet64-{job.stage}"
+
+
+def script_folder(job: Job) -> Path:
+    """Where the job's logs go: --log-dir, else the folder of the template's --output when
+    it names one without %-patterns, else the job's working folder (sbatch's default)."""
+    if job.log_dir:
+        return Path(job.log_dir)
+    workdir = Path(job.sbatch.get("--chdir") or os.getcwd())
+    output = job.sbatch.get("--output")
+    if output is None:
+        for line in template_text(job.stage, job.template).splitlines():
+            m = _SBATCH_LINE.match(line)
+            if m and m.group(1) in ("--output", "-o") and m.group(2):
+                output = m.group(2)
+    if output and "/" in output:
+        parent = output.rpartition("/")[0] or "/"
+        if "%" not in parent:
+            return workdir / parent
+    return workdir
+
+
+def save_script(job: Job, script: str, job_id: str) -> Path:
+    """The script sbatch got, beside the job's logs as <job name>-<job id>.sbatch
+    (atomically), so an operator reading a log also finds exactly what ran."""
+    path = script_folder(job) / f"{_job_name(job, script)}-{job_id}.sbatch"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, script)
+    return path
 
 
 def _make_log_dirs(job: Job) -> None:
@@ -522,7 +574,8 @@ def shard_job(common: Common, *, label_dir: str | None = None, dataset: str | No
 def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None = None,
               nodes: int | None = None, ntasks_per_node: int | None = None,
               gpus_per_node: int | None = None, signal: str | None = None,
-              signal_time: int | None = None, args: str | None = None) -> Job:
+              signal_time: int | None = None, args: str | None = None,
+              max_restarts: int | None = None) -> Job:
     job = _base("train", common)
     for name, value in (("--nodes", nodes), ("--ntasks-per-node", ntasks_per_node)):
         if value is not None:
@@ -551,6 +604,8 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
                                 ("IMNET64_RUN_DIR", "--run-dir", run_dir)):
         if value:
             job.env[name] = _path(option, value)
+    if max_restarts is not None:
+        job.env["IMNET64_MAX_RESTARTS"] = str(check_count("--max-restarts", max_restarts))
     if args:
         job.env["IMNET64_TRAIN_ARGS"] = check_text("--train-args", args)
     return job

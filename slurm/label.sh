@@ -28,15 +28,21 @@
 #                       else `imnet64` on PATH, else $SLURM_SUBMIT_DIR/.venv/bin/imnet64,
 #                       else $SLURM_SUBMIT_DIR/imnet64.sif with Apptainer.
 #
-# Logs: one per task, <job name>-<array job id>_<task id>.log in the submit folder.
+# Logs: one per task, <job name>-<array job id>_<task id>.log in the submit folder,
+# appended to when Slurm requeues the task (node failure, `scontrol requeue A_T`); each
+# line names the task as <array job id>_<task id> (never the whole array) and its restart.
 #SBATCH --job-name=imnet64-label
 #SBATCH --array=0-7
 #SBATCH --ntasks=1
 #SBATCH --time=04:00:00
+#SBATCH --open-mode=append
 #SBATCH --output=%x-%A_%a.log
 set -euo pipefail
 
-die() { echo "label.sh: error: $*" >&2; exit 2; }
+# This task and only it: "A_T" (SLURM_JOB_ID is an id of its own; the array job id alone
+# would name every task, e.g. for `scontrol requeue`).
+task="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-?}}_${SLURM_ARRAY_TASK_ID:-?}"
+die() { echo "label.sh: $(date '+%F %T') task $task: error: $*" >&2; exit 2; }
 
 # The imnet64 command as words in the array `imnet64`. (The same function is in each of
 # slurm/*.sh on purpose: sbatch runs a copy of the script from its spool folder, so a job
@@ -77,6 +83,6 @@ teacher=()
 [ -z "${IMNET64_TEACHER:-}" ] || teacher=(--teacher "$IMNET64_TEACHER")
 
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-echo "label.sh: job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname): shard ${SLURM_ARRAY_TASK_ID} of $shards, $input -> $out"
+echo "label.sh: $(date '+%F %T') task $task restart ${SLURM_RESTART_COUNT:-0} on ${SLURMD_NODENAME:-$(hostname)}: shard ${SLURM_ARRAY_TASK_ID} of $shards, $input -> $out"
 exec "${imnet64[@]}" label "$input" "$out" --shard-index "$SLURM_ARRAY_TASK_ID" \
   --num-shards "$shards" "${teacher[@]}" "${extra[@]}"

@@ -22,7 +22,8 @@
 #                         (NCCL has been known to catch USR1: then use USR2 here; the
 #                         #SBATCH --signal below only wakes this script and may stay USR1)
 #   IMNET64_REQUEUE_EXIT  the trainer's "requeue me" exit code  [75]
-#   IMNET64_MAX_RESTARTS  stop requeueing after this many reruns [50]
+#   IMNET64_MAX_RESTARTS  stop requeueing after this many reruns [50; docs/slurm.md:
+#                         why] (`imnet64 submit train --max-restarts N`)
 #   IMNET64_SRUN_MPI      srun --mpi plugin                      [pmix]
 #   How to run imnet64 (first that applies):
 #   IMNET64_CMD           the command, e.g. "/opt/venvs/imnet64/bin/imnet64"
@@ -72,11 +73,15 @@ sig=${IMNET64_SIGNAL:-USR1}
 requeue_exit=${IMNET64_REQUEUE_EXIT:-75}
 max_restarts=${IMNET64_MAX_RESTARTS:-50}
 restart=${SLURM_RESTART_COUNT:-0}
+# This job as an operator finds it: "A_T" for an array task (SLURM_JOB_ID is then the
+# task's own id, which `scontrol requeue` below uses: it requeues this task only).
+job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}
+job=${job:-${SLURM_JOB_ID:-?}}
 resolve_imnet64
 read -r -a extra <<<"${IMNET64_TRAIN_ARGS:-}"
 
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-echo "train.sh: $(date '+%F %T') job ${SLURM_JOB_ID:-?} restart $restart on ${SLURM_JOB_NODELIST:-$(hostname)}: ${SLURM_NTASKS:-1} ranks, $dataset -> $run_dir"
+echo "train.sh: $(date '+%F %T') job $job restart $restart on ${SLURM_JOB_NODELIST:-$(hostname)}: ${SLURM_NTASKS:-1} ranks, $dataset -> $run_dir (requeued at most $max_restarts times)"
 
 # The warning signal reaches only this shell (B:); pass IMNET64_SIGNAL on to every rank
 # (srun relays it to its tasks). A signal that comes before srun started is passed on
@@ -115,7 +120,7 @@ if [ "$rc" -eq "$requeue_exit" ]; then
     echo "train.sh: error: checkpointed, but not requeueing: already restarted $restart times (IMNET64_MAX_RESTARTS)" >&2
     exit "$rc"
   fi
-  echo "train.sh: $(date '+%T') checkpoint written; requeueing job $SLURM_JOB_ID"
+  echo "train.sh: $(date '+%T') checkpoint written; requeueing job $job"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0
 fi

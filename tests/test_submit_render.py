@@ -193,3 +193,27 @@ def test_each_template_renders_to_clean_bash(stage, tmp_path):
     assert "#SBATCH --qos=high" in script and "#SBATCH --time" not in script
     assert "export IMNET64_WORK='/a dir/with '\"'\"'quotes'\"'\"''" in script
     shellcheck(script, tmp_path, f"{stage}.sh")
+
+
+def test_max_restarts_sets_the_requeue_cap_train_sh_reads(capsys):
+    code, out, err = run_cli(capsys, "train", "--max-restarts", "3", "--dry-run")
+    assert code == 0, err
+    assert "export IMNET64_MAX_RESTARTS=3" in out
+    assert "max_restarts=${IMNET64_MAX_RESTARTS:-50}" in out  # what train.sh reads
+    code, out, err = run_cli(capsys, "train", "--max-restarts", "0", "--dry-run")
+    assert code == 0 and "export IMNET64_MAX_RESTARTS=0" in out, err
+    code, out, err = run_cli(capsys, "pipeline", "--max-restarts", "7", "--dry-run")
+    assert code == 0 and out.count("export IMNET64_MAX_RESTARTS=7") == 1, err  # train only
+    code, out, err = run_cli(capsys, "train", "--max-restarts", "-1", "--dry-run")
+    assert code == 2 and out == "" and err.startswith("error: --max-restarts '-1'"), err
+    for bad in (-1, True, "3", 2.0):
+        with pytest.raises(sb.UserError, match="--max-restarts"):
+            sb.train_job(sb.Common(), max_restarts=bad)
+
+
+def test_a_requeued_label_task_names_only_itself(tmp_path):
+    done = label_sh(tmp_path, **array(2, 0, 3, 4), SLURM_JOB_ID="913", SLURM_RESTART_COUNT="1")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert "task 7_2 restart 1 " in first and "913" not in first, first
+    assert "#SBATCH --open-mode=append" in (SLURM / "label.sh").read_text()  # kept on requeue
