@@ -113,16 +113,27 @@ def test_label_array_resubmission_redoes_only_the_missing_shard(labeled, slurm_c
     assert "all 2 shards" in dry_after.stderr and "nothing to submit" in dry_after.stderr
     # shard 0 was not rewritten
     after = {p.name: p.stat().st_mtime_ns for p in labeled["parts"].glob("part-00000-of-00002.*")}
-    assert after == labeled["shard0_before"] and len(after) == 3
+    assert after == labeled["shard0_before"] and len(after) == 4  # with its .timing.json
+
+
+def summary_files(parts: Path) -> list[Path]:
+    return [p for p in sorted(parts.glob("*.json")) if not p.name.endswith(".timing.json")]
 
 
 def test_label_counts_add_up(labeled, work):
-    summaries = [json.loads(p.read_text()) for p in sorted(labeled["parts"].glob("*.json"))]
+    summaries = [json.loads(p.read_text()) for p in summary_files(labeled["parts"])]
     assert [s["shard_index"] for s in summaries] == [0, 1]
     assert sum(s["inputs"] for s in summaries) == IMAGES
     assert sum(s["labeled"] + s["rejected"] for s in summaries) == IMAGES
     assert {s["teacher"] for s in summaries} == {"offline"}
     assert {s["total_inputs"] for s in summaries} == {IMAGES}
+    # provenance: each part names the array task that wrote it (shard 0: the first array,
+    # shard 1: the resubmitted one), from its .timing.json
+    from imnet64.label_parts import read_summary
+
+    made_by = [read_summary(p)["provenance"] for p in summary_files(labeled["parts"])]
+    assert [(m["slurm_array_job_id"], m["slurm_array_task_id"]) for m in made_by] == [
+        (labeled["first"], "0"), (labeled["second"], "1")]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +151,7 @@ def test_shard_records_with_two_tasks(dataset, labeled):
     assert dataset["state"] == "COMPLETED", dataset["log"]
     manifest = json.loads((dataset["dir"] / "dataset.json").read_text())
     labeled_total = sum(json.loads(p.read_text())["labeled"]
-                        for p in labeled["parts"].glob("*.json"))
+                        for p in summary_files(labeled["parts"]))
     splits = manifest["splits"]
     assert splits["train"]["count"] + splits["val"]["count"] == labeled_total
     for split in splits.values():
