@@ -63,6 +63,7 @@ def _show(report) -> None:
     onednn = {True: "on", False: "off", None: "unknown"}[tf.onednn]
     section("TensorFlow", [
         ("version", tf.version or "not installed"),
+        ("machine", tf.machine),
         ("built with CUDA", _yes_no(tf.built_with_cuda) if tf.imported else "not asked"),
         ("oneDNN", f"{onednn} ({tf.onednn_why})"),
         ("XLA", tf.error or tf.xla),

@@ -110,6 +110,7 @@ class TensorFlowInfo:
     onednn_why: str = ""
     xla: str = ""
     error: str | None = None
+    machine: str = ""  # imnet64.machine's line: CPU, vector extensions, cores, memory
 
 
 @dataclass
@@ -442,10 +443,13 @@ def probe_horovod(timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
 
 def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
     """TensorFlow facts, and the number of GPUs it lists (None when not imported)."""
-    from imnet64.machine import _cpuinfo, cpu_flags, onednn_state, tensorflow_version
+    from imnet64.machine import _cpuinfo, cpu_flags, describe, onednn_state, tensorflow_version
 
     info = TensorFlowInfo(tensorflow_version(), False)
     flags = cpu_flags(_cpuinfo())
+    cpu = describe()
+    info.machine = f"{cpu.cpu}, {cpu.cores} cores, {cpu.memory_gib:g} GiB, " + (
+        " ".join(cpu.extensions) or "no AVX2")
     xla_flags = os.environ.get("TF_XLA_FLAGS", "")
     if quick or info.version is None:
         info.onednn, info.onednn_why = onednn_state(flags, ask_tensorflow=False)
