@@ -335,17 +335,18 @@ def gpu_problems(gpus: Gpus, launcher: Launcher, np_text: str | None) -> list[st
         if gpus.cuda_visible_devices is not None else f"nvidia-smi: {gpus.nvidia_smi}" \
         if gpus.nvidia_smi is not None else "no nvidia-smi, CUDA_VISIBLE_DEVICES unset"
     visible = gpus.visible or 0
-    wanted = gpus.expected if gpus.expected not in (None, -1) else None
-    asked = gpus.expected is not None or bool(gpus.granted)
+    asked = gpus.expected not in (None, 0) or bool(gpus.granted)  # --gpus 0: a CPU job
     if np_text == "auto" and asked and visible == 0:
         why = (f"--gpus {'all' if gpus.expected == -1 else gpus.expected}"
-               if gpus.expected is not None else f"Slurm granted {gpus.granted}")
+               if gpus.expected not in (None, 0) else f"Slurm granted {gpus.granted}")
         problems.append(f"--np auto would start 1 rank on the CPU: no GPU is visible here "
                         f"({where}) although GPUs were asked for ({why}); in a container: "
                         "docker run --gpus all / apptainer exec --nv")
-    elif wanted is not None and visible < wanted:
-        problems.append(f"--gpus {wanted} expected, but {visible} GPU(s) are visible here "
-                        f"({where})")
+    elif gpus.expected == -1 and visible == 0:
+        problems.append(f"--gpus all expected, but no GPU is visible here ({where})")
+    elif gpus.expected not in (None, -1) and visible < gpus.expected:
+        problems.append(f"--gpus {gpus.expected} expected, but {visible} GPU(s) are visible "
+                        f"here ({where})")
     if gpus.granted and visible == 0 and gpus.cuda_visible_devices is None:
         problems.append(f"Slurm granted {gpus.granted} GPU(s) on this node but none is visible "
                         "(CUDA_VISIBLE_DEVICES unset, no nvidia-smi)")

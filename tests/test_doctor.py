@@ -77,9 +77,14 @@ def test_np_auto_without_gpus_when_gpus_were_asked_for():
     assert report.problems[0].startswith("--np auto would start 1 rank on the CPU: no GPU is "
                                          "visible here (CUDA_VISIBLE_DEVICES=)")
     assert "--gpus all" in report.problems[0]
-    # without asking for GPUs, one CPU rank is what --np auto means: fine
-    assert doctor.diagnose(env={"CUDA_VISIBLE_DEVICES": ""}, np_text="auto", quick=True,
-                           check_teacher_=False).problems == []
+    # without asking for GPUs (or with --gpus 0), one CPU rank is what --np auto means
+    for gpus in (None, "0"):
+        assert doctor.diagnose(env={"CUDA_VISIBLE_DEVICES": ""}, np_text="auto", gpus=gpus,
+                               quick=True, check_teacher_=False).problems == []
+    expected = doctor.diagnose(env={"CUDA_VISIBLE_DEVICES": "0"}, gpus="2", quick=True,
+                               check_teacher_=False).problems
+    assert expected == ["--gpus 2 expected, but 1 GPU(s) are visible here "
+                        "(CUDA_VISIBLE_DEVICES=0)"]
     # mpirun's variables, the world mpirun says: size 4, 2 on this node
     mpi = doctor.diagnose(env={"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4",
                                "OMPI_COMM_WORLD_LOCAL_RANK": "1",
