@@ -60,10 +60,12 @@ def dataset(labeled, tmp_path_factory):
 
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes but dataset.run.json's: where the manifest was written (host,
+    Slurm ids), which may differ while the dataset is the same."""
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != "dataset.run.json"
     }
 
 
@@ -444,6 +446,10 @@ def test_two_slurm_ranks_under_srun_write_one_dataset(labeled, dataset, tmp_path
     written = [int(log.split("wrote ")[1].split(" shard")[0]) for log in logs]
     assert written == [3, 2]  # shard jobs 0,2,4 on rank 0; 1,3 on rank 1
     assert _tree_bytes(out) == _tree_bytes(dataset)
+    from imnet64.manifest import dataset_provenance
+
+    assert dataset_provenance(out)["slurm_job_id"] == "1"  # in the sidecar, not dataset.json
+    assert dataset_provenance(dataset)["slurm_job_id"] == (os.environ.get("SLURM_JOB_ID") or None)
 
 
 # ------------------------------------------- another dataset in OUT_DIR; leftovers of a kill
