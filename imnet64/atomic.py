@@ -6,6 +6,7 @@ A reader (or a re-run after `kill -9`) sees either no file or the whole file, ne
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -97,3 +98,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (read in 1 MiB blocks), as hex: the one helper that
+    manifests, provenance and the offline teacher's weights check use."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

