@@ -117,7 +117,7 @@ RUN for teacher in $BAKE_TEACHER; do \
       fi; \
     done
 
-# What every output made in this image records as its container image (imnet64.provenance);
+# What every output made in this image records as its container image (imnet64.cluster.provenance);
 # `make image` passes the git commit. Declared last, so a new id reuses every cached layer.
 ARG IMAGE_ID=imnet64-0.1.0-${VARIANT}
 ENV IMNET64_IMAGE_ID=${IMAGE_ID}

@@ -83,7 +83,7 @@ slurm-down:
 ENGINE       ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 IMAGE        ?= imnet64
 BUILD_FLAGS  ?=
-# recorded by every output made in the image (IMNET64_IMAGE_ID, imnet64/provenance.py)
+# recorded by every output made in the image (IMNET64_IMAGE_ID, imnet64/cluster/provenance.py)
 IMAGE_ID     ?= $(IMAGE)-0.1.0-$(shell git describe --always --dirty 2>/dev/null || echo nogit)
 comma        := ,
 IMAGE_FLAGS   = $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \

@@ -3,7 +3,7 @@
 Measured in one run, on the same real 64x64 photos and the same teacher (the offline
 MobileNet V2 SavedModel):
 
-  label         imnet64.label (library call: enumerate, read + PIL decode, resize, teacher,
+  label         imnet64.label.run (library call: enumerate, read + PIL decode, resize, teacher,
                 softmax/top-k, TFRecord + CSV + JSON written atomically)
   seed loop     the notebook's cells verbatim in spirit: tf.data read_file + decode_png +
                 convert_image_dtype + resize 224 (parallel map, batch 64, prefetch),
@@ -112,7 +112,7 @@ def _rss_profile(cmd: list[str], env: dict[str, str]) -> dict:
 
 def _memory_runs(work: Path, files_small: int, files_large: int, labeled: int,
                  batch_size: int) -> dict:
-    from imnet64.sample_images import write_sample
+    from imnet64.pipeline.sample_images import write_sample
 
     small, large = work / f"mem{files_small}", work / f"mem{files_large}"
     sources = write_sample(small, files_small, per_folder=1000)
@@ -140,7 +140,7 @@ def _memory_runs(work: Path, files_small: int, files_large: int, labeled: int,
         wall = time.perf_counter() - start
         if profile["exit_code"] != 0:
             raise SystemExit(f"memory run {key} failed: {profile['stderr_tail']}")
-        from imnet64.label_parts import part_paths, read_summary
+        from imnet64.formats.label_parts import part_paths, read_summary
 
         summary = read_summary(part_paths(target, 0, shards).summary)
         out[key] = {"what": what, **{k: v for k, v in profile.items() if "rss" in k},
@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, work: Path) -> dict:
-    from imnet64.image_decode import decode_image
-    from imnet64.inputs import open_inputs
-    from imnet64.label import label_shard, plan_shard
-    from imnet64.label_parts import part_paths
-    from imnet64.sample_images import write_sample
+    from imnet64.formats.label_parts import part_paths
+    from imnet64.label.image_decode import decode_image
+    from imnet64.label.inputs import open_inputs
+    from imnet64.label.run import label_shard, plan_shard
+    from imnet64.pipeline.sample_images import write_sample
     from imnet64.teacher import load_teacher
 
     import numpy as np
@@ -229,7 +229,7 @@ def _run(args, work: Path) -> dict:
     batch = args.batch_size
     images = work / "images"
     write_sample(images, args.images, per_folder=1000)
-    from imnet64.machine import machine_line
+    from imnet64.cluster.machine import machine_line
 
     teacher = load_teacher("offline")
     print(f"machine: {machine_line()}")

@@ -20,7 +20,7 @@ Per process it reports
   - peak RSS (getrusage ru_maxrss) of the process, and, for the training runs, its excess
     over the baseline process (the TF runtime, graphs and libraries are in both);
   - images/s over the timed steps (after one warm-up step that traces the graph).
-The computed column is imnet64.activation_memory.activation_memory_bytes: the feature maps
+The computed column is imnet64.theory.activation_memory.activation_memory_bytes: the feature maps
 kept for the backward pass (with recompute: checkpoints + the largest level rebuilt).
 Gradient buffers and convolution temporaries come on top of it in both measured columns.
 """
@@ -59,7 +59,7 @@ def _reset_allocator_stats(tf) -> None:
 
 def _worker(mode: str, arch: str, batch: int, steps: int, classes: int) -> dict:
     """One measurement, in this (fresh) process."""
-    from imnet64.model import build_model
+    from imnet64.train.model import build_model
 
     import tensorflow as tf
 
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
 
-    from imnet64.activation_memory import activation_memory_bytes
-    from imnet64.model import build_model  # noqa: F401  (fail early if the model is missing)
+    from imnet64.theory.activation_memory import activation_memory_bytes
+    from imnet64.train.model import build_model  # noqa: F401  (fail early if the model is missing)
 
     rows = []
     for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             r["rss_over_baseline_bytes"] = r["peak_rss_bytes"] - base["peak_rss_bytes"]
             rows.append(r)
 
-    from imnet64.machine import machine_line
+    from imnet64.cluster.machine import machine_line
 
     print(f"machine: {machine_line()}")
     print(f"encoder at 64x64, repeats (3,3,3), widths (32,64,128), batch {args.batch}, "

@@ -9,10 +9,10 @@ two is what TensorFlow picks by itself on this CPU (on only with AVX-512 VNNI/BF
 or AMX): the header says which.
 
 Per process, after one untimed pass of each (graph tracing):
-  label          imnet64.label.label_shard on --images real 64x64 photos with the offline
+  label          imnet64.label.run.label_shard on --images real 64x64 photos with the offline
                  teacher: decode, resize to 224, teacher, softmax/top-k, records + CSV
   teacher alone  teacher.logits on the same photos, preloaded and resized (its ceiling)
-  train step     imnet64.train.make_train_step (Adam) on in-memory uint8 batches of the
+  train step     imnet64.train.loop.make_train_step (Adam) on in-memory uint8 batches of the
                  photos: the seed encoder (widths 32,64,128, repeats 3,3,3), 1001 classes
 
   .venv/bin/python bench/onednn.py [--images 256] [--rounds 3] [--train-steps 8]
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64.machine import ONEDNN_ENV, describe, tf_default_onednn
+from imnet64.cluster.machine import ONEDNN_ENV, describe, tf_default_onednn
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "ONEDNN_BENCH_RESULT "
@@ -44,9 +44,9 @@ WORKLOADS = ("label", "teacher_alone", "train_step")
 
 def _label_and_teacher(tf, images: Path, count: int, batch: int
                        ) -> dict[str, tuple[float, float]]:
-    from imnet64.image_decode import decode_image
-    from imnet64.inputs import open_inputs
-    from imnet64.label import label_shard, plan_shard
+    from imnet64.label.image_decode import decode_image
+    from imnet64.label.inputs import open_inputs
+    from imnet64.label.run import label_shard, plan_shard
     from imnet64.teacher import load_teacher
 
     teacher = load_teacher("offline")
@@ -86,12 +86,12 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def _train_step(tf, images: Path, batch: int, steps: int) -> tuple[float, float]:
-    from imnet64.checkpointing import TrainState
-    from imnet64.distributed import init_world
-    from imnet64.image_decode import decode_image
-    from imnet64.inputs import open_inputs
-    from imnet64.model import build_model
-    from imnet64.train import make_train_step
+    from imnet64.cluster.world import init_world
+    from imnet64.label.image_decode import decode_image
+    from imnet64.label.inputs import open_inputs
+    from imnet64.train.checkpoints import TrainState
+    from imnet64.train.loop import make_train_step
+    from imnet64.train.model import build_model
 
     import numpy as np
 
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_TAG + json.dumps(worker(args)), flush=True)
         return 0
 
-    from imnet64.machine import cpu_flags
-    from imnet64.sample_images import write_sample
+    from imnet64.cluster.machine import cpu_flags
+    from imnet64.pipeline.sample_images import write_sample
 
     os.environ.setdefault("IMNET64_HOME", str(REPO / ".cache" / "imnet64"))
     machine = describe()

@@ -1,4 +1,6 @@
-"""Input pipeline throughput: imnet64.data.training_dataset on shards vs the seed notebook's
+"""Input pipeline throughput.
+
+imnet64.train.input_pipeline.training_dataset on shards vs the seed notebook's
 pipeline on the same PNG class folders, measured side by side in one run.
 
     .venv/bin/python bench/records.py [--images 4000] [--seconds 8] [--json out.json]
@@ -10,7 +12,7 @@ Prints images/s of
           without its cache file)
 - shards: training_dataset(png shards) with augment (pad 4 + random crop + flip), and the
           same on raw-encoded shards (the png vs raw trade-off: bytes per image, images/s)
-and what one training step of the encoder (imnet64.model, the seed's VGG-style net at 64x64)
+and what one training step of the encoder (imnet64.train.model, the seed's VGG-style net at 64x64)
 consumes here: forward + backward + Adam update, images/s.
 """
 
@@ -27,11 +29,11 @@ import time
 from pathlib import Path
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64.data import training_dataset
-from imnet64.machine import machine_line
-from imnet64.manifest import load_manifest
-from imnet64.sample_images import write_sample
-from imnet64.shard_records import ShardOptions, shard_records
+from imnet64.cluster.machine import machine_line
+from imnet64.formats.manifest import load_manifest
+from imnet64.pipeline.sample_images import write_sample
+from imnet64.records.write import ShardOptions, shard_records
+from imnet64.train.input_pipeline import training_dataset
 
 import numpy as np
 import tensorflow as tf
@@ -112,7 +114,7 @@ def images_per_second(
 
 def train_step_rate(num_classes: int, batch_size: int, seconds: float) -> float:
     """Images/s of forward + backward + Adam on the encoder (what one step consumes)."""
-    from imnet64.model import build_model
+    from imnet64.train.model import build_model
 
     tf.keras.utils.set_random_seed(0)
     model = build_model(num_classes)

@@ -2,9 +2,9 @@
 then merge their figures into bench/results.json and a markdown table bench/results.md.
 
 Each benchmark is a script taking `--json PATH`; a failing one is recorded, not hidden.
-Every figure comes with the machine line of imnet64.machine (CPU model and vector extensions,
-cores, memory, oneDNN, TensorFlow). With `--only NAME...` the other benchmarks' entries of
-an existing results.json are kept, each with the machine and date it was measured on.
+Every figure comes with the machine line of imnet64.cluster.machine (CPU model and vector
+extensions, cores, memory, oneDNN, TensorFlow). With `--only NAME...` the other benchmarks'
+entries of an existing results.json are kept, each with the machine and date it was measured on.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from imnet64.machine import describe
+from imnet64.cluster.machine import describe
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,7 +77,7 @@ def headline_rows(results: dict) -> list[str]:
 
 
 def machine() -> dict:
-    """imnet64.machine's description (CPU model and vector extensions, cores, memory,
+    """imnet64.cluster.machine's description (CPU model and vector extensions, cores, memory,
     oneDNN as the benchmarks get it, TensorFlow) plus Python and the OS."""
     return {**describe().as_dict(), "python": platform.python_version(),
             "system": platform.platform()}

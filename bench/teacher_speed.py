@@ -117,7 +117,7 @@ def _run(args, tf, np, weights, keras_bn, keras_folded, tmp: Path) -> int:
                 rates[name][b].append(b * args.batches / (time.perf_counter() - start))
                 cpu_cost[name][b].append((time.process_time() - cpu_start) / (b * args.batches))
 
-    from imnet64.machine import machine_line
+    from imnet64.cluster.machine import machine_line
 
     print(f"machine: {machine_line()}")
     print(f"threads intra={args.intra or 'default'} inter={args.inter or 'default'}; "
@@ -162,7 +162,7 @@ def _freeze_only(tf, fold_frozen, path, spec):
 
 def _real_photos(tf):
     """Real photos from packages, full size and after 64x64 down-scaling, at 224x224."""
-    from imnet64.sample_images import PHOTOS, load_photo
+    from imnet64.pipeline.sample_images import PHOTOS, load_photo
 
     import numpy as np
 

@@ -1,7 +1,7 @@
 """Training throughput, side by side in one run, and how even it is from epoch to epoch:
 
   1. `imnet64 train` reading the TFRecord shards (the real input pipeline), 1 rank;
-  2. the same model and the same training step (imnet64.train.make_train_step) fed from
+  2. the same model and the same training step (imnet64.train.loop.make_train_step) fed from
      tensors already in memory: the ceiling the input pipeline is measured against
      (goal: pipeline / in-memory >= 0.9 in every round);
   3. `imnet64 train --np 2`: 2 Horovod ranks (same batch per rank) on this machine, vs 1,
@@ -92,14 +92,14 @@ def run_cli(a, dataset: Path, work: Path, np_: int) -> dict:
 def in_memory_worker(a, dataset: Path) -> dict:
     """This process: the trainer's step on in-memory batches, the trainer's loop shape."""
     import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-    from imnet64.checkpointing import TrainState
-    from imnet64.data import training_dataset
-    from imnet64.distributed import init_world
-    from imnet64.manifest import load_manifest
-    from imnet64.model import build_model, flops_per_image
-    from imnet64.peak_flops import mfu, peak_per_rank
-    from imnet64.schedule import Schedule
-    from imnet64.train import make_train_step
+    from imnet64.cluster.world import init_world
+    from imnet64.formats.manifest import load_manifest
+    from imnet64.train.checkpoints import TrainState
+    from imnet64.train.input_pipeline import training_dataset
+    from imnet64.train.loop import make_train_step
+    from imnet64.train.model import build_model, flops_per_image
+    from imnet64.train.peak_flops import mfu, peak_per_rank
+    from imnet64.train.schedule import Schedule
 
     import tensorflow as tf
 
@@ -148,7 +148,7 @@ def run_in_memory(a, dataset: Path) -> dict:
 
 def make_dataset(folder: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
-    from imnet64.sample_images import PHOTOS
+    from imnet64.pipeline.sample_images import PHOTOS
 
     from tiny_dataset import build_tiny_dataset
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from imnet64.demo import DemoConfig
 from imnet64.errors import UserError
+from imnet64.pipeline.demo import DemoConfig
 
 import click
 
@@ -69,7 +69,7 @@ def demo(workdir, images, shards, classes, epochs, ranks, quick, as_json) -> Non
     teacher, cut real 64x64 photos (plus a few broken files), label them in SHARDS shards,
     write TFRecord shards, train the encoder with Horovod, evaluate and export it.
     """
-    from imnet64.demo import run_demo
+    from imnet64.pipeline.demo import run_demo
 
     if images < 50:
         raise UserError("--images must be at least 50")

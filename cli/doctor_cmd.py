@@ -1,4 +1,4 @@
-"""`imnet64 doctor`: options in, imnet64.doctor's report out (rich tables, or --json)."""
+"""`imnet64 doctor`: options in, imnet64.pipeline.doctor's report out (rich tables, or --json)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def _yes_no(value: bool | None) -> str:
 
 
 def _show(report) -> None:
-    from imnet64 import provenance
-    from imnet64.doctor import _size
+    from imnet64.cluster import provenance
+    from imnet64.pipeline.doctor import _size
 
     from rich.console import Console
     from rich.markup import escape
@@ -131,7 +131,7 @@ def doctor(as_json, teacher, no_teacher, out, images, stage, image_bytes, shards
     """Check what a job will see and use here: launcher, ranks, GPUs, Horovod, TensorFlow,
     teacher, output folder. Exits 1 with one `problem:` line per mismatch that would make
     a job fail (on stderr; the report itself goes to stdout)."""
-    from imnet64.doctor import DEFAULT_IMAGE_BYTES, diagnose
+    from imnet64.pipeline.doctor import DEFAULT_IMAGE_BYTES, diagnose
 
     if images is not None and out is None:
         raise UserError("--images needs --out (the folder the run writes to)")

@@ -21,13 +21,13 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, as_json) -> None:
     """Evaluate RUN_DIR's model; also writes RUN_DIR/evaluation-<split>.json."""
-    from imnet64.evaluate import evaluate_run
+    from imnet64.train.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    from imnet64.provenance import lines
+    from imnet64.cluster.provenance import lines
 
     click.echo(f"{result.split} split of {result.dataset}: {result.count} images "
                f"(checkpoint {result.checkpoint})")

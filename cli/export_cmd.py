@@ -18,7 +18,7 @@ import click
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def export(run_dir, out, fmt, encoder_only, checkpoint, force) -> None:
     """Export RUN_DIR's model to OUT; reloads it and checks the outputs match to 1e-6."""
-    from imnet64.export import export_run
+    from imnet64.train.export import export_run
 
     result = export_run(run_dir, out, fmt=fmt, encoder_only=encoder_only,
                         checkpoint=checkpoint, force=force)

@@ -6,8 +6,8 @@ import contextlib
 import json
 import os
 
+from imnet64.cluster.environment import ShardSlot, shard_slot
 from imnet64.errors import UserError
-from imnet64.world import ShardSlot, shard_slot
 
 import click
 
@@ -63,7 +63,7 @@ def _shard(index: int | None, count: int | None) -> ShardSlot:
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=str))
-# OUT_DIR and --export-folders are checked by imnet64.label (a file made there) before
+# OUT_DIR and --export-folders are checked by imnet64.label.run (a file made there) before
 # anything else, with a one-line error: no click.Path(file_okay=False) usage text
 @click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("--teacher", "teacher_spec", default=None, metavar="T",
@@ -95,7 +95,7 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
     Writes OUT_DIR/labels/part-IIIII-of-NNNNN.{tfrecord,csv,json}; the .json summary
     comes last and marks the shard done. Inputs are never moved or changed.
     """
-    from imnet64.label import run
+    from imnet64.label.run import run
 
     if not os.path.exists(input_path):
         raise UserError(f"INPUT {input_path} does not exist")
@@ -146,7 +146,7 @@ def label_status(out_dir, num_shards, as_json) -> None:
 
     Exits 0 when every shard is done, 1 otherwise (handy before `shard-records`).
     """
-    from imnet64.label_status import label_status as status_of
+    from imnet64.label.status import label_status as status_of
 
     status = status_of(out_dir, num_shards)
     if as_json:

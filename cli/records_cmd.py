@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from imnet64.cluster.environment import shard_slot
 from imnet64.errors import UserError
-from imnet64.world import shard_slot
 
 import click
 
@@ -124,8 +124,8 @@ def shard_records(
     OUT_DIR holding another dataset, or files imnet64 did not write, is refused unless
     --force.
     """
-    from imnet64.shard_records import ShardOptions
-    from imnet64.shard_records import shard_records as run
+    from imnet64.records.write import ShardOptions
+    from imnet64.records.write import shard_records as run
 
     options = ShardOptions.build(
         classes=classes,
@@ -180,7 +180,7 @@ def _print_summary(summary, all_classes: bool) -> None:
         f"encoding {summary.encoding}   classes {summary.num_classes}   "
         f"teacher {summary.teacher or '-'}"
     )
-    from imnet64.provenance import lines
+    from imnet64.cluster.provenance import lines
 
     for i, line in enumerate(lines(summary.provenance)):
         click.echo(f"{'made by' if i == 0 else '':<8} {line}")
@@ -222,9 +222,9 @@ def _print_summary(summary, all_classes: bool) -> None:
 @click.option("--all-classes", is_flag=True, help="List every class in the histogram.")
 def inspect(dataset_dir, verify, all_classes) -> None:
     """Summarise a dataset written by shard-records: counts, class histogram, shard sizes."""
-    from imnet64.inspect_dataset import summarize
-    from imnet64.inspect_dataset import verify as verify_shards
-    from imnet64.manifest import load_manifest
+    from imnet64.formats.manifest import load_manifest
+    from imnet64.records.inspect import summarize
+    from imnet64.records.inspect import verify as verify_shards
 
     manifest = load_manifest(dataset_dir)
     _print_summary(summarize(manifest), all_classes)

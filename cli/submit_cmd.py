@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imnet64 import submit as sb
+from imnet64.cluster import slurm_submit as sb
 from imnet64.errors import UserError
 
 import click

@@ -124,7 +124,7 @@ def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recom
     SIGINT, or when RUN_DIR/stop-request appears, the ranks finish the step, write a
     checkpoint and exit with code 75 (requeue me), also during start-up.
     """
-    from imnet64.preemption import StopRequest, parse_signal, stop_signals
+    from imnet64.cluster.preemption import StopRequest, parse_signal, stop_signals
 
     try:
         requeue = parse_signal(signal_name)
@@ -133,7 +133,7 @@ def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recom
     # First thing, before TensorFlow loads: from here on a stop signal is a request to stop
     # (checkpoint what exists, exit 75), never the signal's default action.
     with StopRequest(stop_signals(requeue), requeue_signal=requeue) as stop:
-        from imnet64 import launch
+        from imnet64.cluster import launch
 
         np_count = launch.resolve_np(np_)
         if launch.should_self_launch(np_count):
@@ -142,8 +142,8 @@ def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recom
                 raise click.exceptions.Exit(code)
             return
 
-        from imnet64.train import TrainConfig
-        from imnet64.train import train as run_training
+        from imnet64.train.loop import TrainConfig
+        from imnet64.train.loop import train as run_training
 
         _setup_logging()
         cfg = TrainConfig(
@@ -184,10 +184,10 @@ def _fmt_flops(n: float) -> str:
               help="Take the number of classes from this dataset's manifest.")
 def model_summary(arch, repeats, widths, recompute, num_classes, dataset_dir) -> None:
     """The encoder's layer table with parameters and FLOPs per 64x64 image."""
-    from imnet64.model import build_model, layer_table
+    from imnet64.train.model import build_model, layer_table
 
     if dataset_dir:
-        from imnet64.manifest import load_manifest
+        from imnet64.formats.manifest import load_manifest
 
         num_classes = load_manifest(dataset_dir).num_classes
     try:

@@ -26,7 +26,7 @@ def offline_teacher_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """120 real 64x64 photos (crops of package photos) in sub-folders."""
-    from imnet64.sample_images import write_sample
+    from imnet64.pipeline.sample_images import write_sample
 
     root = tmp_path_factory.mktemp("sample")
     write_sample(root, 120, per_folder=50)

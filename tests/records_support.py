@@ -1,5 +1,5 @@
 """Test data for shard-records / data tests: label OUT_DIRs and class-folder trees made of
-real 64x64 photos (imnet64.sample_images) with labels the test chooses.
+real 64x64 photos (imnet64.pipeline.sample_images) with labels the test chooses.
 
 A label OUT_DIR is written exactly in `imnet64 label`'s format (part .tfrecord of
 LabeledImage records, .csv, and the .json summary last), so `label-status` calls it done.
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import imnet64  # noqa: F401
 from imnet64 import atomic
-from imnet64.class_names import imagenet_class_names
-from imnet64.label_parts import CSV_HEADER, SUMMARY_FORMAT, part_paths
-from imnet64.records import LabeledImage, parse_labeled, serialize_labeled
-from imnet64.sample_images import write_sample
-from imnet64.tfrecord_file import iter_records
+from imnet64.formats.class_names import imagenet_class_names
+from imnet64.formats.label_parts import CSV_HEADER, SUMMARY_FORMAT, part_paths
+from imnet64.formats.tfrecord_file import iter_records
+from imnet64.formats.tfrecord_schema import LabeledImage, parse_labeled, serialize_labeled
+from imnet64.pipeline.sample_images import write_sample
 
 TEACHER = "test-teacher"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from imnet64.batch_reader import BatchReader, ByteBudget
-from imnet64.image_decode import DECODE_BYTES_PER_PIXEL
-from imnet64.inputs import open_inputs
-from imnet64.label import MAX_DECODE_SIDE, _loader, _SideTable
+from imnet64.label.batch_reader import BatchReader, ByteBudget
+from imnet64.label.image_decode import DECODE_BYTES_PER_PIXEL
+from imnet64.label.inputs import open_inputs
+from imnet64.label.run import MAX_DECODE_SIDE, _loader, _SideTable
 
 import numpy as np
 import pytest
@@ -180,9 +180,9 @@ def test_byte_budget_lets_the_oldest_go_first():
 # TensorFlow and the teacher loaded), so it would hide the growth
 RSS_SCRIPT = """
 import sys
-from imnet64.batch_reader import BatchReader
-from imnet64.inputs import open_inputs
-from imnet64.label import _loader, _SideTable
+from imnet64.label.batch_reader import BatchReader
+from imnet64.label.inputs import open_inputs
+from imnet64.label.run import _loader, _SideTable
 
 def peak():
     with open("/proc/self/status") as f:

@@ -1,4 +1,4 @@
-"""The training input pipeline (imnet64.data) on real shards written by shard-records."""
+"""The training input pipeline (imnet64.train.input_pipeline) on real shards from shard-records."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 from collections import Counter
 
 import imnet64  # noqa: F401
-from imnet64.data import examples_per_rank, steps_per_epoch, training_dataset
-from imnet64.manifest import load_manifest
-from imnet64.shard_records import ShardOptions, shard_records
+from imnet64.formats.manifest import load_manifest
+from imnet64.records.write import ShardOptions, shard_records
+from imnet64.train.input_pipeline import examples_per_rank, steps_per_epoch, training_dataset
 
 import numpy as np
 import pytest

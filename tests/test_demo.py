@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imnet64.demo import DemoConfig, run_demo
-from imnet64.machine import describe
+from imnet64.cluster.machine import describe
+from imnet64.pipeline.demo import DemoConfig, run_demo
 
 import pytest
 

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from imnet64 import doctor
+from imnet64.pipeline import doctor
 from imnet64.teacher.offline import WEIGHTS_SHA256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,13 +147,13 @@ def test_the_disk_estimate_matches_real_records_of_real_photos():
     """Bytes per image as imnet64 writes them: a label record + CSV row, a dataset record
     (png), each with TFRecord framing, for real 64x64 photos; vs the estimate at the
     photos' mean PNG size."""
-    from imnet64.records import (
+    from imnet64.formats.tfrecord_schema import (
         DatasetExample,
         LabeledImage,
         serialize_dataset_example,
         serialize_labeled,
     )
-    from imnet64.sample_images import iter_sample
+    from imnet64.pipeline.sample_images import iter_sample
 
     pngs, label_bytes, dataset_bytes = [], 0, 0
     for i, (_, image) in enumerate(iter_sample(60)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64.history import CURVES, EpochRecord
+from imnet64.train.history import CURVES, EpochRecord
 
 import pytest
 from tiny_dataset import build_tiny_dataset
@@ -21,7 +21,7 @@ def _records(n: int) -> list[EpochRecord]:
 
 
 def test_curves_are_drawn_in_the_background_and_finished_on_close(tmp_path):
-    from imnet64.history import CurvePlotter
+    from imnet64.train.history import CurvePlotter
 
     plotter = CurvePlotter(tmp_path)
     started = time.perf_counter()

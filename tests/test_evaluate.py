@@ -6,10 +6,10 @@ import json
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
-from imnet64.evaluate import evaluate_run
-from imnet64.manifest import load_manifest
-from imnet64.model import ModelConfig
-from imnet64.records import parse_example
+from imnet64.formats.manifest import load_manifest
+from imnet64.formats.tfrecord_schema import parse_example
+from imnet64.train.evaluate import evaluate_run
+from imnet64.train.model import ModelConfig
 
 import numpy as np
 import pytest

@@ -8,10 +8,10 @@ import shutil
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
-from imnet64.export import export_run
-from imnet64.manifest import load_manifest
-from imnet64.model import ModelConfig
-from imnet64.records import parse_example
+from imnet64.formats.manifest import load_manifest
+from imnet64.formats.tfrecord_schema import parse_example
+from imnet64.train.export import export_run
+from imnet64.train.model import ModelConfig
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """The derivations of docs/gradients.md checked against TensorFlow's autodiff.
 
-Every closed form in imnet64.gradients is compared with tf.GradientTape in float64 to 1e-6
+Every closed form in imnet64.theory.gradients is compared with tf.GradientTape in float64 to 1e-6
 on random inputs (several sizes K, several seeds). A deliberately wrong formula (the seed
 notebook's de/dH) is run through the same check and must fail it.
 """
@@ -8,7 +8,7 @@ notebook's de/dH) is run through the same check and must fail it.
 from __future__ import annotations
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64 import gradients as G
+from imnet64.theory import gradients as G
 
 import numpy as np
 import pytest
@@ -196,14 +196,14 @@ def _graph_layer(tensor_name: str, layers: set[str]) -> str:
 @pytest.mark.parametrize("arch,recompute", MEM_CASES)
 def test_activation_memory_gradient_calculator_matches_saved_tensors(arch, recompute) -> None:
     """The calculator names exactly the feature maps that the real training step of
-    imnet64.model reads in its backward pass, with their shapes and bytes."""
-    from imnet64.activation_memory import (
+    imnet64.train.model reads in its backward pass, with their shapes and bytes."""
+    from imnet64.theory.activation_memory import (
         activation_memory_bytes,
         recompute_checkpoints,
         saved_for_backward,
         saved_tensors,
     )
-    from imnet64.model import build_model
+    from imnet64.train.model import build_model
 
     batch, classes, repeats, widths = 2, 7, (2, 1, 2), (8, 16, 24)
     model = build_model(classes, arch=arch, repeats=repeats, widths=widths, recompute=recompute)
@@ -228,7 +228,7 @@ def test_activation_memory_gradient_calculator_matches_saved_tensors(arch, recom
 
 def test_activation_memory_gradient_figures_for_the_default_encoder() -> None:
     """Worked figures quoted in docs/gradients.md (batch 32, float32, 1001 classes)."""
-    from imnet64.activation_memory import activation_memory_bytes
+    from imnet64.theory.activation_memory import activation_memory_bytes
 
     def mib(arch: str, recompute: bool = False) -> float:
         b = activation_memory_bytes(32, arch, (3, 3, 3), (32, 64, 128), recompute=recompute)
@@ -251,7 +251,7 @@ def test_activation_memory_gradient_doc_table_matches_calculator() -> None:
     import re
     from pathlib import Path
 
-    from imnet64.activation_memory import activation_memory_bytes
+    from imnet64.theory.activation_memory import activation_memory_bytes
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "gradients.md").read_text()
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", doc, re.M)
@@ -276,7 +276,7 @@ def test_activation_memory_gradient_measured_step_peak() -> None:
     import importlib.util
     from pathlib import Path
 
-    from imnet64.activation_memory import activation_memory_bytes
+    from imnet64.theory.activation_memory import activation_memory_bytes
 
     path = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
     spec = importlib.util.spec_from_file_location("bench_memory", path)

@@ -8,7 +8,7 @@ import logging
 import time
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64.train import _Trainer
+from imnet64.train.loop import _Trainer
 
 import pytest
 import tensorflow as tf
@@ -41,7 +41,7 @@ def _with_a_slow_stage(monkeypatch) -> None:
 
 
 def test_history_and_log_carry_a_low_stall_for_the_real_pipeline(dataset, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="imnet64.train"):
+    with caplog.at_level(logging.INFO, logger="imnet64.train.loop"):
         train_in_process(dataset, tmp_path / "run", **RUN)
     stalls = [row["input_stall_pct"] for row in history(tmp_path / "run")]
     assert len(stalls) == 2 and all(0 <= s <= 100 for s in stalls), stalls
@@ -60,7 +60,7 @@ def test_a_slow_input_pipeline_shows_a_high_stall(dataset, tmp_path, monkeypatch
 
 
 def test_input_wait_times_the_blocking_next_calls_and_the_end():
-    from imnet64.data import InputWait
+    from imnet64.train.input_pipeline import InputWait
 
     def items():
         time.sleep(0.05)

@@ -15,14 +15,14 @@ import zlib
 from pathlib import Path
 
 from imnet64.errors import UserError
-from imnet64.image_decode import decode_image
-from imnet64.inputs import open_inputs
-from imnet64.label import PROBABILITY_TOLERANCE as TOLERANCE
-from imnet64.label import plan_shard, read_csv_rows, run
-from imnet64.label_parts import part_paths, read_summary
-from imnet64.label_status import label_status
-from imnet64.records import parse_labeled
-from imnet64.sample_images import write_sample
+from imnet64.formats.label_parts import part_paths, read_summary
+from imnet64.formats.tfrecord_schema import parse_labeled
+from imnet64.label.image_decode import decode_image
+from imnet64.label.inputs import open_inputs
+from imnet64.label.run import PROBABILITY_TOLERANCE as TOLERANCE
+from imnet64.label.run import plan_shard, read_csv_rows, run
+from imnet64.label.status import label_status
+from imnet64.pipeline.sample_images import write_sample
 
 import numpy as np
 import pytest
@@ -368,7 +368,7 @@ def test_export_folders_links_or_copies_and_leaves_inputs_unchanged(photos, teac
     rows = {r[0]: r for r in read_csv_rows(part_paths(tmp_path / "out", 0, 1).csv)}
     some = next(n for n in rows if "chelsea" in n)
     label_id, class_name = rows[some][1], rows[some][2]
-    from imnet64.class_names import safe_folder_name
+    from imnet64.formats.class_names import safe_folder_name
 
     entry = export / safe_folder_name(class_name, label_id) / some.replace("/", "__")
     assert entry.is_symlink() and entry.resolve() == (photos / some).resolve()
@@ -453,7 +453,7 @@ def test_file_names_that_are_not_utf8_are_escaped_in_the_csv(photos, teacher, tm
 
 
 def test_large_files_are_read_again_for_their_record_not_held(photos, teacher, tmp_path):
-    from imnet64.label import KEEP_ENCODED_BYTES
+    from imnet64.label.run import KEEP_ENCODED_BYTES
 
     folder = tmp_path / "big"
     folder.mkdir()
@@ -468,8 +468,8 @@ def test_large_files_are_read_again_for_their_record_not_held(photos, teacher, t
 
 
 def test_a_large_file_changed_before_its_record_is_written_is_rejected(tmp_path):
-    from imnet64.inputs import InputReadError
-    from imnet64.label import _digest, _read_again, _ReadAgain
+    from imnet64.label.inputs import InputReadError
+    from imnet64.label.run import _digest, _read_again, _ReadAgain
 
     path = tmp_path / "x.png"
     path.write_bytes(b"first version")

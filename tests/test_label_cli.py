@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from imnet64.label_parts import part_paths
-from imnet64.sample_images import write_sample
+from imnet64.formats.label_parts import part_paths
+from imnet64.pipeline.sample_images import write_sample
 
 import pytest
 

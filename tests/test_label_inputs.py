@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 
 from imnet64.errors import UserError
-from imnet64.image_decode import decode_image
-from imnet64.inputs import (
+from imnet64.label.image_decode import decode_image
+from imnet64.label.inputs import (
     InputReadError,
     escape_name,
     names_fingerprint,
@@ -18,7 +18,7 @@ from imnet64.inputs import (
     shard_range,
     unescape_name,
 )
-from imnet64.sample_images import write_sample
+from imnet64.pipeline.sample_images import write_sample
 
 import numpy as np
 import pytest

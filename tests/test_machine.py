@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imnet64 import machine
+from imnet64.cluster import machine
 
 # /proc/cpuinfo of the AVX2-only machine of issue 13 (AMD Zen 3), trimmed to what we read.
 ZEN3 = """processor\t: 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64.model import ModelConfig, build_model, flops_per_image, layer_table
+from imnet64.train.model import ModelConfig, build_model, flops_per_image, layer_table
 
 import numpy as np
 import pytest

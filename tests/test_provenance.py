@@ -1,4 +1,4 @@
-"""Every output imnet64 writes records what produced it (imnet64.provenance): one small real
+"""Every output imnet64 writes records what produced it (imnet64.cluster.provenance): one small real
 demo run (real photos, the real offline teacher, label, shard-records, training, evaluate,
 export, summary) in this process, then each output kind is read the way its readers do."""
 
@@ -10,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 import imnet64
-from imnet64 import atomic, provenance
+from imnet64 import atomic
+from imnet64.cluster import provenance
 from imnet64.teacher.offline import WEIGHTS_SHA256
 
 import pytest
@@ -20,7 +21,7 @@ IMAGE_ID = "imnet64-test-image:42"
 
 @pytest.fixture(scope="module")
 def demo_work(tmp_path_factory, offline_teacher_dir) -> Path:
-    from imnet64.demo import DemoConfig, run_demo
+    from imnet64.pipeline.demo import DemoConfig, run_demo
 
     work = tmp_path_factory.mktemp("provenance")
     cfg = DemoConfig(workdir=str(work), images=48, shards=2, classes=2, val_fraction=0.25,
@@ -39,7 +40,7 @@ def demo_work(tmp_path_factory, offline_teacher_dir) -> Path:
 
 
 def _label_part(work: Path) -> dict:
-    from imnet64.label_parts import part_paths, read_summary
+    from imnet64.formats.label_parts import part_paths, read_summary
 
     summary = part_paths(work / "labeling", 1, 2).summary
     # the part file itself: code and teacher only (it must stay byte-identical on a re-run)
@@ -48,7 +49,7 @@ def _label_part(work: Path) -> dict:
 
 
 def _dataset(work: Path) -> dict:
-    from imnet64.manifest import MANIFEST_NAME, dataset_provenance
+    from imnet64.formats.manifest import MANIFEST_NAME, dataset_provenance
 
     raw = atomic.read_json(work / "dataset" / MANIFEST_NAME)
     # the same bytes for any number of ranks or workers: no host, no job ids
@@ -57,7 +58,7 @@ def _dataset(work: Path) -> dict:
 
 
 def _export(work: Path) -> dict:
-    from imnet64.export import read_metadata
+    from imnet64.train.export import read_metadata
 
     return read_metadata(work / "export" / "model")[provenance.KEY]
 
@@ -160,7 +161,7 @@ def test_label_parts_of_other_teacher_weights_are_not_mixed(demo_work, tmp_path)
     import shutil
 
     from imnet64.errors import UserError
-    from imnet64.label_source import scan_source
+    from imnet64.records.source import scan_source
 
     labels = shutil.copytree(demo_work / "labeling", tmp_path / "labeling")
     part = labels / "labels" / "part-00001-of-00002.json"

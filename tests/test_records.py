@@ -11,10 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 import imnet64  # noqa: F401
+from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
-from imnet64.records import parse_example
-from imnet64.shard_records import ShardOptions, shard_records
-from imnet64.world import ShardSlot
+from imnet64.formats.tfrecord_schema import parse_example
+from imnet64.records.write import ShardOptions, shard_records
 
 import numpy as np
 import pytest
@@ -133,7 +133,7 @@ def test_png_bytes_round_trip_exactly_and_parse(labeled, dataset):
         assert rec["teacher/topk/ids"] == list(original.topk_ids)
     # the library's parse function gives the photo's pixels, the label and soft labels
     rec = records["train"][0]
-    from imnet64.records import serialize_dataset_example  # noqa: F401  (schema in use)
+    from imnet64.formats.tfrecord_schema import serialize_dataset_example  # noqa: F401  (schema in use)
 
     import tensorflow as tf
 
@@ -316,7 +316,7 @@ def test_class_folder_source_and_conversion_to_64x64(tmp_path):
 
 
 def _serialized(out: Path, filename: str) -> bytes:
-    from imnet64.tfrecord_file import iter_records
+    from imnet64.formats.tfrecord_file import iter_records
 
     for shard in sorted(out.glob("*.tfrecord")):
         for _, data in iter_records(shard):
@@ -446,7 +446,7 @@ def test_two_slurm_ranks_under_srun_write_one_dataset(labeled, dataset, tmp_path
     written = [int(log.split("wrote ")[1].split(" shard")[0]) for log in logs]
     assert written == [3, 2]  # shard jobs 0,2,4 on rank 0; 1,3 on rank 1
     assert _tree_bytes(out) == _tree_bytes(dataset)
-    from imnet64.manifest import dataset_provenance
+    from imnet64.formats.manifest import dataset_provenance
 
     assert dataset_provenance(out)["slurm_job_id"] == "1"  # in the sidecar, not dataset.json
     assert dataset_provenance(dataset)["slurm_job_id"] == (os.environ.get("SLURM_JOB_ID") or None)

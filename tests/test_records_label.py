@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import imnet64  # noqa: F401
-from imnet64.inspect_dataset import verify
-from imnet64.manifest import load_manifest
-from imnet64.sample_images import write_sample
-from imnet64.shard_records import ShardOptions, shard_records
+from imnet64.formats.manifest import load_manifest
+from imnet64.pipeline.sample_images import write_sample
+from imnet64.records.inspect import verify
+from imnet64.records.write import ShardOptions, shard_records
 
 import pytest
 from PIL import Image
@@ -18,7 +18,7 @@ from records_support import read_dataset, read_labeled_parts
 
 @pytest.mark.slow
 def test_label_output_to_shards(tmp_path):
-    from imnet64.label import run
+    from imnet64.label.run import run
     from imnet64.teacher import load_teacher
 
     photos = tmp_path / "photos"

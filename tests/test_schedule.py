@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from imnet64.schedule import Schedule, lr_at
+from imnet64.train.schedule import Schedule, lr_at
 
 import pytest
 

@@ -28,7 +28,7 @@ SMALL_MODEL = "--widths 8,16,16 --repeats 1,1,1 --batch-size 4 --warmup-epochs 1
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, offline_teacher_dir) -> Path:
     """A work folder with 24 real photos in images/ (the templates' default layout)."""
-    from imnet64.sample_images import write_sample
+    from imnet64.pipeline.sample_images import write_sample
 
     root = tmp_path_factory.mktemp("slurm-work")
     write_sample(root / "images", IMAGES)
@@ -129,7 +129,7 @@ def test_label_counts_add_up(labeled, work):
     assert {s["total_inputs"] for s in summaries} == {IMAGES}
     # provenance: each part names the array task that wrote it (shard 0: the first array,
     # shard 1: the resubmitted one), from its .timing.json
-    from imnet64.label_parts import read_summary
+    from imnet64.formats.label_parts import read_summary
 
     made_by = [read_summary(p)["provenance"] for p in summary_files(labeled["parts"])]
     assert [(m["slurm_array_job_id"], m["slurm_array_task_id"]) for m in made_by] == [

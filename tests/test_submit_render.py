@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from imnet64 import submit as sb
-from imnet64.preemption import DEFAULT_SIGNAL, REQUEUE_EXIT_CODE
+from imnet64.cluster import slurm_submit as sb
+from imnet64.cluster.preemption import DEFAULT_SIGNAL, REQUEUE_EXIT_CODE
 
 import pytest
 from imnet64_cli.main import main

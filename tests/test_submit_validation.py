@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imnet64 import submit as sb
+from imnet64.cluster import slurm_submit as sb
 from imnet64.errors import UserError
 
 import click

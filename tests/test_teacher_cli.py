@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imnet64.sample_images import photo_path
+from imnet64.pipeline.sample_images import photo_path
 from imnet64.teacher.offline import default_weights_path
 
 import pytest

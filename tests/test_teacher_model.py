@@ -4,7 +4,7 @@ loading it (hub.load, hub.KerasLayer, load_teacher fast and plain, the in-proces
 
 from __future__ import annotations
 
-from imnet64.sample_images import load_photo
+from imnet64.pipeline.sample_images import load_photo
 from imnet64.teacher import DEFAULT_HANDLE, load_teacher
 from imnet64.teacher.mobilenet_v2 import INVERTED_RESIDUAL_SETTINGS, build_mobilenet_v2
 from imnet64.teacher.offline import default_weights_path, read_verified_weights

@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from imnet64.preemption import REQUEUE_EXIT_CODE
+from imnet64.cluster.preemption import REQUEUE_EXIT_CODE
 
 import pytest
 from tiny_dataset import build_tiny_dataset

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
-from imnet64 import launch
+from imnet64.cluster import launch
+from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, StopRequest, parse_signal
 from imnet64.errors import UserError
-from imnet64.peak_flops import cpu_peak, gpu_peak, mfu
-from imnet64.preemption import REQUEUE_EXIT_CODE, StopRequest, parse_signal
+from imnet64.train.peak_flops import cpu_peak, gpu_peak, mfu
 
 import pytest
 from tiny_dataset import build_tiny_dataset
@@ -90,7 +90,7 @@ def test_self_launch_only_outside_a_launcher(monkeypatch):
     monkeypatch.setenv("HOROVOD_RANK", "0")
     assert not launch.should_self_launch(2)
     cmd = launch.horovodrun_command(2, ["data", "run", "--epochs", "3"])
-    assert cmd[:3] == [sys.executable, "-m", "imnet64.horovodrun"]  # horovodrun, filtered
+    assert cmd[:3] == [sys.executable, "-m", "imnet64.cluster.horovodrun"]  # horovodrun, filtered
     assert cmd[3:8] == ["--gloo", "-np", "2", "-H", "localhost:2"]
     assert cmd[-6:] == ["imnet64_cli.main", "train", "data", "run", "--epochs", "3"]
 
@@ -115,7 +115,7 @@ def dataset(tmp_path_factory):
 
 
 def test_in_process_run_files_schedule_and_resume_checks(dataset, tmp_path):
-    from imnet64.train import TrainConfig, train
+    from imnet64.train.loop import TrainConfig, train
 
     cfg = TrainConfig(run_dir=str(tmp_path / "run"), dataset=str(dataset), widths=(4, 8, 8),
                       repeats=(1, 1, 1), epochs=3, warmup_epochs=1, batch_size=8,
@@ -144,7 +144,7 @@ def test_in_process_run_files_schedule_and_resume_checks(dataset, tmp_path):
     (dict(signal="NOPE"), "unknown signal"),
 ])
 def test_bad_options_are_user_errors(bad, message, dataset, tmp_path):
-    from imnet64.train import TrainConfig, train
+    from imnet64.train.loop import TrainConfig, train
 
     with pytest.raises(UserError, match=message):
         train(TrainConfig(run_dir=str(tmp_path / "r"), dataset=str(dataset), epochs=10, **bad))
@@ -152,7 +152,7 @@ def test_bad_options_are_user_errors(bad, message, dataset, tmp_path):
 
 
 def test_missing_dataset_is_a_user_error(tmp_path):
-    from imnet64.train import TrainConfig, train
+    from imnet64.train.loop import TrainConfig, train
 
     with pytest.raises(UserError, match="not an imnet64 dataset"):
         train(TrainConfig(run_dir=str(tmp_path / "r"), dataset=str(tmp_path / "nothing")))
@@ -172,7 +172,8 @@ def test_model_summary_command(capsys):
 
 
 def test_the_library_does_not_import_click():
-    code = ("import imnet64.train, imnet64.evaluate, imnet64.export, imnet64.launch, sys; "
+    code = ("import imnet64.train.loop, imnet64.train.evaluate, imnet64.train.export, "
+            "imnet64.cluster.launch, sys; "
             "assert 'click' not in sys.modules, 'click imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -182,8 +183,8 @@ def test_a_dataset_without_val_split_trains_and_exports(dataset, tmp_path):
     import json
     import shutil
 
-    from imnet64.export import export_run
-    from imnet64.train import TrainConfig, train
+    from imnet64.train.export import export_run
+    from imnet64.train.loop import TrainConfig, train
 
     no_val = tmp_path / "no-val"
     shutil.copytree(dataset, no_val)

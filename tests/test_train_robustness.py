@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
+from imnet64.cluster.preemption import REQUEUE_EXIT_CODE
 from imnet64.errors import UserError
-from imnet64.preemption import REQUEUE_EXIT_CODE
 
 import pytest
 from tiny_dataset import build_tiny_dataset
@@ -30,7 +30,7 @@ OPTIONS = dict(widths=(4, 8, 8), repeats=(1, 1, 1), epochs=4, warmup_epochs=1, b
 
 
 def config(dataset: Path, run_dir: Path, **overrides):
-    from imnet64.train import TrainConfig
+    from imnet64.train.loop import TrainConfig
 
     return TrainConfig(run_dir=str(run_dir), dataset=str(dataset), **{**OPTIONS, **overrides})
 
@@ -43,7 +43,7 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def base_run(dataset, tmp_path_factory) -> Path:
     """A finished 4-epoch run (copied by each test that damages it)."""
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("base") / "run"
     result = train(config(dataset, run_dir))
@@ -134,7 +134,7 @@ def damage_newest(run_dir: Path, how: str) -> None:
 
 def test_garbage_state_file_resumes_from_the_newest_checkpoint_on_disk(
         dataset, run_copy, logs):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     before = {p.name: p.read_bytes() for p in files_of(ckpt(run_copy, 8))}
     garbage_state(run_copy)
@@ -151,7 +151,7 @@ def test_garbage_state_file_resumes_from_the_newest_checkpoint_on_disk(
 @pytest.mark.parametrize("how", sorted(DAMAGE))
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(
         dataset, run_copy, logs, how):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     damage_newest(run_copy, how)
     damaged = [p.read_bytes() for p in files_of(ckpt(run_copy, 8)) + files_of(
@@ -175,7 +175,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(
 
 def test_all_checkpoints_damaged_is_a_one_line_error_and_touches_nothing(
         dataset, run_copy, logs):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     for prefix in sorted((run_copy / "checkpoints").rglob("ckpt-*.index")):
         flip_data(prefix.with_suffix(""))
@@ -212,7 +212,7 @@ def test_all_damaged_from_the_command_line_exits_non_zero_with_one_line(dataset,
 
 
 def test_damaged_checkpoints_are_skipped_by_evaluate_and_export(run_copy, logs):
-    from imnet64.run_dir import load_trained_run
+    from imnet64.train.run_dir import load_trained_run
 
     garbage_state(run_copy)
     (run_copy / "checkpoints" / "best" / "checkpoint").write_text("garbage\n")
@@ -232,7 +232,7 @@ def test_damaged_checkpoints_are_skipped_by_evaluate_and_export(run_copy, logs):
 
 
 def test_resume_with_other_class_names_is_refused(dataset, run_copy, tmp_path):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     other = build_tiny_dataset(tmp_path / "other", per_class=24, shards=1,
                                classes=("chelsea", "coffee", "astronaut", "grace_hopper"))
@@ -244,7 +244,7 @@ def test_resume_with_other_class_names_is_refused(dataset, run_copy, tmp_path):
 
 def test_resume_with_another_dataset_of_the_same_classes_is_refused(dataset, run_copy,
                                                                     tmp_path):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     # the same class names, other examples (another split seed): other shard contents
     other = build_tiny_dataset(tmp_path / "other", per_class=24, shards=1, seed=1)
@@ -335,8 +335,8 @@ def test_sigterm_and_sigint_checkpoint_and_say_stopped(dataset, tmp_path, sig):
 
 
 def test_np_launcher_signalled_before_starting_the_ranks_starts_nothing(tmp_path):
-    from imnet64 import launch
-    from imnet64.preemption import StopRequest, stop_signals
+    from imnet64.cluster import launch
+    from imnet64.cluster.preemption import StopRequest, stop_signals
 
     with StopRequest(stop_signals(signal.SIGUSR1)) as stop:
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -369,7 +369,7 @@ def test_np_2_signalled_during_startup_exits_75_and_the_rerun_trains(dataset, tm
 
 
 def test_a_crash_is_recorded_as_failed_with_its_reason(dataset, tmp_path):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(OSError):
@@ -385,7 +385,7 @@ def test_a_crash_is_recorded_as_failed_with_its_reason(dataset, tmp_path):
 
 
 def test_a_one_class_dataset_is_a_user_error(tmp_path):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     one = build_tiny_dataset(tmp_path / "one", per_class=24, shards=1, classes=("chelsea",))
     with pytest.raises(UserError, match="at least 2 classes"):
@@ -393,7 +393,7 @@ def test_a_one_class_dataset_is_a_user_error(tmp_path):
 
 
 def test_a_truncated_shard_is_named_before_training(dataset, tmp_path):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
@@ -407,7 +407,7 @@ def test_a_truncated_shard_is_named_before_training(dataset, tmp_path):
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_a_corrupt_shard_is_named_when_reading_it_fails(dataset, tmp_path, split):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
@@ -445,7 +445,7 @@ def test_a_corrupt_shard_is_named_when_reading_it_fails(dataset, tmp_path, split
     (dict(peak_flops=0.0), "--peak-flops"),
 ])
 def test_config_errors_name_the_option_that_fixes_them(dataset, tmp_path, bad, option):
-    from imnet64.train import train
+    from imnet64.train.loop import train
 
     with pytest.raises(UserError) as e:
         train(config(dataset, tmp_path / "run", **bad))

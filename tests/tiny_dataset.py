@@ -2,7 +2,7 @@
 
 Each class is one photo (the crop's file-name stem says which), so the labels are
 learnable: a small CNN tells the cat from the coffee cup within a few epochs. Written in the
-manifest v1 format (imnet64/manifest.py) with PNG shards made by the records schema, exactly
+manifest v1 format (imnet64/formats/manifest.py) with PNG shards made by the records schema, exactly
 as `imnet64 shard-records` lays a dataset out.
 """
 
@@ -14,9 +14,9 @@ import random
 from pathlib import Path
 
 from imnet64 import atomic
-from imnet64.manifest import MANIFEST_NAME
-from imnet64.records import DatasetExample, serialize_dataset_example
-from imnet64.sample_images import PHOTOS, iter_sample
+from imnet64.formats.manifest import MANIFEST_NAME
+from imnet64.formats.tfrecord_schema import DatasetExample, serialize_dataset_example
+from imnet64.pipeline.sample_images import PHOTOS, iter_sample
 
 DEFAULT_CLASSES = ("chelsea", "coffee", "astronaut", "rocket")
 
@@ -88,7 +88,7 @@ def build_tiny_dataset(
         "classes": [{"id": i, "name": c, "teacher_id": None} for i, c in enumerate(classes)],
         "splits": splits,
         "teacher": "photo of origin (tests/tiny_dataset.py)",
-        "source": "imnet64.sample_images",
+        "source": "imnet64.pipeline.sample_images",
         "options": {"per_class": per_class, "val_fraction": val_fraction, "seed": seed},
     })
     return root

@@ -112,7 +112,7 @@ SIX_CLASSES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left", "g
 
 def train_in_process(dataset: Path, run_dir: Path, **overrides):
     """A tiny real training run inside the test process (TensorFlow already loaded)."""
-    from imnet64.train import TrainConfig, train
+    from imnet64.train.loop import TrainConfig, train
 
     options = dict(run_dir=str(run_dir), dataset=str(dataset), widths=(8, 16, 16),
                    repeats=(1, 1, 1), epochs=3, warmup_epochs=1, batch_size=8, lr_max=0.01,

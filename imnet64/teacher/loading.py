@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from imnet64.class_names import imagenet_class_names
 from imnet64.errors import UserError
+from imnet64.formats.class_names import imagenet_class_names
 from imnet64.teacher import hub as hub_cache
 
 import numpy as np

@@ -64,7 +64,7 @@ IMAGE_ID_ENV = "IMNET64_IMAGE_ID"
 _SLURM_VARS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
                "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_step_id": "SLURM_STEP_ID"}
 GIT_TIMEOUT_S = 5.0
-CHECKOUT = Path(__file__).resolve().parents[1]  # the checkout root when run from one
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout root when run from one
 
 
 # -- the code ---------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def _version(dist: str) -> str | None:
 @lru_cache(maxsize=1)
 def _code() -> dict[str, Any]:
     """The fields that cannot change while this process runs (asked once)."""
-    from imnet64.machine import tensorflow_version
+    from imnet64.cluster.machine import tensorflow_version
 
     commit = git_commit()
     return {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imnet64.errors import UserError
-from imnet64.label_parts import LABELS_DIR, PART_RE, TEMP_RE, part_paths, read_summary
+from imnet64.formats.label_parts import LABELS_DIR, PART_RE, TEMP_RE, part_paths, read_summary
 
 
 @dataclass

@@ -17,7 +17,7 @@ Written by `imnet64 shard-records` (last, atomically); read by training, evaluat
   "teacher": "...",            # the teacher that made the labels
   "source": "...",             # what shard-records read
   "options": {...},            # the options that made it
-  "provenance": {...}          # code and teacher (imnet64.provenance.STABLE_FIELDS)
+  "provenance": {...}          # code and teacher (imnet64.cluster.provenance.STABLE_FIELDS)
 }
 
 dataset.json is the same bytes for any --num-workers or number of ranks, so where it was
@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic, provenance
+from imnet64 import atomic
 from imnet64.atomic import sha256_file  # noqa: F401  (imported from here by other modules)
+from imnet64.cluster import provenance
 from imnet64.errors import UserError
 
 MANIFEST_NAME = "dataset.json"

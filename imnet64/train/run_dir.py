@@ -7,9 +7,9 @@ from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic
-from imnet64.checkpointing import find_checkpoint, one_line
 from imnet64.errors import UserError
-from imnet64.model import ModelConfig
+from imnet64.train.checkpoints import find_checkpoint, one_line
+from imnet64.train.model import ModelConfig
 
 import tensorflow as tf
 

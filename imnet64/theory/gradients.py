@@ -13,7 +13,7 @@ Conventions (the same as in the doc):
 
 from __future__ import annotations
 
-from imnet64.activation_memory import activation_memory_bytes  # noqa: F401  (re-export)
+from imnet64.theory.activation_memory import activation_memory_bytes  # noqa: F401  (re-export)
 
 import numpy as np
 

@@ -7,7 +7,7 @@ The three part files depend only on the inputs, the teacher and the options: re-
 shard (after `kill -9`, or with `--force`) writes the same bytes. How long the run took is
 kept out of them, in `part-IIIII-of-NNNNN.timing.json` beside them (written after the
 summary; `read_summary` merges its fields back in for whoever shows rates). The same holds
-for the provenance (imnet64.provenance): the summary records what made it (code, teacher),
+for the provenance (imnet64.cluster.provenance): the summary records what made it (code, teacher),
 the .timing.json where it ran (host, Slurm ids).
 """
 
@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic, provenance
+from imnet64 import atomic
+from imnet64.cluster import provenance
 
 LABELS_DIR = "labels"
-SUMMARY_FORMAT = "imnet64.label-part/1"
-TIMING_FORMAT = "imnet64.label-timing/1"
+SUMMARY_FORMAT = "imnet64.label.run-part/1"
+TIMING_FORMAT = "imnet64.label.run-timing/1"
 TIMING_FIELDS = ("seconds", "images_per_second")
 PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)$")
 # atomic.temp_path_for names temps ".<final name>.<random>.tmp"

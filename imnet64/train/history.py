@@ -14,7 +14,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imnet64 import atomic, provenance
+from imnet64 import atomic
+from imnet64.cluster import provenance
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from functools import partial
 from pathlib import Path
 
 from imnet64 import atomic
+from imnet64.cluster.environment import under_launcher
+from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
 from imnet64.errors import UserError
-from imnet64.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
-from imnet64.world import under_launcher
 
 LAUNCHED_ENV = "IMNET64_SELF_LAUNCHED"
 
@@ -97,7 +97,7 @@ def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
                         "mpirun/srun yourself")
     if importlib.util.find_spec("horovod") is not None:
         # horovodrun, with its own TensorFlow import (a build check) through imnet64's filter
-        runner_cmd = [sys.executable, "-m", "imnet64.horovodrun"]
+        runner_cmd = [sys.executable, "-m", "imnet64.cluster.horovodrun"]
     else:
         runner_cmd = [runner]
     return [*runner_cmd, "--gloo", "-np", str(np_), "-H", f"localhost:{np_}",

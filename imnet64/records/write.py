@@ -34,9 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic, image64, provenance
+from imnet64 import atomic
+from imnet64.cluster import provenance
+from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
-from imnet64.label_source import (
+from imnet64.formats import image64
+from imnet64.formats.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR, VERSION, write_run_sidecar
+from imnet64.records.source import (
     ItemReader,
     Source,
     SourceRef,
@@ -44,8 +48,7 @@ from imnet64.label_source import (
     scan_source,
     source_fingerprint,
 )
-from imnet64.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR, VERSION, write_run_sidecar
-from imnet64.split import (
+from imnet64.records.split import (
     SPLITS,
     Example,
     KeptClass,
@@ -55,7 +58,6 @@ from imnet64.split import (
     select,
     split_examples,
 )
-from imnet64.world import ShardSlot
 
 SIDECAR_DIR = ".shards"
 SHARD_NAME_RE = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.tfrecord$")
@@ -139,7 +141,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dict[int, int]):
-    from imnet64.records import DatasetExample
+    from imnet64.formats.tfrecord_schema import DatasetExample
 
     kept = job.classes[ex.label]
     if job.ref.kind == "labels":
@@ -178,7 +180,7 @@ def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dic
 def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write one shard file and then its sidecar; returns the sidecar's content."""
     import imnet64  # noqa: F401  (worker processes: Keras 2 before TensorFlow)
-    from imnet64.records import serialize_dataset_example
+    from imnet64.formats.tfrecord_schema import serialize_dataset_example
 
     import tensorflow as tf
 

@@ -31,8 +31,8 @@ from typing import TypeVar
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
-from imnet64.manifest import Manifest
-from imnet64.records import CHANNELS, IMAGE_SIZE, make_batch_parser
+from imnet64.formats.manifest import Manifest
+from imnet64.formats.tfrecord_schema import CHANNELS, IMAGE_SIZE, make_batch_parser
 
 import tensorflow as tf
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from imnet64 import provenance
+from imnet64.cluster import provenance
 
 # -- disk estimate -----------------------------------------------------------------------------
 # Bytes per image, measured by serializing imnet64's own records (records.py) for an image
@@ -110,7 +110,7 @@ class TensorFlowInfo:
     onednn_why: str = ""
     xla: str = ""
     error: str | None = None
-    machine: str = ""  # imnet64.machine's line: CPU, vector extensions, cores, memory
+    machine: str = ""  # imnet64.cluster.machine's line: CPU, vector extensions, cores, memory
 
 
 @dataclass
@@ -210,7 +210,7 @@ def _gpu_list_count(value: str | None) -> int | None:
 
 def read_launcher(env: Mapping[str, str], np_: int | None = None) -> Launcher:
     """Who starts the ranks, and this process's place among them, from the environment
-    (what Horovod, OpenMPI and imnet64.world read)."""
+    (what Horovod, OpenMPI and imnet64.cluster.environment read)."""
     host = platform.node()
     node = env.get("SLURMD_NODENAME") or None
     node_list = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
@@ -444,7 +444,13 @@ def probe_horovod(timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
 
 def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
     """TensorFlow facts, and the number of GPUs it lists (None when not imported)."""
-    from imnet64.machine import _cpuinfo, cpu_flags, describe, onednn_state, tensorflow_version
+    from imnet64.cluster.machine import (
+        _cpuinfo,
+        cpu_flags,
+        describe,
+        onednn_state,
+        tensorflow_version,
+    )
 
     info = TensorFlowInfo(tensorflow_version(), False)
     flags = cpu_flags(_cpuinfo())
@@ -649,7 +655,7 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
         np_ = int(np_text) if np_text.isdigit() else None
     tf_info, tf_gpus = read_tensorflow(quick)
     horovod = read_horovod(env, quick)
-    from imnet64.launch import nvidia_smi_gpus
+    from imnet64.cluster.launch import nvidia_smi_gpus
 
     smi = nvidia_smi_gpus() if shutil.which("nvidia-smi") else None
     launcher = read_launcher(env, np_)

@@ -28,29 +28,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from imnet64 import atomic, data, provenance
-from imnet64.checkpointing import Checkpoints, TrainState, one_line
-from imnet64.distributed import World, init_world
-from imnet64.errors import UserError
-from imnet64.history import (
-    CurvePlotter,
-    EpochRecord,
-    TensorBoardLog,
-    load_history,
-    write_history,
-)
-from imnet64.manifest import Manifest, load_manifest
-from imnet64.model import ARCHS, ModelConfig, flops_per_image
-from imnet64.peak_flops import mfu, peak_per_rank
-from imnet64.preemption import (
+from imnet64 import atomic
+from imnet64.cluster import provenance
+from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
     STOP_FILE,
     StopRequest,
     parse_signal,
     stop_signals,
 )
-from imnet64.run_dir import CLASSES, CONFIG
-from imnet64.schedule import Schedule
+from imnet64.cluster.world import World, init_world
+from imnet64.errors import UserError
+from imnet64.formats.manifest import Manifest, load_manifest
+from imnet64.train import input_pipeline as data
+from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
+from imnet64.train.history import (
+    CurvePlotter,
+    EpochRecord,
+    TensorBoardLog,
+    load_history,
+    write_history,
+)
+from imnet64.train.model import ARCHS, ModelConfig, flops_per_image
+from imnet64.train.peak_flops import mfu, peak_per_rank
+from imnet64.train.run_dir import CLASSES, CONFIG
+from imnet64.train.schedule import Schedule
 
 import numpy as np
 import tensorflow as tf

@@ -4,7 +4,7 @@ Stages (each reuses its finished output on a re-run, like the real pipeline):
 offline teacher -> sample images (+ a few broken files) -> label (N shards) ->
 shard-records -> train (Horovod ranks when horovodrun is there) -> evaluate -> export.
 The summary says what happened and checks that the counts add up; it names the machine
-(CPU model and vector extensions, oneDNN, TensorFlow: imnet64.machine) and the wall time of
+(CPU model and vector extensions, oneDNN, TensorFlow: imnet64.cluster.machine) and the wall time of
 this run and of each stage, as measured.
 """
 
@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from imnet64 import atomic, provenance
+from imnet64 import atomic
+from imnet64.cluster import provenance
+from imnet64.cluster.machine import machine_line
 from imnet64.errors import UserError
-from imnet64.machine import machine_line
 
 LogFn = Callable[[str], None]
 SUMMARY = "summary.json"
@@ -59,7 +60,7 @@ class DemoConfig:
 
 def write_broken_files(folder: Path) -> list[Path]:
     """A handful of inputs the label stage must reject with a reason (never crash on)."""
-    from imnet64.sample_images import iter_sample
+    from imnet64.pipeline.sample_images import iter_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     _, image = next(iter_sample(1))
@@ -114,10 +115,10 @@ def _train_finished(run_dir: Path, epochs: int) -> bool:
 
 def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     """Run (or resume) the demo in cfg.workdir; return the summary (also in summary.json)."""
-    from imnet64 import label
-    from imnet64.label_status import label_status
-    from imnet64.sample_images import write_sample
-    from imnet64.shard_records import ShardOptions, shard_records
+    from imnet64.label import run as label
+    from imnet64.label.status import label_status
+    from imnet64.pipeline.sample_images import write_sample
+    from imnet64.records.write import ShardOptions, shard_records
     from imnet64.teacher.offline import ensure_offline_teacher
 
     log = log or (lambda message: None)
@@ -182,7 +183,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     if not _train_finished(run_dir, cfg.epochs):
         args = _train_args(cfg, dataset, run_dir)
         if ranks > 1:
-            from imnet64 import launch
+            from imnet64.cluster import launch
 
             code = launch.run_ranks(ranks, args, run_dir, [signal.SIGUSR1])
             if code:
@@ -190,14 +191,14 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
                                 f"(re-run the demo to resume from {run_dir})")
         else:
             _train_in_process(cfg, dataset, run_dir)
-    from imnet64.history import load_history
+    from imnet64.train.history import load_history
 
     history = load_history(run_dir)
     rates["train"] = history[-1].images_per_s if history else None
     stage_done("train")
 
     log("6/7 evaluate on the validation split")
-    from imnet64.evaluate import evaluate_run
+    from imnet64.train.evaluate import evaluate_run
 
     started = time.monotonic()
     evaluation = evaluate_run(run_dir, split="val")
@@ -205,7 +206,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     stage_done("evaluate")
 
     log("7/7 export a SavedModel (uint8 64x64x3 in, probabilities out)")
-    from imnet64.export import export_run
+    from imnet64.train.export import export_run
 
     if not (export_dir / "saved_model.pb").exists():
         export_run(run_dir, export_dir)
@@ -223,7 +224,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
 
 
 def _train_in_process(cfg: DemoConfig, dataset: Path, run_dir: Path) -> None:
-    from imnet64.train import TrainConfig, train
+    from imnet64.train.loop import TrainConfig, train
 
     result = train(TrainConfig(
         run_dir=str(run_dir), dataset=str(dataset), epochs=cfg.epochs,
@@ -239,8 +240,8 @@ def _summarise(cfg, status, manifest, evaluation, rates, run_dir: Path, export_d
     reasons: collections.Counter[str] = collections.Counter()
     rejects: list[dict[str, str]] = []
     histogram: collections.Counter[str] = collections.Counter()
-    from imnet64.label import read_csv_rows
-    from imnet64.label_parts import part_paths
+    from imnet64.formats.label_parts import part_paths
+    from imnet64.label.run import read_csv_rows
 
     for shard in status.shards:
         for reject in (shard.summary or {}).get("rejects", []):

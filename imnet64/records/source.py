@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-from imnet64 import provenance
-from imnet64.class_names import imagenet_class_names, safe_folder_name
+from imnet64.cluster import provenance
 from imnet64.errors import UserError
-from imnet64.inputs import is_image_name
-from imnet64.label_parts import LABELS_DIR, PART_RE, part_stem
-from imnet64.label_status import label_status
-from imnet64.tfrecord_file import RecordFileError, iter_records, read_record_at
+from imnet64.formats.class_names import imagenet_class_names, safe_folder_name
+from imnet64.formats.label_parts import LABELS_DIR, PART_RE, part_stem
+from imnet64.formats.tfrecord_file import RecordFileError, iter_records, read_record_at
+from imnet64.label.inputs import is_image_name
+from imnet64.label.status import label_status
 
 # A 64x64 image never needs more than this in a shard (raw pixels + PNG overhead); used to
 # estimate shard sizes of sources holding bigger files that will be resized.
@@ -160,7 +160,9 @@ def source_fingerprint(source: Path, allow_partial: bool) -> str:
 
 
 def scan_labels(folder: Path, allow_partial: bool) -> Source:
-    from imnet64.records import parse_labeled  # TensorFlow only when really scanning
+    from imnet64.formats.tfrecord_schema import (
+        parse_labeled,  # TensorFlow only when really scanning
+    )
 
     parts = find_parts(folder)
     _check_parts(parts, allow_partial)
@@ -347,7 +349,7 @@ class ItemReader:
     def read(self, item: SourceItem):
         """The label record (records.LabeledImage) for a label source, else the file bytes."""
         if self.ref.kind == "labels":
-            from imnet64.records import parse_labeled
+            from imnet64.formats.tfrecord_schema import parse_labeled
 
             f = self._open.get(item.part)
             if f is None:

@@ -41,7 +41,7 @@ Outputs of one shard (see label_parts): the TFRecord and CSV are written to temp
 and renamed when complete; the JSON summary is written last and marks the shard done. Their
 bytes depend only on the inputs, the teacher, top-k and the batch size (no timestamps, no
 timings: those go to the .timing.json beside them), so a run killed with `kill -9` and
-re-run gives the same files as an uninterrupted run. Their provenance (imnet64.provenance)
+re-run gives the same files as an uninterrupted run. Their provenance (imnet64.cluster.provenance)
 is split the same way: code and teacher in the .json, host and Slurm ids in the .timing.json.
 Names in the CSV and the summary are valid UTF-8 even when the file names are not
 (inputs.escape_name).
@@ -63,11 +63,20 @@ from pathlib import Path
 from typing import Any
 
 import imnet64
-from imnet64 import atomic, provenance
-from imnet64.batch_reader import BatchReader, Reserve
+from imnet64 import atomic
+from imnet64.cluster import provenance
 from imnet64.errors import UserError
-from imnet64.image_decode import NATIVE_SIZE, decode_image, to_native_size
-from imnet64.inputs import (
+from imnet64.formats.label_parts import (
+    CSV_HEADER,
+    SUMMARY_FORMAT,
+    TIMING_FORMAT,
+    PartPaths,
+    part_paths,
+    read_summary,
+)
+from imnet64.label.batch_reader import BatchReader, Reserve
+from imnet64.label.image_decode import NATIVE_SIZE, decode_image, to_native_size
+from imnet64.label.inputs import (
     InputReadError,
     InputSet,
     escape_name,
@@ -75,14 +84,6 @@ from imnet64.inputs import (
     open_inputs,
     shard_range,
     unescape_name,
-)
-from imnet64.label_parts import (
-    CSV_HEADER,
-    SUMMARY_FORMAT,
-    TIMING_FORMAT,
-    PartPaths,
-    part_paths,
-    read_summary,
 )
 
 ProgressFn = Callable[[int, int], None]
@@ -349,7 +350,7 @@ def label_shard(
 
     Overwrites the shard's part files (the caller decides whether a done shard is redone).
     """
-    from imnet64.records import LabeledImage, serialize_labeled
+    from imnet64.formats.tfrecord_schema import LabeledImage, serialize_labeled
 
     import numpy as np
     import tensorflow as tf
@@ -563,7 +564,7 @@ def run(
                                 f"{e.strerror or e}{where}") from None
             skipped = False
         if export_dir is not None:
-            from imnet64.export_folders import export_folders
+            from imnet64.label.export_folders import export_folders
 
             rows = read_csv_rows(plan.paths.csv)
             try:

@@ -13,7 +13,7 @@ Both are written to a temporary folder/file next to OUT, reloaded and checked (o
 to the in-memory model's to 1e-6 on real images of the run's val split when the dataset is
 there, else on fixed random images), and only then renamed to OUT.
 
-What made the model (imnet64.provenance: code, host, job, and the teacher of the labels it
+What made the model (imnet64.cluster.provenance: code, host, job, and the teacher of the labels it
 learned from), the run and checkpoint it came from are in `OUT/imnet64_model.json` for a
 SavedModel (inside the folder; TF ignores it) and in `OUT.json` beside a .keras file.
 """
@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from imnet64 import atomic, provenance
+from imnet64 import atomic
+from imnet64.cluster import provenance
 from imnet64.errors import UserError
-from imnet64.model import ENCODER_OUTPUT
-from imnet64.run_dir import TrainedRun, load_trained_run
+from imnet64.train.model import ENCODER_OUTPUT
+from imnet64.train.run_dir import TrainedRun, load_trained_run
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +41,7 @@ FORMATS = ("savedmodel", "keras")
 TOLERANCE = 1e-6
 CLASS_NAMES_ASSET = "class_names.txt"
 METADATA_FILE = "imnet64_model.json"  # inside a SavedModel folder; OUT.json beside a .keras
-METADATA_FORMAT = "imnet64.export/1"
+METADATA_FORMAT = "imnet64.train.export/1"
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,8 @@ class ServingModule(tf.Module):
 def _check_images(dataset: Path, n: int = 64) -> np.ndarray:
     """Real images from the run's val split if the dataset is there, else fixed random ones."""
     try:
-        from imnet64.data import training_dataset
-        from imnet64.manifest import load_manifest
+        from imnet64.formats.manifest import load_manifest
+        from imnet64.train.input_pipeline import training_dataset
 
         manifest = load_manifest(dataset)
         split = "val" if "val" in manifest.splits else next(iter(manifest.splits))

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imnet64 import atomic
-from imnet64.class_names import safe_folder_name
-from imnet64.inputs import InputReadError, InputSet
+from imnet64.formats.class_names import safe_folder_name
+from imnet64.label.inputs import InputReadError, InputSet
 
 SEPARATOR = "__"
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imnet64.errors import UserError
-from imnet64.label_source import MAX_IMAGE_ESTIMATE, ClassKey, Source, SourceItem
+from imnet64.records.source import MAX_IMAGE_ESTIMATE, ClassKey, Source, SourceItem
 
 SPLITS = ("train", "val")
 RAW_IMAGE_BYTES = 64 * 64 * 3

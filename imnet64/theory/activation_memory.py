@@ -21,7 +21,7 @@ ARCHES = ("plain", "residual")
 class SavedTensor:
     """One forward tensor held for the backward pass."""
 
-    layer: str  # the layer of imnet64.model that outputs it ("xent": the fused loss op)
+    layer: str  # the layer of imnet64.train.model that outputs it ("xent": the fused loss op)
     shape: tuple[int, ...]  # batch first
     why: str  # which gradient reads it
     level: int | None = None  # encoder level (None: input or head)
@@ -55,7 +55,7 @@ def saved_tensors(
 ) -> list[SavedTensor]:
     """Every feature map a training step of our encoder keeps for backward (no recompute).
 
-    The encoder (imnet64.model): scale to [0, 1] -> levels of ``repeats[i]`` blocks of width
+    The encoder (imnet64.train.model): scale to [0, 1] -> levels of ``repeats[i]`` blocks of width
     ``widths[i]`` with a 3x3/2 max pool between levels -> global average pool -> dense logits
     -> fused softmax cross-entropy.
       plain block:    x -> conv (no bias) -> batch norm -> ReLU

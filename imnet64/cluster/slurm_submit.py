@@ -212,7 +212,7 @@ def _check_template(lines: list[str]) -> None:
 def templates_dir() -> Path:
     """slurm/ of the checkout imnet64 runs from, or $IMNET64_SLURM_TEMPLATES."""
     env = os.environ.get("IMNET64_SLURM_TEMPLATES")
-    folder = Path(env) if env else Path(__file__).resolve().parents[1] / "slurm"
+    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "slurm"
     if not (folder / TEMPLATE_FILES["train"]).is_file():
         raise UserError(
             f"Slurm templates not found in {folder}: set IMNET64_SLURM_TEMPLATES to the "
@@ -423,7 +423,7 @@ def log_option(stage: str, log_dir: str | os.PathLike) -> str:
 
 def missing_label_shards(label_dir: str | os.PathLike, num_shards: int) -> list[int]:
     """Shard indexes of `label_dir` that are not done (missing or partial)."""
-    from imnet64.label_status import label_status
+    from imnet64.label.status import label_status
 
     if not Path(label_dir).is_dir():
         return list(range(num_shards))
@@ -588,7 +588,7 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
         # 0: a CPU-only cluster, where any GPU request would be refused
         job.sbatch["--gpus-per-node"] = str(gpus_per_node) if gpus_per_node else None
     if signal is not None:
-        from imnet64.preemption import parse_signal
+        from imnet64.cluster.preemption import parse_signal
 
         check_text("--signal", signal)
         try:

@@ -1,4 +1,4 @@
-"""`python -m imnet64.horovodrun ARGS`: Horovod's `horovodrun ARGS`, without TensorFlow's
+"""`python -m imnet64.cluster.horovodrun ARGS`: Horovod's `horovodrun ARGS`, without TensorFlow's
 CUDA-plugin start-up lines.
 
 Before starting the ranks, horovodrun checks that Horovod was built with Gloo/MPI by

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from imnet64 import atomic, provenance
-from imnet64.data import training_dataset
+from imnet64 import atomic
+from imnet64.cluster import provenance
 from imnet64.errors import UserError
-from imnet64.manifest import load_manifest
-from imnet64.run_dir import load_trained_run
+from imnet64.formats.manifest import load_manifest
+from imnet64.train.input_pipeline import training_dataset
+from imnet64.train.run_dir import load_trained_run
 
 import numpy as np
 import tensorflow as tf
@@ -54,7 +55,7 @@ class Evaluation:
     k: int  # the k of "top5" (fewer than 5 classes: all of them)
     per_class: list[ClassScore]
     most_confused: list[Confusion]
-    # this evaluation (imnet64.provenance), and the run's: what trained the model
+    # this evaluation (imnet64.cluster.provenance), and the run's: what trained the model
     provenance: dict[str, Any] = field(default_factory=dict)
     run_provenance: dict[str, Any] | None = None
 

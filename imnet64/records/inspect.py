@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from imnet64.manifest import Manifest, dataset_provenance
-from imnet64.tfrecord_file import RecordFileError, count_records
+from imnet64.formats.manifest import Manifest, dataset_provenance
+from imnet64.formats.tfrecord_file import RecordFileError, count_records
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Summary:
     splits: list[SplitSummary]
     classes: list[ClassRow]
     options: dict = field(default_factory=dict)
-    provenance: dict | None = None  # imnet64.provenance of the dataset (None: not recorded)
+    provenance: dict | None = None  # imnet64.cluster.provenance of the dataset (None: not recorded)
 
     @property
     def examples(self) -> int:

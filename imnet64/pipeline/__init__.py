@@ -1,0 +1,4 @@
+"""Whole-pipeline orchestration above the stages.
+
+The demo, its sample images, doctor.
+"""
