@@ -7,7 +7,7 @@ The three part files depend only on the inputs, the teacher and the options: re-
 shard (after `kill -9`, or with `--force`) writes the same bytes. How long the run took is
 kept out of them, in `part-IIIII-of-NNNNN.timing.json` beside them (written after the
 summary; `read_summary` merges its fields back in for whoever shows rates). The same holds
-for the provenance (imnet64.cluster.provenance): the summary records what made it (code, teacher),
+for the provenance (imnet64.formats.provenance): the summary records what made it (code, teacher),
 the .timing.json where it ran (host, Slurm ids).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic
-from imnet64.cluster import provenance
+from imnet64.formats import provenance
 
 LABELS_DIR = "labels"
 SUMMARY_FORMAT = "imnet64.label.run-part/1"

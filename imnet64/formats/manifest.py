@@ -17,7 +17,7 @@ Written by `imnet64 shard-records` (last, atomically); read by training, evaluat
   "teacher": "...",            # the teacher that made the labels
   "source": "...",             # what shard-records read
   "options": {...},            # the options that made it
-  "provenance": {...}          # code and teacher (imnet64.cluster.provenance.STABLE_FIELDS)
+  "provenance": {...}          # code and teacher (imnet64.formats.provenance.STABLE_FIELDS)
 }
 
 dataset.json is the same bytes for any --num-workers or number of ranks, so where it was
@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic
 from imnet64.atomic import sha256_file  # noqa: F401  (imported from here by other modules)
-from imnet64.cluster import provenance
 from imnet64.errors import UserError
+from imnet64.formats import provenance
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "imnet64-dataset"
@@ -146,13 +147,15 @@ def manifest_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / MANIFEST_NAME
 
 
-def write_run_sidecar(dataset_dir: str | Path) -> None:
-    """dataset.run.json for the dataset.json just written by this process."""
+def write_run_sidecar(dataset_dir: str | Path, made_by: Mapping[str, Any]) -> None:
+    """dataset.run.json for the dataset.json just written by this process; `made_by` is
+    the provenance collected for it (imnet64.cluster.provenance.collect), of which the
+    run fields are kept."""
     root = Path(dataset_dir)
     atomic.write_json(root / RUN_SIDECAR, {
         "format": RUN_FORMAT,
         "manifest_sha256": sha256_file(root / MANIFEST_NAME),
-        provenance.KEY: provenance.run_part(provenance.collect()),
+        provenance.KEY: provenance.run_part(made_by),
     })
 
 

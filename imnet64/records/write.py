@@ -664,7 +664,7 @@ def shard_records(
         scanned, selection.classes, plans, sidecars, options, selection.dropped
     )
     atomic.write_json(out_dir / MANIFEST_NAME, manifest)
-    write_run_sidecar(out_dir)  # where it was written: not in the byte-identical manifest
+    write_run_sidecar(out_dir, provenance.collect())  # run fields: not in dataset.json
     kept = _remove_stale_outputs(out_dir, set(hashes), recorded)
     if kept:
         result.messages.append(
