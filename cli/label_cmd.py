@@ -8,6 +8,13 @@ import os
 
 from imnet64.cluster.environment import ShardSlot, shard_slot
 from imnet64.errors import UserError
+from imnet64.label.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_READ_THREADS,
+    DEFAULT_TOP_K,
+    MAX_READ_THREADS,
+    LabelOptions,
+)
 
 import click
 
@@ -74,15 +81,16 @@ def _shard(index: int | None, count: int | None) -> ShardSlot:
 @click.option("--shard-index", type=int, default=None, metavar="I",
               help="This shard, 0..N-1. Default: SLURM_ARRAY_TASK_ID (relative to "
                    "SLURM_ARRAY_TASK_MIN), SLURM_PROCID, 0.")
-@click.option("--batch-size", type=int, default=64, show_default=True, metavar="B")
-@click.option("--top-k", type=int, default=5, show_default=True, metavar="K",
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, metavar="B")
+@click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True, metavar="K",
               help="Teacher top-k ids and probabilities kept per image (soft labels).")
 @click.option("--force", is_flag=True, help="Relabel a shard even if its summary exists.")
 @click.option("--export-folders", "export_dir", type=click.Path(path_type=str),
               default=None, metavar="DIR",
               help="Also lay out DIR/<class>/<file> as symlinks to the inputs (never moves).")
 @click.option("--copy", is_flag=True, help="With --export-folders: copy instead of linking.")
-@click.option("--read-threads", type=click.IntRange(1, 64), default=4, show_default=True,
+@click.option("--read-threads", type=click.IntRange(1, MAX_READ_THREADS),
+              default=DEFAULT_READ_THREADS, show_default=True,
               help="Threads reading and decoding files (hide file-system latency).")
 @click.option("--progress-every", type=float, default=30.0, show_default=True, metavar="S",
               help="Seconds between progress lines when not on a terminal.")
@@ -104,24 +112,14 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
     slot = _shard(shard_index, num_shards)
     # None = the teacher package's default (the TF Hub handle), resolved only if needed, so a
     # skipped shard or a bad option never imports TensorFlow
-    spec = teacher_spec or os.environ.get("IMNET64_TEACHER") or None
+    options = LabelOptions(
+        teacher_spec=teacher_spec or os.environ.get("IMNET64_TEACHER") or None,
+        batch_size=batch_size, top_k=top_k, read_threads=read_threads, force=force,
+        export_dir=export_dir, copy=copy)
     with contextlib.ExitStack() as stack:
         update = _ProgressOnFirstUse(stack, f"label {slot.index}/{slot.count}", progress_every)
-        summary, skipped = run(
-            input_path,
-            out_dir,
-            teacher_spec=spec,
-            index=slot.index,
-            count=slot.count,
-            batch_size=batch_size,
-            top_k=top_k,
-            force=force,
-            read_threads=read_threads,
-            export_dir=export_dir,
-            copy=copy,
-            progress=update,
-            log=_log,
-        )
+        summary, skipped = run(input_path, out_dir, options, index=slot.index,
+                               count=slot.count, progress=update, log=_log)
     if skipped:
         return
     rate = summary.get("images_per_second")

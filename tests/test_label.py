@@ -19,6 +19,7 @@ from imnet64.formats.label_parts import part_paths, read_summary
 from imnet64.formats.tfrecord_schema import parse_labeled
 from imnet64.label.image_decode import decode_image
 from imnet64.label.inputs import open_inputs
+from imnet64.label.options import LabelOptions
 from imnet64.label.run import PROBABILITY_TOLERANCE as TOLERANCE
 from imnet64.label.run import plan_shard, read_csv_rows, run
 from imnet64.label.status import label_status
@@ -62,11 +63,10 @@ def labels_of(out_dir: Path, count: int = 1) -> dict[str, tuple[int, float]]:
     return out
 
 
-def label(input_path, out_dir, teacher, **kw):
-    kw.setdefault("index", 0)
-    kw.setdefault("count", 1)
-    kw.setdefault("batch_size", 8)
-    return run(input_path, out_dir, teacher_spec="offline", teacher=teacher, **kw)
+def label(input_path, out_dir, teacher, *, index=0, count=1, **options):
+    options.setdefault("batch_size", 8)
+    return run(input_path, out_dir, LabelOptions(teacher_spec="offline", **options),
+               index=index, count=count, teacher=teacher)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -374,8 +374,8 @@ def test_export_folders_links_or_copies_and_leaves_inputs_unchanged(photos, teac
     assert entry.is_symlink() and entry.resolve() == (photos / some).resolve()
 
     # a re-run with --copy (shard already done: no relabeling) replaces links by copies
-    summary2, skipped = run(photos, tmp_path / "out", teacher_spec="/no/teacher/needed",
-                            index=0, count=1, export_dir=export, copy=True)
+    summary2, skipped = run(photos, tmp_path / "out", LabelOptions(
+        teacher_spec="/no/teacher/needed", export_dir=export, copy=True), index=0, count=1)
     assert skipped and summary2 == summary
     assert not [p for p in export.rglob("*") if p.is_symlink()]
     assert entry.read_bytes() == (photos / some).read_bytes()
@@ -394,7 +394,8 @@ def test_rerun_skips_fast_and_force_redoes(photos, teacher, tmp_path):
     stamp = summary_file.stat().st_mtime_ns
     start = time.monotonic()
     # a teacher that cannot load proves the skip never touches it
-    again, skipped = run(photos, out, teacher_spec="/no/such/teacher", index=1, count=3)
+    again, skipped = run(photos, out, LabelOptions(teacher_spec="/no/such/teacher"),
+                         index=1, count=3)
     assert skipped and again == first and time.monotonic() - start < 2.0
     assert summary_file.stat().st_mtime_ns == stamp
     redone, skipped = label(photos, out, teacher, index=1, count=3, force=True)
@@ -407,7 +408,7 @@ def test_rerun_skips_fast_and_force_redoes(photos, teacher, tmp_path):
     extra.write_bytes((photos / "000" / sorted(os.listdir(photos / "000"))[0]).read_bytes())
     try:
         with pytest.raises(UserError, match="--force"):
-            run(photos, out, teacher_spec="/no/such/teacher", index=1, count=3)
+            run(photos, out, LabelOptions(teacher_spec="/no/such/teacher"), index=1, count=3)
     finally:
         extra.unlink()
 

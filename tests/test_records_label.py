@@ -18,6 +18,7 @@ from records_support import read_dataset, read_labeled_parts
 
 @pytest.mark.slow
 def test_label_output_to_shards(tmp_path):
+    from imnet64.label.options import LabelOptions
     from imnet64.label.run import run
     from imnet64.teacher import load_teacher
 
@@ -28,7 +29,8 @@ def test_label_output_to_shards(tmp_path):
     teacher = load_teacher("offline")
     out = tmp_path / "labels"
     summaries = [
-        run(photos, out, teacher_spec="offline", teacher=teacher, index=i, count=2, batch_size=8)[0]
+        run(photos, out, LabelOptions(teacher_spec="offline", batch_size=8), index=i, count=2,
+            teacher=teacher)[0]
         for i in range(2)
     ]
     assert sum(s["rejected"] for s in summaries) == 1

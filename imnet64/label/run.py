@@ -85,26 +85,17 @@ from imnet64.label.inputs import (
     shard_range,
     unescape_name,
 )
+from imnet64.label.options import LabelOptions
 
 ProgressFn = Callable[[int, int], None]
 LogFn = Callable[[str], None]
 
-DEFAULT_BATCH_SIZE = 64
 # How far a probability may move when the same image is labeled in another batch (see the
 # module docstring): the promise the tests hold on every x86-64 CPU, oneDNN on or off.
 PROBABILITY_TOLERANCE = 1e-5
-DEFAULT_TOP_K = 5
-# Threads reading + decoding files. Decoding a 64x64 PNG takes ~0.1 ms; the threads are
-# there to hide file-system latency (Lustre/GPFS opens take milliseconds).
-DEFAULT_READ_THREADS = 4
 # Images larger than this on a side are first shrunk by an integer factor (a cheap box
 # filter) before the bilinear resize to 64x64, so one odd 8000x8000 photo costs little.
 MAX_DECODE_SIDE = 1024
-# Bytes the reading threads may hold at once: files being read plus images being decoded
-# (batch_reader.ByteBudget). Without it, peak memory grew with near-limit images (64 MB
-# files, 64 Mpx images: ~0.8 GB per decode) times --read-threads; an input larger than
-# the budget is read while the others wait.
-DEFAULT_READ_BUDGET = 256 * 2**20
 # An input's original bytes wait in memory from decoding to writing (about three batches
 # later) if the file is at most this large; a larger one is read again when its record is
 # written, and must be unchanged. So the read-ahead holds at most ~4 batches x this
@@ -337,12 +328,7 @@ def _file_facts(path: Path) -> dict[str, Any]:
 def label_shard(
     plan: ShardPlan,
     teacher,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    top_k: int = DEFAULT_TOP_K,
-    read_threads: int = DEFAULT_READ_THREADS,
-    read_budget: int = DEFAULT_READ_BUDGET,
-    teacher_spec: str | None = None,
+    options: LabelOptions,
     progress: ProgressFn | None = None,
     log: LogFn | None = None,
 ) -> dict[str, Any]:
@@ -355,10 +341,8 @@ def label_shard(
     import numpy as np
     import tensorflow as tf
 
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    if not 1 <= top_k <= teacher.num_classes:
-        raise UserError(f"--top-k must be in 1..{teacher.num_classes} (got {top_k})")
+    options.check(teacher.num_classes)
+    batch_size, top_k = options.batch_size, options.top_k
     log = log or (lambda message: None)
     progress = progress or (lambda done, total: None)
     inputs, paths = plan.inputs, plan.paths
@@ -378,8 +362,8 @@ def label_shard(
 
         side = _SideTable()
         batches = stack.enter_context(
-            BatchReader(total, _loader(inputs, side), batch_size, threads=read_threads,
-                        byte_budget=read_budget))
+            BatchReader(total, _loader(inputs, side), batch_size, threads=options.read_threads,
+                        byte_budget=options.read_budget))
         predict = _predictor(teacher, top_k)
         labeled = 0
         start = time.monotonic()
@@ -451,7 +435,7 @@ def label_shard(
             "first_input": escape_name(inputs.names[0]) if total else None,
             "last_input": escape_name(inputs.names[-1]) if total else None,
             "teacher": teacher.name,
-            "teacher_spec": teacher_spec,
+            "teacher_spec": options.teacher_spec,
             "num_classes": teacher.num_classes,
             "top_k": top_k,
             "batch_size": batch_size,
@@ -486,25 +470,20 @@ def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
 def run(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
+    options: LabelOptions,
     *,
-    teacher_spec: str | None,
-    teacher: Any = None,
     index: int,
     count: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    top_k: int = DEFAULT_TOP_K,
-    force: bool = False,
-    read_threads: int = DEFAULT_READ_THREADS,
-    export_dir: str | os.PathLike | None = None,
-    copy: bool = False,
+    teacher: Any = None,
     progress: ProgressFn | None = None,
     log: LogFn | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """The whole `imnet64 label` for one shard. Returns (summary, skipped).
 
-    The teacher is loaded from `teacher_spec` only if the shard has work to do, unless a
-    loaded `teacher` is passed (to label several shards in one process).
+    The teacher is loaded from `options.teacher_spec` only if the shard has work to do,
+    unless a loaded `teacher` is passed (to label several shards in one process).
     """
+    teacher_spec, force, export_dir = options.teacher_spec, options.force, options.export_dir
     log = log or (lambda message: None)
     # Outputs first: a folder that cannot be written is found in milliseconds, not after
     # reading INPUT and loading the teacher. A shard already done may still be skipped
@@ -548,16 +527,7 @@ def run(
                 teacher = load_teacher(teacher_spec)
             log(f"teacher: {teacher.name}")
             try:
-                summary = label_shard(
-                    plan,
-                    teacher,
-                    batch_size=batch_size,
-                    top_k=top_k,
-                    read_threads=read_threads,
-                    teacher_spec=teacher_spec,
-                    progress=progress,
-                    log=log,
-                )
+                summary = label_shard(plan, teacher, options, progress, log)
             except OSError as e:  # e.g. the disk filled up: inputs never raise (rejects)
                 where = f" ({e.filename})" if e.filename else ""
                 raise UserError(f"cannot write label outputs to {plan.paths.folder}: "
@@ -568,7 +538,7 @@ def run(
 
             rows = read_csv_rows(plan.paths.csv)
             try:
-                made = export_folders(plan.inputs, rows, export_dir, copy=copy)
+                made = export_folders(plan.inputs, rows, export_dir, copy=options.copy)
             except OSError as e:
                 raise UserError(f"cannot write --export-folders to {export_dir}: "
                                 f"{e.strerror or e} ({e.filename})") from None

@@ -116,6 +116,7 @@ def _train_finished(run_dir: Path, epochs: int) -> bool:
 def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     """Run (or resume) the demo in cfg.workdir; return the summary (also in summary.json)."""
     from imnet64.label import run as label
+    from imnet64.label.options import LabelOptions
     from imnet64.label.status import label_status
     from imnet64.pipeline.sample_images import write_sample
     from imnet64.records.write import ShardOptions, shard_records
@@ -156,8 +157,8 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
 
         teacher = load_teacher(teacher_spec)
     for index in range(cfg.shards):
-        summary, skipped = label.run(images, labels, teacher_spec=teacher_spec, teacher=teacher,
-                                     index=index, count=cfg.shards)
+        summary, skipped = label.run(images, labels, LabelOptions(teacher_spec=teacher_spec),
+                                     index=index, count=cfg.shards, teacher=teacher)
         log(f"    shard {index}: {summary['labeled']} labeled, {summary['rejected']} rejected"
             + (" (reused)" if skipped else f", {summary['images_per_second']:.1f} images/s"))
     del teacher
