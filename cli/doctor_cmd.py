@@ -14,7 +14,7 @@ def _yes_no(value: bool | None) -> str:
 
 
 def _show(report) -> None:
-    from imnet64.cluster import provenance
+    from imnet64.formats import provenance
     from imnet64.pipeline.doctor import _size
 
     from rich.console import Console

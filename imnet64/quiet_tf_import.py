@@ -98,9 +98,10 @@ def _list_devices(tf) -> None:
         tf.config.list_physical_devices()
 
 
-def install() -> None:
-    """Filter TensorFlow's first import, unless it already happened or the user opted out."""
-    if "tensorflow" in sys.modules or os.environ.get("IMNET64_TF_STARTUP_LOGS") == "1":
+def install(keep_logs: bool = False) -> None:
+    """Filter TensorFlow's first import, unless it already happened or the user opted out
+    (`keep_logs`: IMNET64_TF_STARTUP_LOGS=1, read by imnet64.cluster.startup)."""
+    if "tensorflow" in sys.modules or keep_logs:
         return
     if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowFinder())

@@ -1,6 +1,7 @@
-"""Every output imnet64 writes records what produced it (imnet64.cluster.provenance): one small real
-demo run (real photos, the real offline teacher, label, shard-records, training, evaluate,
-export, summary) in this process, then each output kind is read the way its readers do."""
+"""Every output imnet64 writes records what produced it (imnet64.formats.provenance, filled
+in by imnet64.cluster.provenance): one small real demo run (real photos, the real offline
+teacher, label, shard-records, training, evaluate, export, summary) in this process, then each
+output kind is read the way its readers do."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import imnet64
 from imnet64 import atomic
-from imnet64.cluster import provenance
+from imnet64.cluster import provenance as collecting
+from imnet64.cluster.environment import IMAGE_ID_VAR, Environment
+from imnet64.formats import provenance
+from imnet64.teacher.fingerprint import teacher_sha256
 from imnet64.teacher.offline import WEIGHTS_SHA256
 
 import pytest
@@ -27,15 +31,15 @@ def demo_work(tmp_path_factory, offline_teacher_dir) -> Path:
     cfg = DemoConfig(workdir=str(work), images=48, shards=2, classes=2, val_fraction=0.25,
                      epochs=2, warmup_epochs=1.0, batch_size=8, ranks=1, widths=(8, 8, 8),
                      repeats=(1, 1, 1))
-    previous = os.environ.get(provenance.IMAGE_ID_ENV)
-    os.environ[provenance.IMAGE_ID_ENV] = IMAGE_ID  # as our Dockerfile sets it
+    previous = os.environ.get(IMAGE_ID_VAR)
+    os.environ[IMAGE_ID_VAR] = IMAGE_ID  # as our Dockerfile sets it
     try:
         run_demo(cfg)
     finally:
         if previous is None:
-            os.environ.pop(provenance.IMAGE_ID_ENV, None)
+            os.environ.pop(IMAGE_ID_VAR, None)
         else:
-            os.environ[provenance.IMAGE_ID_ENV] = previous
+            os.environ[IMAGE_ID_VAR] = previous
     return work
 
 
@@ -91,7 +95,7 @@ def test_every_output_kind_records_its_provenance(demo_work, kind):
     assert fields["python"] == platform.python_version()
     assert fields["tensorflow"] == metadata.version("tensorflow")
     assert fields["horovod"] == metadata.version("horovod")
-    assert fields["git_commit"] == provenance.git_commit()
+    assert fields["git_commit"] == collecting.git_commit()
     assert fields["container_image"] == IMAGE_ID
     # the labels' teacher travels with every later output: dataset, run, model, summary
     assert Path(fields["teacher"]).name == "mobilenet_v2_torchvision"
@@ -110,30 +114,41 @@ def test_a_saved_model_teacher_is_hashed_over_its_files_and_cached(tmp_path, mon
     model = tmp_path / "model"
     shutil.copytree(offline_teacher_dir, model)
     (model / METADATA_FILE).unlink()  # not the offline teacher: any SavedModel folder
-    first = provenance.teacher_sha256(model)
+    first = teacher_sha256(model)
     assert first and first != WEIGHTS_SHA256
     assert len(list((tmp_path / "home" / "cache" / "teacher-sha256").iterdir())) == 1
-    assert provenance.teacher_sha256(model) == first  # from the cache
+    assert teacher_sha256(model) == first  # from the cache
     variables = next((model / "variables").glob("*.data-*"))
     data = bytearray(variables.read_bytes())
     data[-1] ^= 1
     variables.write_bytes(bytes(data))  # other weights: another sha256 (not the cached one)
-    assert provenance.teacher_sha256(model) not in (None, first)
-    assert provenance.teacher_sha256(tmp_path / "nothing-here") is None
+    assert teacher_sha256(model) not in (None, first)
+    assert teacher_sha256(tmp_path / "nothing-here") is None
+
+
+def test_collect_gives_every_field_in_the_schema_order():
+    environment = Environment.read({"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "10",
+                                    "SLURM_ARRAY_TASK_ID": "2", IMAGE_ID_VAR: "img:1"})
+    fields = collecting.collect("offline", "ab" * 32, environment)
+    assert tuple(fields) == provenance.FIELDS
+    assert (fields["slurm_job_id"], fields["slurm_array_job_id"],
+            fields["slurm_array_task_id"], fields["slurm_step_id"]) == ("12", "10", "2", None)
+    assert fields["container_image"] == "img:1"
+    assert provenance.lines(fields)[-1].endswith("Slurm job 10_2")
 
 
 def test_git_commit_is_read_without_git(tmp_path):
     git = tmp_path / ".git"
     (git / "refs" / "heads").mkdir(parents=True)
     (git / "HEAD").write_text("ref: refs/heads/main\n")
-    assert provenance.git_commit(tmp_path) is None  # a branch without a commit yet
+    assert collecting.git_commit(tmp_path) is None  # a branch without a commit yet
     (git / "packed-refs").write_text(f"# pack-refs\n{'a' * 40} refs/heads/main\n")
-    assert provenance.git_commit(tmp_path) == "a" * 40
+    assert collecting.git_commit(tmp_path) == "a" * 40
     (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
-    assert provenance.git_commit(tmp_path) == "b" * 40  # a loose ref wins
+    assert collecting.git_commit(tmp_path) == "b" * 40  # a loose ref wins
     (git / "HEAD").write_text("c" * 40 + "\n")  # detached
-    assert provenance.git_commit(tmp_path) == "c" * 40
-    assert provenance.git_commit(tmp_path / "elsewhere") is None
+    assert collecting.git_commit(tmp_path) == "c" * 40
+    assert collecting.git_commit(tmp_path / "elsewhere") is None
 
 
 @pytest.mark.slow

@@ -1,18 +1,52 @@
-"""Who am I: Slurm array task / rank facts, read in exactly one place.
+"""Who am I and what was I told: the one reader (and writer) of the process environment.
 
-Command-line options override these; without Slurm everything defaults to one process.
+Like submitit's JobEnvironment: `Environment.read()` takes the variables imnet64 cares
+about from a mapping (default os.environ) once, into typed fields. Nothing else in imnet64
+reads os.environ (tests/test_layering.py checks it); code outside imnet64.cluster asks an
+Environment. Command-line options override these; without Slurm everything defaults to one
+process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+# the variables imnet64 itself defines
+TEACHER_VAR = "IMNET64_TEACHER"  # the teacher when none is given
+HOME_VAR = "IMNET64_HOME"  # where built artefacts are cached (default ~/.cache/imnet64)
+IMAGE_ID_VAR = "IMNET64_IMAGE_ID"  # set by our Dockerfile: the container image's id
+TF_STARTUP_LOGS_VAR = "IMNET64_TF_STARTUP_LOGS"  # "1": keep TensorFlow's start-up chatter
+SELF_LAUNCHED_VAR = "IMNET64_SELF_LAUNCHED"  # "1" in ranks `train --np N` started
+STARTED_AT_VAR = "IMNET64_STARTED_AT"  # the launching process's start time, for its ranks
+SLURM_TEMPLATES_VAR = "IMNET64_SLURM_TEMPLATES"  # the slurm/ folder of a checkout
+TFHUB_CACHE_VAR = "TFHUB_CACHE_DIR"
+
+# what a launcher sets in each rank it starts
+RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+# the Slurm variables a shard slot is taken from, in the order they are read
+SLURM_SHARD_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT",
+                    "SLURM_PROCID", "SLURM_NTASKS")
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name, "").strip()
     return int(value) if value.lstrip("-").isdigit() else None
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(name) or None
+
+
+def _float(env: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(env[name])
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -30,52 +64,145 @@ class ShardSlot:
             raise ValueError(f"shard index {self.index} is not in 0..{self.count - 1}")
 
 
-def shard_slot(
-    index: int | None = None,
-    count: int | None = None,
-    env: Mapping[str, str] | None = None,
-) -> ShardSlot:
-    """Shard index/count: options, else Slurm array task, else Slurm rank, else 0/1.
+@dataclass(frozen=True)
+class Slurm:
+    """The SLURM_* facts of this process (None: not set, e.g. outside Slurm)."""
 
-    Slurm array ids need not start at 0 (`--array=1-4`): the index is taken relative to
-    SLURM_ARRAY_TASK_MIN when that is set.
-    """
-    env = os.environ if env is None else env
-    if index is not None or count is not None:
-        return ShardSlot(index or 0, count or 1, "options")
-    task, ntasks = _int(env, "SLURM_ARRAY_TASK_ID"), _int(env, "SLURM_ARRAY_TASK_COUNT")
-    if task is not None and ntasks is not None:
-        return ShardSlot(task - (_int(env, "SLURM_ARRAY_TASK_MIN") or 0), ntasks, "slurm-array")
-    rank, size = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
-    if rank is not None and size is not None:
-        return ShardSlot(rank, size, "slurm-rank")
-    return ShardSlot(0, 1, "default")
+    job_id: str | None = None
+    array_job_id: str | None = None
+    array_task_id: int | None = None
+    array_task_min: int | None = None
+    array_task_count: int | None = None
+    step_id: str | None = None
+    ntasks: int | None = None
+    procid: int | None = None
+    localid: int | None = None
+    nodes: int | None = None  # SLURM_JOB_NUM_NODES
+    restart_count: int = 0
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> Slurm:
+        return cls(
+            job_id=_text(env, "SLURM_JOB_ID"),
+            array_job_id=_text(env, "SLURM_ARRAY_JOB_ID"),
+            array_task_id=_int(env, "SLURM_ARRAY_TASK_ID"),
+            array_task_min=_int(env, "SLURM_ARRAY_TASK_MIN"),
+            array_task_count=_int(env, "SLURM_ARRAY_TASK_COUNT"),
+            step_id=_text(env, "SLURM_STEP_ID"),
+            ntasks=_int(env, "SLURM_NTASKS"),
+            procid=_int(env, "SLURM_PROCID"),
+            localid=_int(env, "SLURM_LOCALID"),
+            nodes=_int(env, "SLURM_JOB_NUM_NODES"),
+            restart_count=_int(env, "SLURM_RESTART_COUNT") or 0,
+        )
+
+    def shard_slot(self) -> ShardSlot:
+        """The Slurm array task, else the Slurm rank, else 0 of 1.
+
+        Slurm array ids need not start at 0 (`--array=1-4`): the index is taken relative to
+        SLURM_ARRAY_TASK_MIN when that is set."""
+        if self.array_task_id is not None and self.array_task_count is not None:
+            return ShardSlot(self.array_task_id - (self.array_task_min or 0),
+                             self.array_task_count, "slurm-array")
+        if self.procid is not None and self.ntasks is not None:
+            return ShardSlot(self.procid, self.ntasks, "slurm-rank")
+        return ShardSlot(0, 1, "default")
 
 
 @dataclass(frozen=True)
-class SlurmJob:
-    job_id: str | None
-    restart_count: int
-    local_id: int
+class Environment:
+    """The environment variables imnet64 reads, typed; `variables` keeps the whole snapshot
+    for the reports that list what a launcher set (`imnet64 doctor`)."""
+
+    slurm: Slurm
+    rank_vars: frozenset[str]  # which of RANK_VARS are set
+    teacher: str | None  # IMNET64_TEACHER, stripped
+    home: Path  # IMNET64_HOME, else ~/.cache/imnet64
+    image_id: str | None  # IMNET64_IMAGE_ID
+    tf_startup_logs: bool  # IMNET64_TF_STARTUP_LOGS == "1"
+    self_launched: bool  # IMNET64_SELF_LAUNCHED == "1"
+    started_at: float | None  # IMNET64_STARTED_AT
+    slurm_templates: str | None  # IMNET64_SLURM_TEMPLATES
+    cuda_visible_devices: str | None  # None: not set ("" hides every GPU)
+    tf_xla_flags: str
+    tf_cpp_min_log_level: str  # "0" when not set
+    tf_enable_onednn_opts: str | None
+    tfhub_cache_dir: str | None
+    variables: Mapping[str, str]
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> Environment:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            slurm=Slurm.read(env),
+            rank_vars=frozenset(k for k in RANK_VARS if k in env),
+            teacher=env.get(TEACHER_VAR, "").strip() or None,
+            home=Path(env.get(HOME_VAR) or Path.home() / ".cache" / "imnet64"),
+            image_id=_text(env, IMAGE_ID_VAR),
+            tf_startup_logs=env.get(TF_STARTUP_LOGS_VAR) == "1",
+            self_launched=env.get(SELF_LAUNCHED_VAR) == "1",
+            started_at=_float(env, STARTED_AT_VAR),
+            slurm_templates=_text(env, SLURM_TEMPLATES_VAR),
+            cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+            tf_xla_flags=env.get("TF_XLA_FLAGS", ""),
+            tf_cpp_min_log_level=env.get("TF_CPP_MIN_LOG_LEVEL", "0"),
+            tf_enable_onednn_opts=env.get("TF_ENABLE_ONEDNN_OPTS"),
+            tfhub_cache_dir=_text(env, TFHUB_CACHE_VAR),
+            variables=MappingProxyType(env),
+        )
 
     @property
-    def under_slurm(self) -> bool:
-        return self.job_id is not None
+    def under_launcher(self) -> bool:
+        """True when a Horovod/MPI/Slurm launcher started this process as one of several
+        ranks."""
+        if self.rank_vars:
+            return True
+        return (self.slurm.ntasks or 1) > 1 and "SLURM_PROCID" in self.variables
+
+    def shard_slot(self, index: int | None = None, count: int | None = None) -> ShardSlot:
+        """Shard index/count: the options when either is given, else Slurm's (see
+        Slurm.shard_slot)."""
+        if index is not None or count is not None:
+            return ShardSlot(index or 0, count or 1, "options")
+        return self.slurm.shard_slot()
+
+    def shard_variables(self) -> dict[str, str]:
+        """The Slurm variables shard slots are taken from that are set, in reading order
+        (for messages saying where a shard number came from)."""
+        return {k: self.variables[k] for k in SLURM_SHARD_VARS if k in self.variables}
 
 
-def slurm_job(env: Mapping[str, str] | None = None) -> SlurmJob:
-    env = os.environ if env is None else env
-    return SlurmJob(
-        job_id=env.get("SLURM_JOB_ID") or None,
-        restart_count=_int(env, "SLURM_RESTART_COUNT") or 0,
-        local_id=_int(env, "SLURM_LOCALID") or 0,
-    )
+def shard_slot(index: int | None = None, count: int | None = None,
+               env: Mapping[str, str] | None = None) -> ShardSlot:
+    """Shard index/count: options, else Slurm array task, else Slurm rank, else 0/1."""
+    return Environment.read(env).shard_slot(index, count)
 
 
 def under_launcher(env: Mapping[str, str] | None = None) -> bool:
     """True when a Horovod/MPI/Slurm launcher started this process as one of several ranks."""
-    env = os.environ if env is None else env
-    keys = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
-    if any(k in env for k in keys):
-        return True
-    return (_int(env, "SLURM_NTASKS") or 1) > 1 and "SLURM_PROCID" in env
+    return Environment.read(env).under_launcher
+
+
+def set_default(name: str, value: str) -> None:
+    """Set `name` for this process and its children unless it is set already."""
+    os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def variable_set(name: str, value: str) -> Iterator[None]:
+    """`name`=`value` for the duration of the block (for libraries that read the variable
+    on every call, as TF Hub does TFHUB_CACHE_DIR); the previous state comes back after."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def with_variables(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`: what a child process is started with."""
+    return {**os.environ, **extra}

@@ -6,16 +6,15 @@ importing `horovod.tensorflow` (hence TensorFlow) in a forked child
 (horovod.common.util._check_extension_lambda). That child mutes Python's sys.stdout and
 sys.stderr, not file descriptor 2, where TensorFlow's C++ prints "Unable to register cuDNN
 factory ..." and the like: they reached the demo output and train logs unprefixed, as they
-come from the launcher, not from a rank. Importing imnet64 first installs its import filter
-(imnet64.quiet_tf_import), which the forked child inherits. The ranks import imnet64
+come from the launcher, not from a rank. Running this module imports the imnet64 package
+first, which installs its import filter (imnet64.quiet_tf_import); the forked child inherits
+it. The ranks import imnet64
 themselves (`-m imnet64_cli.main`).
 """
 
 from __future__ import annotations
 
 import sys
-
-import imnet64  # noqa: F401  (the TensorFlow import filter, before horovod loads anything)
 
 
 def main() -> int:

@@ -27,7 +27,6 @@ stopped during this launch.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import signal
 import subprocess
@@ -38,17 +37,17 @@ from functools import partial
 from pathlib import Path
 
 from imnet64 import atomic
-from imnet64.cluster.environment import under_launcher
+from imnet64.cluster.environment import SELF_LAUNCHED_VAR, Environment, with_variables
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
 from imnet64.errors import UserError
 
-LAUNCHED_ENV = "IMNET64_SELF_LAUNCHED"
+LAUNCHED_ENV = SELF_LAUNCHED_VAR
 
 
 def rank_exit_code(code: int) -> int:
     """The exit code a rank should give: the requeue code becomes 0 under our own launcher,
     which passes it on itself."""
-    if code == REQUEUE_EXIT_CODE and os.environ.get(LAUNCHED_ENV) == "1":
+    if code == REQUEUE_EXIT_CODE and Environment.read().self_launched:
         return 0
     return code
 
@@ -56,7 +55,7 @@ def rank_exit_code(code: int) -> int:
 def visible_gpus() -> int:
     """GPUs this process may use, without importing TensorFlow (nvidia-smi; honours
     CUDA_VISIBLE_DEVICES)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = Environment.read().cuda_visible_devices
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
     return nvidia_smi_gpus() or 0
@@ -86,7 +85,7 @@ def resolve_np(value: str | int | None) -> int:
 
 
 def should_self_launch(np_: int) -> bool:
-    return np_ > 1 and not under_launcher()
+    return np_ > 1 and not Environment.read().under_launcher
 
 
 def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
@@ -149,7 +148,7 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
     # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
     # for any other code); status.json or our own signal tell this process to exit 75.
     # STARTED_ENV: a stop file we write from now on is a request for them, not a stale one.
-    env = {**os.environ, LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started)}
+    env = with_variables({LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started)})
     ignore = [s for s in stop.signals if s not in (signal.SIGTERM, signal.SIGINT)]
     try:
         proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env,

@@ -23,13 +23,13 @@ same command resumes from the checkpoint.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
+from imnet64.cluster.environment import STARTED_AT_VAR, Environment
 from imnet64.errors import UserError
 
 REQUEUE_EXIT_CODE = 75
@@ -37,7 +37,7 @@ STOP_FILE = "stop-request"
 DEFAULT_SIGNAL = "USR1"
 # the launching process's start time, for ranks it starts (a stop file it wrote while they
 # were starting is not stale)
-STARTED_ENV = "IMNET64_STARTED_AT"
+STARTED_ENV = STARTED_AT_VAR
 # a file's mtime comes from the kernel's coarse clock, which lags time.time() by up to a tick
 STALE_MARGIN_S = 1.0
 
@@ -59,10 +59,8 @@ def stop_signals(requeue: signal.Signals) -> list[signal.Signals]:
 
 
 def _started_at() -> float:
-    try:
-        return float(os.environ[STARTED_ENV])
-    except (KeyError, ValueError):
-        return time.time()
+    started = Environment.read().started_at
+    return time.time() if started is None else started
 
 
 class StopRequest:

@@ -1,68 +1,40 @@
-"""What produced an output: the one place that defines the provenance every output records.
+"""What produced an output: collects the provenance fields for this process.
 
-Every file imnet64 writes for people or for the next stage (label part summaries,
-dataset.json, a run's config.json and history.json, an exported model's metadata, an
-evaluation, the demo's summary.json) carries a ``"provenance"`` block with the FIELDS below,
-so that any file can be traced back to the code, the environment, the teacher and the job
-that made it.
-
-Two kinds of fields:
-
-- STABLE_FIELDS: the code and the teacher (imnet64 version and git commit, Python,
-  TensorFlow and Horovod versions, the container image, the teacher's handle and sha256).
-  They are the same on every rank, node and re-run of the same setup.
-- RUN_FIELDS: where and in which Slurm job it ran (host, job / array / step ids).
-
-Outputs promised byte-identical (a label part's .json between a re-run and an uninterrupted
-run; dataset.json for any --num-workers or number of ranks) hold the stable fields only;
-their run fields go to the sidecar written beside them (the part's .timing.json,
-dataset.run.json), and the readers merge the two. Every other output holds all FIELDS.
-
-A field that does not apply (no checkout, no Slurm, no container, no teacher) is null, never
-missing. Nothing here imports TensorFlow or Horovod: versions come from the installed
-packages' metadata.
+imnet64.formats.provenance defines the block (its FIELDS, which outputs hold which, how
+the parts merge); this module fills it in: the code (imnet64 version, git commit, Python,
+TensorFlow, Horovod), the container image and the run (host, Slurm ids), from this process
+and its Environment. The teacher's sha256 comes from imnet64.teacher.fingerprint. Nothing
+here imports TensorFlow or Horovod: versions come from the installed packages' metadata.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import platform
 import subprocess
-from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import imnet64
-from imnet64 import atomic
+from imnet64.cluster.environment import IMAGE_ID_VAR, Environment, with_variables
 
-KEY = "provenance"  # the key of the block in every output
-STABLE_FIELDS = (
-    "imnet64_version",  # imnet64.__version__
-    "git_commit",  # the checkout's HEAD when imnet64 runs from one, else null
-    "git_dirty",  # tracked files differ from that commit (null: unknown / no checkout)
-    "python",
-    "tensorflow",  # installed versions (null: not installed)
-    "horovod",
-    "container_image",  # $IMNET64_IMAGE_ID, set by our Dockerfile (null outside the image)
-    "teacher",  # the teacher's handle / name, where a teacher is involved
-    "teacher_sha256",  # of its weights (teacher_sha256() says of which files)
+# Until every caller imports the block's schema from imnet64.formats.provenance (issue 14),
+# it is re-exported here; this is the one import of formats by cluster and goes with them.
+from imnet64.formats.provenance import (  # noqa: F401
+    FIELDS,
+    KEY,
+    RUN_FIELDS,
+    STABLE_FIELDS,
+    TEACHER_FIELDS,
+    lines,
+    merge,
+    run_part,
+    stable,
+    teacher_fields,
 )
-RUN_FIELDS = (
-    "host",
-    "slurm_job_id",  # SLURM_JOB_ID: an array task's own id
-    "slurm_array_job_id",  # SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID
-    "slurm_array_task_id",
-    "slurm_step_id",  # SLURM_STEP_ID (inside srun)
-)
-FIELDS = STABLE_FIELDS + RUN_FIELDS
-TEACHER_FIELDS = ("teacher", "teacher_sha256")
-IMAGE_ID_ENV = "IMNET64_IMAGE_ID"
-_SLURM_VARS = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
-               "slurm_array_task_id": "SLURM_ARRAY_TASK_ID", "slurm_step_id": "SLURM_STEP_ID"}
+
+IMAGE_ID_ENV = IMAGE_ID_VAR
 GIT_TIMEOUT_S = 5.0
 CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout root when run from one
 
@@ -125,7 +97,7 @@ def git_dirty(root: Path = CHECKOUT) -> bool | None:
         done = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
+            env=with_variables({"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}))
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(done.stdout.strip()) if done.returncode == 0 else None
@@ -154,160 +126,27 @@ def _code() -> dict[str, Any]:
     }
 
 
-# -- the teacher ------------------------------------------------------------------------------
-
-
-def _saved_model_files(folder: Path) -> list[Path]:
-    files = [folder / n for n in ("saved_model.pb", "saved_model.pbtxt") if (folder / n).is_file()]
-    variables = folder / "variables"
-    if variables.is_dir():
-        files += sorted(p for p in variables.rglob("*") if p.is_file())
-    return files
-
-
-def _hash_cache_path(folder: Path) -> Path:
-    from imnet64.teacher.offline import imnet64_home
-
-    key = hashlib.sha1(str(folder).encode("utf-8", "surrogateescape")).hexdigest()
-    return imnet64_home() / "cache" / "teacher-sha256" / f"{key}.json"
-
-
-@lru_cache(maxsize=16)
-def _saved_model_sha256(folder: Path, signature: str) -> str:
-    """sha256 over each file's relative path and sha256, cached on disk by `signature`
-    (the files' names, sizes and mtimes): a multi-GB TF Hub model is hashed once, not by
-    every array task."""
-    cache = _hash_cache_path(folder)
-    try:
-        cached = atomic.read_json(cache)
-        if cached.get("folder") == str(folder) and cached.get("signature") == signature:
-            return str(cached["sha256"])
-    except (OSError, ValueError, AttributeError, KeyError):
-        pass
-    digest = hashlib.sha256()
-    for path in _saved_model_files(folder):
-        rel = path.relative_to(folder).as_posix()
-        digest.update(f"{rel}\0{atomic.sha256_file(path)}\n".encode("utf-8", "surrogateescape"))
-    value = digest.hexdigest()
-    try:  # a read-only IMNET64_HOME only costs the hash again next time
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(cache, {"folder": str(folder), "signature": signature, "sha256": value})
-    except OSError:
-        pass
-    return value
-
-
-def teacher_sha256(folder: str | os.PathLike | None) -> str | None:
-    """The sha256 of a teacher's weights, for its SavedModel `folder`:
-
-    - the offline teacher (imnet64_teacher.json beside saved_model.pb): the sha256 of
-      torchvision's .pth weights it was converted from (checked when it was built);
-    - any other SavedModel (TF Hub module, your own folder): a sha256 over its
-      saved_model.pb and variables/ files (each file's relative path and sha256).
-
-    None when there is no such folder."""
-    if folder is None:
-        return None
-    folder = Path(folder).absolute()
-    from imnet64.teacher.offline import METADATA_FILE
-
-    try:
-        meta = atomic.read_json(folder / METADATA_FILE)
-        if isinstance(meta, dict) and isinstance(meta.get("weights_sha256"), str):
-            return meta["weights_sha256"]
-    except (OSError, ValueError):
-        pass
-    files = _saved_model_files(folder)
-    if not files:
-        return None
-    try:
-        stats = [(p.relative_to(folder).as_posix(), p.stat()) for p in files]
-        signature = hashlib.sha256(json.dumps(
-            [(rel, st.st_size, st.st_mtime_ns) for rel, st in stats]).encode()).hexdigest()
-        return _saved_model_sha256(folder, signature)
-    except OSError:
-        return None
-
-
-def teacher_fields(record: Mapping[str, Any] | None) -> dict[str, Any]:
-    """{"teacher": ..., "teacher_sha256": ...} of another output (its provenance block,
-    else its top-level "teacher"): how a dataset, a run and a model name their teacher."""
-    record = record or {}
-    block = record.get(KEY) if isinstance(record.get(KEY), Mapping) else {}
-    teacher = block.get("teacher", record.get("teacher"))
-    return {"teacher": teacher if isinstance(teacher, str) else None,
-            "teacher_sha256": block.get("teacher_sha256")}
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _run(env: Mapping[str, str]) -> dict[str, Any]:
-    fields: dict[str, Any] = {"host": platform.node() or None}
-    fields.update({k: env.get(v) or None for k, v in _SLURM_VARS.items()})
-    return fields
+def _run(environment: Environment) -> dict[str, Any]:
+    slurm = environment.slurm
+    task = slurm.array_task_id
+    return {"host": platform.node() or None, "slurm_job_id": slurm.job_id,
+            "slurm_array_job_id": slurm.array_job_id,
+            "slurm_array_task_id": None if task is None else str(task),
+            "slurm_step_id": slurm.step_id}
 
 
 def collect(teacher: str | None = None, teacher_sha256: str | None = None,
-            env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """All FIELDS for an output written now by this process, in FIELDS order."""
-    env = os.environ if env is None else env
-    fields = {**_code(), "container_image": env.get(IMAGE_ID_ENV) or None,
-              "teacher": teacher, "teacher_sha256": teacher_sha256, **_run(env)}
-    return {k: fields[k] for k in FIELDS}
+            environment: Environment | None = None) -> dict[str, Any]:
+    """All provenance fields for an output written now by this process, in the order of
+    imnet64.formats.provenance.FIELDS (tests/test_provenance.py checks they are the same)."""
+    environment = environment or Environment.read()
+    return {**_code(), "container_image": environment.image_id,
+            "teacher": teacher, "teacher_sha256": teacher_sha256, **_run(environment)}
 
 
-def of_teacher(teacher: Any, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def of_teacher(teacher: Any, environment: Environment | None = None) -> dict[str, Any]:
     """collect() for an output a loaded teacher (imnet64.teacher.Teacher) made."""
-    return collect(getattr(teacher, "name", None),
-                   teacher_sha256(getattr(teacher, "path", None)), env)
-
-
-def stable(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: fields.get(k) for k in STABLE_FIELDS}
-
-
-def run_part(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: fields.get(k) for k in RUN_FIELDS}
-
-
-def merge(stable_part: Mapping[str, Any] | None,
-          run_fields: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A byte-identical output's stable block joined with its sidecar's run fields (those
-    stay null when the sidecar is missing). None if the output has no block at all."""
-    if not isinstance(stable_part, Mapping):
-        return None
-    run_fields = run_fields if isinstance(run_fields, Mapping) else {}
-    return {k: (stable_part.get(k) if k in STABLE_FIELDS else run_fields.get(k))
-            for k in FIELDS}
-
-
-# -- showing it -------------------------------------------------------------------------------
-
-
-def lines(fields: Mapping[str, Any] | None) -> list[str]:
-    """Two or three short lines for people (inspect, evaluate, doctor)."""
-    if not fields:
-        return ["not recorded (written by an imnet64 older than provenance records)"]
-    f = dict(fields)
-    code = f"imnet64 {f.get('imnet64_version') or '?'}"
-    if f.get("git_commit"):
-        dirty = {True: ", modified", False: "", None: ""}[f.get("git_dirty")]
-        code += f" (git {str(f['git_commit'])[:12]}{dirty})"
-    code += (f", Python {f.get('python') or '?'}, TensorFlow {f.get('tensorflow') or '-'}, "
-             f"Horovod {f.get('horovod') or '-'}")
-    if f.get("container_image"):
-        code += f", image {f['container_image']}"
-    out = [code]
-    if f.get("teacher"):
-        sha = f.get("teacher_sha256")
-        out.append(f"teacher {f['teacher']} (sha256 {sha[:16] + '…' if sha else 'unknown'})")
-    where = f"host {f.get('host') or '?'}"
-    if f.get("slurm_job_id"):
-        job = (f"{f['slurm_array_job_id']}_{f['slurm_array_task_id']}"
-               if f.get("slurm_array_job_id") else f["slurm_job_id"])
-        where += f", Slurm job {job}"
-        if f.get("slurm_step_id"):
-            where += f" step {f['slurm_step_id']}"
-    out.append(where)
-    return out
+    return collect(teacher.name, teacher.weights_sha256(), environment)

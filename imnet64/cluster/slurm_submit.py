@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imnet64 import atomic
+from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
 
 STAGES = ("label", "shard", "train")
@@ -211,7 +212,7 @@ def _check_template(lines: list[str]) -> None:
 
 def templates_dir() -> Path:
     """slurm/ of the checkout imnet64 runs from, or $IMNET64_SLURM_TEMPLATES."""
-    env = os.environ.get("IMNET64_SLURM_TEMPLATES")
+    env = Environment.read().slurm_templates
     folder = Path(env) if env else Path(__file__).resolve().parents[2] / "slurm"
     if not (folder / TEMPLATE_FILES["train"]).is_file():
         raise UserError(

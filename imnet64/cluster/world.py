@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64.cluster.environment import under_launcher
 from imnet64.errors import UserError
 

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from imnet64.cluster import provenance
+from imnet64.cluster.environment import Environment
 
 # -- disk estimate -----------------------------------------------------------------------------
 # Bytes per image, measured by serializing imnet64's own records (records.py) for an image
@@ -457,14 +458,12 @@ def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
     cpu = describe()
     info.machine = f"{cpu.cpu}, {cpu.cores} cores, {cpu.memory_gib:g} GiB, " + (
         " ".join(cpu.extensions) or "no AVX2")
-    xla_flags = os.environ.get("TF_XLA_FLAGS", "")
+    xla_flags = Environment.read().tf_xla_flags
     if quick or info.version is None:
         info.onednn, info.onednn_why = onednn_state(flags, ask_tensorflow=False)
         info.xla = f"TF_XLA_FLAGS={xla_flags}" if xla_flags else "not asked (--quick)"
         return info, None
     try:
-        import imnet64  # noqa: F401  (Keras 2, quiet TF import)
-
         import tensorflow as tf
 
         gpus = len(tf.config.list_physical_devices("GPU"))
@@ -484,10 +483,11 @@ def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
 # -- teacher -----------------------------------------------------------------------------------
 
 
-def tfhub_cache_dir(env: Mapping[str, str]) -> Path:
+def tfhub_cache_dir(env: Mapping[str, str] | Environment) -> Path:
     """TF Hub's cache without importing it: $TFHUB_CACHE_DIR, else <tmp>/tfhub_modules
     (tensorflow_hub.resolver.tfhub_cache_dir(use_temp=True), which imnet64 uses)."""
-    return Path(env.get("TFHUB_CACHE_DIR") or Path(tempfile.gettempdir()) / "tfhub_modules")
+    environment = env if isinstance(env, Environment) else Environment.read(env)
+    return Path(environment.tfhub_cache_dir or Path(tempfile.gettempdir()) / "tfhub_modules")
 
 
 def _reachable(host: str, port: int, timeout: float = NETWORK_TIMEOUT_S) -> bool:
@@ -514,60 +514,77 @@ def _writable_folder(folder: Path) -> bool:
     return False
 
 
-def check_teacher(spec: str | None, env: Mapping[str, str], network: bool = True
+def _teacher_check(spec: str, kind: str, path: Path, cache_dir: str | None,
+                   present: bool) -> TeacherCheck:
+    from imnet64.teacher.fingerprint import teacher_sha256
+
+    return TeacherCheck(spec, kind, str(path), cache_dir, present,
+                        teacher_sha256(path) if present else None)
+
+
+def _check_offline_teacher(environment: Environment) -> tuple[TeacherCheck, list[str]]:
+    from imnet64.teacher import offline
+    from imnet64.teacher.loading import OFFLINE_SPEC
+
+    home = environment.home
+    path = offline.offline_teacher_dir(home)
+    check = _teacher_check(OFFLINE_SPEC, "offline", path, str(home),
+                           offline._is_current_build(path))
+    if check.present:
+        return check, []
+    try:
+        offline.default_weights_path()
+    except Exception as e:  # noqa: BLE001  (UserError: the package is missing)
+        return check, [f"teacher offline: not built in {path} and cannot be: {e}"]
+    if not _writable_folder(path.parent):
+        return check, [f"teacher offline: not built in {path}, and IMNET64_HOME ({home}) is "
+                       "not writable here: build it where it is (imnet64 teacher build) or "
+                       "point IMNET64_HOME at a writable folder"]
+    check.note = f"built on first use (~10 s, no network) into {path}"
+    return check, []
+
+
+def _check_hub_teacher(spec: str, environment: Environment, network: bool
+                       ) -> tuple[TeacherCheck, list[str]]:
+    from imnet64.teacher import hub as hub_cache
+
+    cache = tfhub_cache_dir(environment)
+    check = _teacher_check(spec, "tfhub", hub_cache.cached_module_dir(spec, cache), str(cache),
+                           hub_cache.is_cached(spec, cache))
+    if check.present:
+        return check, []
+    host = urlparse(spec).hostname or "tfhub.dev"
+    if network and _reachable(host, 443):
+        check.note = f"not cached: would be downloaded from {host} into {cache}"
+        return check, []
+    return check, [f"teacher {spec} is not in the TF Hub cache {cache} and {host} cannot be "
+                   f"reached from here: a label job would fail; {hub_cache.fetch_hint(spec)}"]
+
+
+def _check_folder_teacher(spec: str) -> tuple[TeacherCheck, list[str]]:
+    path = Path(spec).expanduser().absolute()
+    present = (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+    check = _teacher_check(spec, "folder", path, None, present)
+    if present:
+        return check, []
+    return check, [f"teacher {spec}: {path} is not a SavedModel folder (no saved_model.pb) "
+                   "here: is it on a file system this node mounts?"]
+
+
+def check_teacher(spec: str | None, env: Mapping[str, str] | Environment, network: bool = True
                   ) -> tuple[TeacherCheck, list[str]]:
     """The teacher `imnet64 label` would load (same resolution as teacher.loading), whether
     it is here, and a problem if a job could not get it."""
     from imnet64.teacher import hub as hub_cache
-    from imnet64.teacher.loading import DEFAULT_HANDLE, OFFLINE_SPEC, TEACHER_ENV
+    from imnet64.teacher.loading import DEFAULT_HANDLE, OFFLINE_SPEC
 
-    spec = str(spec or "").strip() or env.get(TEACHER_ENV, "").strip() or DEFAULT_HANDLE
-    problems: list[str] = []
+    environment = env if isinstance(env, Environment) else Environment.read(env)
+    spec = str(spec or "").strip() or environment.teacher or DEFAULT_HANDLE
     if spec == OFFLINE_SPEC:
-        from imnet64.teacher import offline
-
-        home = Path(env.get("IMNET64_HOME") or Path.home() / ".cache" / "imnet64")
-        path = offline.offline_teacher_dir(home)
-        present = offline._is_current_build(path)
-        check = TeacherCheck(spec, "offline", str(path), str(home), present,
-                             provenance.teacher_sha256(path) if present else None)
-        if not present:
-            try:
-                offline.default_weights_path()
-            except Exception as e:  # noqa: BLE001  (UserError: the package is missing)
-                problems.append(f"teacher offline: not built in {path} and cannot be: {e}")
-                return check, problems
-            if not _writable_folder(path.parent):
-                problems.append(f"teacher offline: not built in {path}, and IMNET64_HOME "
-                                f"({home}) is not writable here: build it where it is "
-                                "(imnet64 teacher build) or point IMNET64_HOME at a writable "
-                                "folder")
-            else:
-                check.note = f"built on first use (~10 s, no network) into {path}"
-        return check, problems
+        return _check_offline_teacher(environment)
     if hub_cache.is_url_handle(spec):
-        cache = tfhub_cache_dir(env)
-        path = hub_cache.cached_module_dir(spec, cache)
-        present = hub_cache.is_cached(spec, cache)
-        check = TeacherCheck(spec, "tfhub", str(path), str(cache), present,
-                             provenance.teacher_sha256(path) if present else None)
-        if not present:
-            host = urlparse(spec).hostname or "tfhub.dev"
-            if network and _reachable(host, 443):
-                check.note = f"not cached: would be downloaded from {host} into {cache}"
-            else:
-                problems.append(f"teacher {spec} is not in the TF Hub cache {cache} and "
-                                f"{host} cannot be reached from here: a label job would fail; "
-                                f"{hub_cache.fetch_hint(spec)}")
-        return check, problems
-    path = Path(spec).expanduser().absolute()
-    present = (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
-    check = TeacherCheck(spec, "folder", str(path), None, present,
-                         provenance.teacher_sha256(path) if present else None)
-    if not present:
-        problems.append(f"teacher {spec}: {path} is not a SavedModel folder (no saved_model.pb)"
-                        " here: is it on a file system this node mounts?")
-    return check, problems
+        return _check_hub_teacher(spec, environment, network)
+    return _check_folder_teacher(spec)
 
 
 # -- disk --------------------------------------------------------------------------------------
@@ -649,7 +666,8 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
              probe: bool = False, network: bool = True) -> Report:
     """Everything `imnet64 doctor` reports. `env`: the environment to judge (default: this
     process's); TensorFlow and Horovod are asked in this process unless `quick`."""
-    env = os.environ if env is None else env
+    environment = Environment.read(env)
+    env = environment.variables
     np_ = None
     if np_text is not None and np_text != "auto":
         np_ = int(np_text) if np_text.isdigit() else None
@@ -678,7 +696,7 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
         problems.append(f"TensorFlow {tf_info.version} does not import: {tf_info.error}")
     teacher_check = None
     if check_teacher_:
-        teacher_check, teacher_problems = check_teacher(teacher, env, network)
+        teacher_check, teacher_problems = check_teacher(teacher, environment, network)
         problems += teacher_problems
     disk = None
     if out is not None:
@@ -686,6 +704,6 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
         problems += disk_problems
     made_by = provenance.collect(
         teacher_check.spec if teacher_check else None,
-        teacher_check.sha256 if teacher_check else None, env)
+        teacher_check.sha256 if teacher_check else None, environment)
     return Report(launcher, gpu_info, horovod, tf_info, teacher_check, disk, made_by,
                   problems, notes)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from imnet64.cluster.environment import TFHUB_CACHE_VAR, variable_set
 from imnet64.errors import UserError
 
-TFHUB_CACHE_ENV = "TFHUB_CACHE_DIR"
+TFHUB_CACHE_ENV = TFHUB_CACHE_VAR
 # A download that cannot connect must fail, not hang a compute node's job until its limit.
 DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
 
@@ -55,18 +55,9 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-@contextlib.contextmanager
-def tfhub_cache_env(cache: Path) -> Iterator[None]:
+def tfhub_cache_env(cache: Path) -> contextlib.AbstractContextManager[None]:
     """Point TF Hub at `cache` for the duration of the block (it reads the variable per call)."""
-    previous = os.environ.get(TFHUB_CACHE_ENV)
-    os.environ[TFHUB_CACHE_ENV] = str(cache)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(TFHUB_CACHE_ENV, None)
-        else:
-            os.environ[TFHUB_CACHE_ENV] = previous
+    return variable_set(TFHUB_CACHE_ENV, str(cache))
 
 
 def fetch_hint(handle: str) -> str:

@@ -13,6 +13,7 @@ top-1 as the plain SavedModel call (tests/test_teacher_model.py states the logit
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from imnet64.cluster.environment import TEACHER_VAR, Environment
 from imnet64.errors import UserError
 from imnet64.formats.class_names import imagenet_class_names
 from imnet64.teacher import hub as hub_cache
@@ -31,11 +33,13 @@ if TYPE_CHECKING:  # TensorFlow loads on first use: bad specs fail in a blink, -
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/classification/2"
 OFFLINE_SPEC = "offline"
-TEACHER_ENV = "IMNET64_TEACHER"  # the teacher when none is given (else DEFAULT_HANDLE)
+TEACHER_ENV = TEACHER_VAR  # the teacher when none is given (else DEFAULT_HANDLE)
 IMAGE_SIZE = (224, 224)
 NUM_CLASSES = 1001
 # Fastest batch size measured for the frozen MobileNet V2 on 2 CPU cores (bench/teacher_speed.py).
 RECOMMENDED_BATCH_SIZE = 64
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,12 @@ class Teacher:
     class_names: tuple[str, ...] = field(default_factory=imagenet_class_names, repr=False)
     recommended_batch_size: int = RECOMMENDED_BATCH_SIZE
     folded_batch_norms: int = 0  # batch norms folded into convolutions at load (optimize)
+
+    def weights_sha256(self) -> str | None:
+        """The sha256 of its weights, as every output's provenance records it."""
+        from imnet64.teacher.fingerprint import teacher_sha256
+
+        return teacher_sha256(self.path)
 
     def top_k(self, images, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [N, k], class indices [N, k]) of the softmax over all 1001 logits."""
@@ -72,7 +82,7 @@ def load_teacher(spec: str | None = None, optimize: bool = True) -> Teacher:
     `optimize=False` keeps the plain SavedModel call (the reference the fast path is checked
     against). Any unusable spec raises a one-line UserError.
     """
-    spec = str(spec or "").strip() or os.environ.get(TEACHER_ENV, "").strip() or DEFAULT_HANDLE
+    spec = str(spec or "").strip() or Environment.read().teacher or DEFAULT_HANDLE
     if spec == OFFLINE_SPEC:
         from imnet64.teacher.offline import ensure_offline_teacher
 
@@ -159,7 +169,9 @@ def fold_frozen(concrete, spec, fold: bool = True, min_folded: int = 1):
         graph = wrapped.graph
         pruned = wrapped.prune(graph.as_graph_element(input_name),
                                [graph.as_graph_element(n) for n in output_names])
-    except Exception:  # exotic graphs (tables, control flow): the plain call still works
+    except Exception as e:  # exotic graphs (tables, control flow): the plain call still works
+        log.warning("teacher: batch norms not folded, using the plain SavedModel call (%s: %s)",
+                    type(e).__name__, _one_line(e))
         return None
     structure = concrete.structured_outputs  # the pruned function returns a flat list
     fn = tf.function(lambda images: tf.nest.pack_sequence_as(structure, pruned(images)),
@@ -170,7 +182,7 @@ def fold_frozen(concrete, spec, fold: bool = True, min_folded: int = 1):
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
     """Silence native (C++) writes to stderr for the block when TF logging is turned down."""
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+    if Environment.read().tf_cpp_min_log_level in ("", "0"):
         yield
         return
     sys.stderr.flush()

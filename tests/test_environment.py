@@ -1,0 +1,40 @@
+"""imnet64.cluster.environment: the one reader of the process environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imnet64.cluster.environment import Environment, variable_set
+
+
+def test_the_slurm_array_task_relative_to_its_first_id_is_the_shard():
+    env = Environment.read({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1",
+                            "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_PROCID": "0",
+                            "SLURM_NTASKS": "1"})
+    slot = env.shard_slot()
+    assert (slot.index, slot.count, slot.source) == (2, 4, "slurm-array")
+    assert env.shard_slot(1, 2).source == "options"
+    assert list(env.shard_variables()) == ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN",
+                                           "SLURM_ARRAY_TASK_COUNT", "SLURM_PROCID",
+                                           "SLURM_NTASKS"]
+
+
+def test_ranks_and_defaults():
+    assert Environment.read({"PMIX_RANK": "1"}).under_launcher
+    assert Environment.read({"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}).under_launcher
+    assert not Environment.read({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).under_launcher
+    empty = Environment.read({})
+    assert empty.slurm.shard_slot().source == "default"
+    assert empty.home == Path.home() / ".cache" / "imnet64"
+    assert (empty.teacher, empty.cuda_visible_devices, empty.started_at) == (None, None, None)
+    assert Environment.read({"IMNET64_TEACHER": " offline "}).teacher == "offline"
+    assert Environment.read({"CUDA_VISIBLE_DEVICES": ""}).cuda_visible_devices == ""
+
+
+def test_a_variable_is_set_for_a_block_only():
+    name = "IMNET64_TEST_VARIABLE_SET"
+    assert name not in os.environ
+    with variable_set(name, "x"):
+        assert Environment.read().variables[name] == "x"
+    assert name not in os.environ
