@@ -178,6 +178,60 @@ def test_extreme_logits_gradient_fused_is_finite_separate_is_not(K: int) -> None
     np.testing.assert_allclose(g_fused, expected, atol=TOL)
 
 
+# ---- soft targets and temperature (docs/gradients.md, "Soft targets and temperature") ----
+
+TEMPERATURES = (0.5, 1.0, 2.0, 8.0)
+
+
+def _tape_soft_xent(x: np.ndarray, q: np.ndarray, T: float) -> tuple[float, np.ndarray]:
+    """Unscaled loss and gradient from TF's fused dense softmax cross-entropy at T."""
+    xt = tf.constant(x, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        e = tf.nn.softmax_cross_entropy_with_logits(labels=tf.constant(q), logits=xt / T)
+    return float(e.numpy()), tape.gradient(e, xt).numpy()
+
+
+@pytest.mark.parametrize("T", TEMPERATURES)
+@pytest.mark.parametrize("K,seed", CASES)
+def test_soft_xent_temperature_gradient_matches_tape(K: int, seed: int, T: float) -> None:
+    rng = _rng(K, seed)
+    x = rng.normal(scale=3.0, size=K)
+    q = G.softmax(rng.normal(scale=2.0, size=K))
+    e_tf, grad_tf = _tape_soft_xent(x, q, T)
+    np.testing.assert_allclose(G.soft_xent(x, q, T), e_tf, atol=TOL, rtol=0)
+    np.testing.assert_allclose(G.soft_xent_grad(x, q, T), grad_tf, atol=TOL, rtol=0)
+    # scaled by T^2: the loss and the gradient both T^2 times the unscaled ones
+    np.testing.assert_allclose(G.soft_xent(x, q, T, scaled=True), T * T * e_tf, atol=TOL * T * T)
+    np.testing.assert_allclose(G.soft_xent_grad(x, q, T, scaled=True), T * T * grad_tf,
+                               atol=TOL, rtol=0)
+    assert abs(grad_tf.sum()) < TOL  # softMax and q both sum to 1
+
+
+def test_soft_xent_one_hot_target_at_t1_is_the_hard_gradient() -> None:
+    x = _rng(10, 0).normal(size=10)
+    np.testing.assert_allclose(G.soft_xent_grad(x, G.onehot(3, 10)), G.softmax_xent_grad(x, 3),
+                               atol=TOL, rtol=0)
+    assert G.soft_xent(x, G.onehot(3, 10)) == pytest.approx(G.softmax_xent(x, 3), abs=TOL)
+
+
+def test_soft_xent_temperature_shrinks_gradient_and_t2_scaling_matches_logits() -> None:
+    """Unscaled, the gradient is bounded by 1/T; T^2-scaled, with the teacher's softmax at the
+    same T as target, it tends to ((x - mean x) - (v - mean v)) / K for large T."""
+    K = 10
+    rng = _rng(K, 4)
+    x, v = rng.normal(scale=2.0, size=K), rng.normal(scale=2.0, size=K)
+    for T in TEMPERATURES:
+        q = G.softmax(v / T)
+        g = G.soft_xent_grad(x, q, T)
+        assert np.abs(g).max() <= 1.0 / T
+        np.testing.assert_allclose(g, _tape_soft_xent(x, q, T)[1], atol=TOL, rtol=0)
+    T = 1e4  # the gap shrinks like 1/T (second-order terms of exp(x / T))
+    scaled = G.soft_xent_grad(x, G.softmax(v / T), T, scaled=True)
+    matching = ((x - x.mean()) - (v - v.mean())) / K
+    np.testing.assert_allclose(scaled, matching, atol=1e-3 * np.abs(matching).max())
+
+
 # ---- which feature maps the backward pass keeps (docs/gradients.md, section 3) ----------
 
 MEM_CASES = [("plain", False), ("plain", True), ("residual", False), ("residual", True)]
@@ -197,6 +251,7 @@ def _graph_layer(tensor_name: str, layers: set[str]) -> str:
 def test_activation_memory_gradient_calculator_matches_saved_tensors(arch, recompute) -> None:
     """The calculator names exactly the feature maps that the real training step of
     imnet64.train.model reads in its backward pass, with their shapes and bytes."""
+    from imnet64.formats.image64 import SIZE
     from imnet64.theory.activation_memory import (
         activation_memory_bytes,
         recompute_checkpoints,
@@ -206,7 +261,8 @@ def test_activation_memory_gradient_calculator_matches_saved_tensors(arch, recom
     from imnet64.train.model import build_model
 
     batch, classes, repeats, widths = 2, 7, (2, 1, 2), (8, 16, 24)
-    model = build_model(classes, arch=arch, repeats=repeats, widths=widths, recompute=recompute)
+    model = build_model(classes, image_size=SIZE, arch=arch, repeats=repeats, widths=widths,
+                        recompute=recompute)
     measured = saved_for_backward(model, batch)
     pick = recompute_checkpoints if recompute else saved_tensors
     computed = pick(batch, arch, repeats, widths, num_classes=classes)

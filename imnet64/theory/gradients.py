@@ -53,6 +53,20 @@ def softmax_xent_grad(x: np.ndarray, k: int) -> np.ndarray:
     return s - onehot(k, s.shape[0])
 
 
+def soft_xent(x: np.ndarray, q: np.ndarray, T: float = 1.0, scaled: bool = False) -> float:
+    """e = crossEntropy(q, softMax(x / T)) = -sum_i q_i log softMax(x / T)_i, for a target
+    distribution q; times T^2 when `scaled` (Hinton et al., and the trainer's soft loss)."""
+    e = -float(np.dot(np.asarray(q, dtype=np.float64), log_softmax(np.asarray(x) / T)))
+    return e * T * T if scaled else e
+
+
+def soft_xent_grad(x: np.ndarray, q: np.ndarray, T: float = 1.0,
+                   scaled: bool = False) -> np.ndarray:
+    """de/dx for `soft_xent`: (softMax(x / T) - q) / T, or T (softMax(x / T) - q) scaled."""
+    g = (softmax(np.asarray(x) / T) - np.asarray(q, dtype=np.float64)) / T
+    return g * T * T if scaled else g
+
+
 def softmax_jacobian(x: np.ndarray) -> np.ndarray:
     """J[i, j] = d softMax_i / d x_j = s_i (1[i = j] - s_j), i.e. diag(s) - s s^T.
 
