@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from imnet64.cluster import slurm_submit as sb
-from imnet64.errors import UserError
+from imnet64.pipeline.submit import (
+    LabelSettings,
+    ShardSettings,
+    TrainSettings,
+    dry_run_scripts,
+    pipeline_jobs,
+    plan_label,
+    submit_chained,
+)
 
 import click
 
@@ -94,6 +102,12 @@ def label_options(f):
     return f
 
 
+def _label_settings(kw: dict) -> LabelSettings:
+    return LabelSettings(input_path=kw["input_path"], label_dir=kw["label_dir"],
+                         teacher=kw["teacher"], shards=kw["shards"],
+                         max_parallel=kw["max_parallel"], args=kw["label_args"])
+
+
 @submit.command("label")
 @label_options
 @click.option("--missing-only", is_flag=True,
@@ -101,22 +115,14 @@ def label_options(f):
 @common_options
 def submit_label(dry_run, missing_only, **kw) -> None:
     """The label array job (slurm/label.sh): one task per shard."""
-    common = _common(kw)
-    only = None
-    if missing_only:
-        if kw["shards"] is None or not kw["label_dir"]:
-            raise UserError("--missing-only needs --label-dir and --shards")
-        sb.check_text("--label-dir", kw["label_dir"])
-        only = sb.missing_label_shards(kw["label_dir"], kw["shards"])
-        if not only:
-            click.echo(f"all {kw['shards']} shards of {kw['label_dir']} are done; "
-                       "nothing to submit", err=True)
-            return
-        click.echo(f"shards to run: {sb.array_spec(only)}", err=True)
-    job = sb.label_job(common, input_path=kw["input_path"], label_dir=kw["label_dir"],
-                       teacher=kw["teacher"], shards=kw["shards"], only=only,
-                       max_parallel=kw["max_parallel"], args=kw["label_args"])
-    _run(job, dry_run)
+    plan = plan_label(_common(kw), _label_settings(kw), missing_only)
+    if plan.job is None:
+        click.echo(f"all {kw['shards']} shards of {kw['label_dir']} are done; "
+                   "nothing to submit", err=True)
+        return
+    if plan.only is not None:
+        click.echo(f"shards to run: {sb.array_spec(plan.only)}", err=True)
+    _run(plan.job, dry_run)
 
 
 def shard_options(f):
@@ -136,9 +142,9 @@ def shard_options(f):
 @common_options
 def submit_shard(dry_run, **kw) -> None:
     """The shard-records job (slurm/shard.sh): several tasks write the TFRecord shards."""
-    job = sb.shard_job(_common(kw), label_dir=kw["label_dir"], dataset=kw["dataset"],
-                       ntasks=kw["ntasks"], args=kw["shard_args"])
-    _run(job, dry_run)
+    settings = ShardSettings(label_dir=kw["label_dir"], dataset=kw["dataset"],
+                             ntasks=kw["ntasks"], args=kw["shard_args"])
+    _run(settings.job(_common(kw)), dry_run)
 
 
 def train_options(f):
@@ -160,12 +166,12 @@ def train_options(f):
     return f
 
 
-def _train_job(common: sb.Common, kw: dict, dataset: str | None) -> sb.Job:
-    return sb.train_job(common, dataset=dataset, run_dir=kw["run_dir"], nodes=kw["nodes"],
-                        ntasks_per_node=kw["ntasks_per_node"],
-                        gpus_per_node=kw["gpus_per_node"], signal=kw["signal"],
-                        signal_time=kw["signal_time"], args=kw["train_args"],
-                        max_restarts=kw["max_restarts"])
+def _train_settings(kw: dict) -> TrainSettings:
+    return TrainSettings(dataset=kw["dataset"], run_dir=kw["run_dir"], nodes=kw["nodes"],
+                         ntasks_per_node=kw["ntasks_per_node"],
+                         gpus_per_node=kw["gpus_per_node"], signal=kw["signal"],
+                         signal_time=kw["signal_time"], args=kw["train_args"],
+                         max_restarts=kw["max_restarts"])
 
 
 @submit.command("train")
@@ -176,7 +182,7 @@ def _train_job(common: sb.Common, kw: dict, dataset: str | None) -> sb.Job:
 def submit_train(dry_run, **kw) -> None:
     """The training job (slurm/train.sh): Horovod ranks via srun --mpi=pmix, requeued on
     the time-limit signal."""
-    _run(_train_job(_common(kw), kw, kw["dataset"]), dry_run)
+    _run(_train_settings(kw).job(_common(kw)), dry_run)
 
 
 @submit.command("pipeline")
@@ -195,31 +201,14 @@ def submit_pipeline(dry_run, **kw) -> None:
     ones already submitted are cancelled.
     """
     stage_times = {s: kw.pop(f"{s}_time") for s in sb.STAGES}
-    if kw["template"] is not None:
-        sb.check_text("--template", kw["template"])
-        raise UserError("--template names one file; the pipeline uses the three templates")
-    common = _common(kw)
-
-    def with_time(stage: str) -> sb.Common:
-        c = sb.Common(**vars(common))
-        if stage_times[stage] is not None:
-            c.time, c.time_option = stage_times[stage], f"--{stage}-time"
-        return c
-
-    jobs = [
-        sb.label_job(with_time("label"), input_path=kw["input_path"],
-                     label_dir=kw["label_dir"], teacher=kw["teacher"], shards=kw["shards"],
-                     max_parallel=kw["max_parallel"], args=kw["label_args"]),
-        sb.shard_job(with_time("shard"), label_dir=kw["label_dir"], dataset=kw["dataset"],
-                     ntasks=kw["shard_tasks"], args=kw["shard_args"]),
-        _train_job(with_time("train"), kw, kw["dataset"]),
-    ]
+    shard = ShardSettings(label_dir=kw["label_dir"], dataset=kw["dataset"],
+                          ntasks=kw["shard_tasks"], args=kw["shard_args"])
+    jobs = pipeline_jobs(_common(kw), _label_settings(kw), shard, _train_settings(kw),
+                         stage_times)
     if dry_run:
-        for i, job in enumerate(jobs):
-            if i:
-                job.sbatch["--dependency"] = f"afterok:<{sb.STAGES[i - 1]}-job-id>"
-            click.echo(f"# ---- {job.stage} " + "-" * 60)
-            click.echo(job.render(), nl=False)
+        for stage, script in dry_run_scripts(jobs):
+            click.echo(f"# ---- {stage} " + "-" * 60)
+            click.echo(script, nl=False)
         return
-    for job, job_id in zip(jobs, sb.submit_chain(jobs)):
-        click.echo(f"{job.stage} {job_id}")
+    for stage, job_id in submit_chained(jobs):
+        click.echo(f"{stage} {job_id}")

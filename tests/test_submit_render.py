@@ -140,7 +140,9 @@ def test_array_spec():
 
 
 def test_missing_label_shards_of_a_folder_not_made_yet(tmp_path):
-    assert sb.missing_label_shards(tmp_path / "nothing", 3) == [0, 1, 2]
+    from imnet64.pipeline.submit import missing_label_shards
+
+    assert missing_label_shards(tmp_path / "nothing", 3) == [0, 1, 2]
 
 
 def test_template_defaults_match_the_trainer():

@@ -422,16 +422,6 @@ def log_option(stage: str, log_dir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(log_dir).replace("%", "%%"), LOG_PATTERNS[stage])
 
 
-def missing_label_shards(label_dir: str | os.PathLike, num_shards: int) -> list[int]:
-    """Shard indexes of `label_dir` that are not done (missing or partial)."""
-    from imnet64.label.status import label_status
-
-    if not Path(label_dir).is_dir():
-        return list(range(num_shards))
-    status = label_status(label_dir, num_shards)
-    return [s.index for s in status.shards if s.state != "done"]
-
-
 def array_spec(indexes: list[int], max_parallel: int | None = None) -> str:
     """[0,1,2,5,7,8] -> "0-2,5,7-8" (with "%K" when at most K tasks may run at once)."""
     if not indexes:
