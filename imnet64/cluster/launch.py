@@ -88,9 +88,14 @@ def should_self_launch(np_: int) -> bool:
     return np_ > 1 and not Environment.read().under_launcher
 
 
-def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
+def find_horovodrun() -> str | None:
+    """Horovod's horovodrun: the one beside this Python (its venv), else on PATH."""
     exe = Path(sys.executable).with_name("horovodrun")
-    runner = str(exe) if exe.exists() else shutil.which("horovodrun")
+    return str(exe) if exe.exists() else shutil.which("horovodrun")
+
+
+def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
+    runner = find_horovodrun()
     if not runner:
         raise UserError("--np needs horovodrun (install Horovod), or start the ranks with "
                         "mpirun/srun yourself")
