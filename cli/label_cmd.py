@@ -144,7 +144,7 @@ def label_status(out_dir, num_shards, as_json) -> None:
 
     Exits 0 when every shard is done, 1 otherwise (handy before `shard-records`).
     """
-    from imnet64.label.status import label_status as status_of
+    from imnet64.formats.label_status import label_status as status_of
 
     status = status_of(out_dir, num_shards)
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from imnet64.cluster.environment import shard_slot
 from imnet64.errors import UserError
+from imnet64.records.options import ENCODINGS, ShardOptions
 
 import click
 
@@ -18,102 +19,41 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+_DEFAULTS = ShardOptions()
+
+
 @click.command()
 @click.argument("source", type=click.Path(path_type=str))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=str))
-@click.option(
-    "--val-fraction",
-    type=float,
-    default=0.1,
-    show_default=True,
-    metavar="F",
-    help="Share of each class held out for validation (stratified).",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the split, the class cap sample and the shuffle.",
-)
-@click.option(
-    "--min-confidence",
-    type=float,
-    default=None,
-    metavar="C",
-    help="Drop images whose teacher confidence is below C.",
-)
-@click.option(
-    "--classes",
-    default=None,
-    metavar="K|LIST",
-    help="Keep the K most frequent classes, or the comma-separated class names.",
-)
-@click.option(
-    "--max-per-class",
-    type=int,
-    default=None,
-    metavar="M",
-    help="Keep at most M images per class (a seeded sample).",
-)
-@click.option(
-    "--shard-size-mb",
-    type=float,
-    default=128.0,
-    show_default=True,
-    metavar="MB",
-    help="Target shard size in MiB.",
-)
-@click.option(
-    "--encoding",
-    type=click.Choice(["png", "raw"]),
-    default="png",
-    show_default=True,
-    help="png keeps the original bytes; raw stores decoded uint8 pixels "
-    "(1.8x the bytes, no PNG decode when training).",
-)
-@click.option(
-    "--num-workers",
-    type=int,
-    default=1,
-    show_default=True,
-    metavar="W",
-    help="Processes writing shards (per Slurm rank). Output is the same for any W.",
-)
-@click.option(
-    "--allow-partial",
-    is_flag=True,
-    help="Use only the finished parts of an unfinished label OUT_DIR.",
-)
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Replace another dataset in OUT_DIR (only the shards and dataset.json imnet64 "
-    "recorded writing are removed), or write beside files imnet64 did not write (kept).",
-)
-@click.option(
-    "--progress-every",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="S",
-    help="Seconds between progress lines when not on a terminal.",
-)
-def shard_records(
-    source,
-    out_dir,
-    val_fraction,
-    seed,
-    min_confidence,
-    classes,
-    max_per_class,
-    shard_size_mb,
-    encoding,
-    num_workers,
-    allow_partial,
-    force,
-    progress_every,
-) -> None:
+@click.option("--val-fraction", type=float, default=_DEFAULTS.val_fraction, show_default=True,
+              metavar="F", help="Share of each class held out for validation (stratified).")
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True,
+              help="Seed of the split, the class cap sample and the shuffle.")
+@click.option("--min-confidence", type=float, default=None, metavar="C",
+              help="Drop images whose teacher confidence is below C.")
+@click.option("--classes", default=None, metavar="K|LIST",
+              help="Keep the K most frequent classes, or the comma-separated class names.")
+@click.option("--max-per-class", type=int, default=None, metavar="M",
+              help="Keep at most M images per class (a seeded sample).")
+@click.option("--shard-size-mb", type=float, default=_DEFAULTS.shard_size_mb, show_default=True,
+              metavar="MB", help="Target shard size in MiB.")
+@click.option("--encoding", type=click.Choice(ENCODINGS), default=_DEFAULTS.encoding,
+              show_default=True,
+              help="png keeps the original bytes; raw stores decoded uint8 pixels "
+              "(1.8x the bytes, no PNG decode when training).")
+@click.option("--num-workers", type=int, default=1, show_default=True, metavar="W",
+              help="Processes writing shards (per Slurm rank). Output is the same for any W.")
+@click.option("--allow-partial", is_flag=True,
+              help="Use only the finished parts of an unfinished label OUT_DIR.")
+@click.option("--force", is_flag=True,
+              help="Replace another dataset in OUT_DIR (only the shards and dataset.json "
+              "imnet64 recorded writing are removed), or write beside files imnet64 did not "
+              "write (kept).")
+@click.option("--progress-every", type=float, default=30.0, show_default=True, metavar="S",
+              help="Seconds between progress lines when not on a terminal.")
+def shard_records(source, out_dir, val_fraction, seed, min_confidence, classes, max_per_class,
+                  shard_size_mb, encoding, num_workers, allow_partial, force,
+                  progress_every) -> None:
     """Write training TFRecord shards and OUT_DIR/dataset.json from SOURCE.
 
     SOURCE is the OUT_DIR of `imnet64 label`, or a class-folder tree (one folder per
@@ -124,7 +64,6 @@ def shard_records(
     OUT_DIR holding another dataset, or files imnet64 did not write, is refused unless
     --force.
     """
-    from imnet64.records.write import ShardOptions
     from imnet64.records.write import shard_records as run
 
     options = ShardOptions.build(
@@ -180,7 +119,7 @@ def _print_summary(summary, all_classes: bool) -> None:
         f"encoding {summary.encoding}   classes {summary.num_classes}   "
         f"teacher {summary.teacher or '-'}"
     )
-    from imnet64.cluster.provenance import lines
+    from imnet64.formats.provenance import lines
 
     for i, line in enumerate(lines(summary.provenance)):
         click.echo(f"{'made by' if i == 0 else '':<8} {line}")

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -100,11 +100,15 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike,
+                on_bytes: Callable[[int], None] | None = None) -> str:
     """The sha256 of a file's bytes (read in 1 MiB blocks), as hex: the one helper that
-    manifests, provenance and the offline teacher's weights check use."""
+    manifests, label parts, shard verification, provenance and the offline teacher's
+    weights check use. `on_bytes(n)` is told each block's size as it is hashed."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
+            if on_bytes:
+                on_bytes(len(block))
     return digest.hexdigest()

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from imnet64.errors import UserError
 from imnet64.formats.label_parts import part_paths, read_summary
+from imnet64.formats.label_status import label_status
 from imnet64.formats.tfrecord_schema import parse_labeled
 from imnet64.label.image_decode import decode_image
 from imnet64.label.inputs import open_inputs
 from imnet64.label.options import LabelOptions
 from imnet64.label.run import PROBABILITY_TOLERANCE as TOLERANCE
 from imnet64.label.run import plan_shard, read_csv_rows, run
-from imnet64.label.status import label_status
 from imnet64.pipeline.sample_images import write_sample
 
 import numpy as np

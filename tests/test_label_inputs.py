@@ -9,15 +9,9 @@ import tarfile
 from pathlib import Path
 
 from imnet64.errors import UserError
+from imnet64.formats.image_names import escape_name, unescape_name
 from imnet64.label.image_decode import decode_image
-from imnet64.label.inputs import (
-    InputReadError,
-    escape_name,
-    names_fingerprint,
-    open_inputs,
-    shard_range,
-    unescape_name,
-)
+from imnet64.label.inputs import InputReadError, names_fingerprint, open_inputs, shard_range
 from imnet64.pipeline.sample_images import write_sample
 
 import numpy as np

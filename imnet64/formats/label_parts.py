@@ -28,7 +28,7 @@ TIMING_FIELDS = ("seconds", "images_per_second")
 PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)$")
 # atomic.temp_path_for names temps ".<final name>.<random>.tmp"
 TEMP_RE = re.compile(r"^\.part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json|timing\.json)\..+\.tmp$")
-# `path` is inputs.escape_name of the input's name (valid UTF-8; read_csv_rows undoes it)
+# `path` is image_names.escape_name of the input's name (valid UTF-8; read_csv_rows undoes it)
 CSV_HEADER = ("path", "label", "class_name", "confidence")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic
-from imnet64.atomic import sha256_file  # noqa: F401  (imported from here by other modules)
+from imnet64.atomic import sha256_file
 from imnet64.errors import UserError
 from imnet64.formats import provenance
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from imnet64.formats.image64 import CHANNELS
+from imnet64.formats.image64 import SIZE as IMAGE_SIZE
 
 import tensorflow as tf
-
-IMAGE_SIZE = 64
-CHANNELS = 3
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"

@@ -16,10 +16,8 @@ which the labeler records as a reject.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
-import re
 import stat
 import tarfile
 from array import array
@@ -28,16 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imnet64.errors import UserError
+from imnet64.formats.image_names import is_image_name, sha256_of_names
 
-# File name endings taken as images (case-insensitive). In a folder, only files with these
-# names are inputs. A list file's entries are inputs whatever their names (they were
-# listed). In a tar, every member but directories is an input; one without an image name
-# is rejected as such. Anything that does not decode is rejected with a reason, never
-# silently dropped.
-IMAGE_SUFFIXES = frozenset({
-    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm",
-})
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst")
 # A member or file larger than this is not a 64x64 image; refuse to pull it into memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -47,47 +37,9 @@ class InputReadError(Exception):
     """One input could not be read; the message is the reject reason."""
 
 
-def is_image_name(name: str) -> bool:
-    return posixpath.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
 def _hidden(name: str) -> bool:
     # dot files (.DS_Store, macOS "._x.png" resource forks, our own atomic temp files)
     return name.startswith(".")
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ESCAPED = re.compile(r"\\(\\|x[0-9a-f]{2})")
-
-
-def escape_name(name: str) -> str:
-    """`name` as valid UTF-8 text on one line, for the CSV, JSON summaries and logs.
-
-    File names are bytes; Python holds the bytes that are not UTF-8 as lone surrogates
-    (os.fsdecode's surrogateescape), which cannot be written as UTF-8. Here each such byte
-    and each control character (a newline in a name) becomes `\\xNN` (two lower-case hex
-    digits), and a backslash is doubled, so the text turns back into the exact name
-    (unescape_name). Names that are plain UTF-8 without backslashes are unchanged.
-    """
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name.replace("\\", "\\\\"))
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that is no escaped byte: shown, not reversible
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def unescape_name(text: str) -> str:
-    """The name `escape_name` made `text` from."""
-    if "\\" not in text:
-        return text
-    out, pos = bytearray(), 0
-    for m in _ESCAPED.finditer(text):
-        out += text[pos:m.start()].encode("utf-8", "surrogateescape")
-        code = m.group(1)
-        out += b"\\" if code == "\\" else bytes([int(code[1:], 16)])
-        pos = m.end()
-    out += text[pos:].encode("utf-8", "surrogateescape")
-    return out.decode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -468,9 +420,4 @@ def shard_range(total: int, index: int, count: int) -> tuple[int, int]:
 
 def names_fingerprint(names: Sequence[str]) -> str:
     """sha256 over the sorted input names: tells whether a summary belongs to these inputs."""
-    h = hashlib.sha256()
-    for name in names:
-        h.update(name.encode("utf-8", "surrogateescape"))
-        h.update(b"\0")
-    return h.hexdigest()
-
+    return sha256_of_names(names, end=b"\0")

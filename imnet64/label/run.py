@@ -44,7 +44,7 @@ timings: those go to the .timing.json beside them), so a run killed with `kill -
 re-run gives the same files as an uninterrupted run. Their provenance (imnet64.cluster.provenance)
 is split the same way: code and teacher in the .json, host and Slurm ids in the .timing.json.
 Names in the CSV and the summary are valid UTF-8 even when the file names are not
-(inputs.escape_name).
+(formats.image_names.escape_name).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ import imnet64
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
+from imnet64.formats.image_names import escape_name, unescape_name
 from imnet64.formats.label_parts import (
     CSV_HEADER,
     SUMMARY_FORMAT,
@@ -79,16 +80,12 @@ from imnet64.label.image_decode import NATIVE_SIZE, decode_image, to_native_size
 from imnet64.label.inputs import (
     InputReadError,
     InputSet,
-    escape_name,
     names_fingerprint,
     open_inputs,
     shard_range,
-    unescape_name,
 )
 from imnet64.label.options import LabelOptions
-
-ProgressFn = Callable[[int, int], None]
-LogFn = Callable[[str], None]
+from imnet64.progress import LogFn, ProgressFn
 
 # How far a probability may move when the same image is labeled in another batch (see the
 # module docstring): the promise the tests hold on every x86-64 CPU, oneDNN on or off.
@@ -104,7 +101,7 @@ KEEP_ENCODED_BYTES = 256 * 1024
 
 
 @dataclass
-class ShardPlan:
+class LabelPlan:
     """What one shard has to do, known before any TensorFlow or teacher is loaded."""
 
     input_path: Path
@@ -178,7 +175,7 @@ def plan_shard(
     index: int,
     count: int,
     export_dir: str | os.PathLike | None = None,
-) -> ShardPlan:
+) -> LabelPlan:
     """Enumerate INPUT, pick this shard's contiguous slice of the sorted names, look at disk."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     _check_request(input_path, out_dir, index, count, export_dir)
@@ -190,7 +187,7 @@ def plan_shard(
     if inputs is not all_inputs:
         all_inputs.close()
     paths = part_paths(out_dir, index, count)
-    return ShardPlan(
+    return LabelPlan(
         input_path=input_path,
         out_dir=out_dir,
         index=index,
@@ -318,15 +315,11 @@ def _csv_line(name: str, label: int, class_name: str, confidence: float) -> byte
 
 
 def _file_facts(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": atomic.sha256_file(path)}
 
 
 def label_shard(
-    plan: ShardPlan,
+    plan: LabelPlan,
     teacher,
     options: LabelOptions,
     progress: ProgressFn | None = None,

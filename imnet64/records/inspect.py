@@ -6,12 +6,12 @@ count must equal the manifest's; any difference is a problem (the CLI exits 1).
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imnet64.atomic import sha256_file
 from imnet64.formats.manifest import Manifest, dataset_provenance
 from imnet64.formats.tfrecord_file import RecordFileError, count_records
+from imnet64.progress import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,7 @@ def summarize(manifest: Manifest) -> Summary:
     )
 
 
-def _sha256(path, on_bytes: Callable[[int], None] | None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
-    return h.hexdigest()
-
-
-def verify(manifest: Manifest, progress: Callable[[int, int], None] | None = None) -> list[str]:
+def verify(manifest: Manifest, progress: ProgressFn | None = None) -> list[str]:
     """One line per problem found (empty list = every shard matches the manifest)."""
     problems: list[str] = []
     shards = [s for info in manifest.splits.values() for s in info.shards]
@@ -127,7 +117,7 @@ def verify(manifest: Manifest, progress: Callable[[int, int], None] | None = Non
         size = path.stat().st_size
         if size != shard.bytes:
             problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes}")
-        sha = _sha256(path, on_bytes)
+        sha = sha256_file(path, on_bytes)
         if sha != shard.sha256:
             problems.append(
                 f"{shard.file}: sha256 {sha[:16]}... differs from the manifest's "

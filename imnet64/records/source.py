@@ -15,7 +15,6 @@ label parts are read again by record offset when a shard is written, folder file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,17 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-from imnet64.cluster import provenance
+from imnet64.atomic import sha256_file
 from imnet64.errors import UserError
+from imnet64.formats import image64, provenance
 from imnet64.formats.class_names import imagenet_class_names, safe_folder_name
+from imnet64.formats.image_names import is_image_name, sha256_of_names
 from imnet64.formats.label_parts import LABELS_DIR, PART_RE, part_stem
+from imnet64.formats.label_status import label_status
 from imnet64.formats.tfrecord_file import RecordFileError, iter_records, read_record_at
-from imnet64.label.inputs import is_image_name
-from imnet64.label.status import label_status
 
 # A 64x64 image never needs more than this in a shard (raw pixels + PNG overhead); used to
 # estimate shard sizes of sources holding bigger files that will be resized.
-MAX_IMAGE_ESTIMATE = 64 * 64 * 3 + 1024
+MAX_IMAGE_ESTIMATE = image64.RAW_BYTES + 1024
 
 ClassKey = Union[int, str]  # teacher id (label source) or folder name (class folders)
 
@@ -62,14 +62,6 @@ class Source:
     info: dict[str, Any] = field(default_factory=dict)
     part_files: list[str] = field(default_factory=list)  # index -> part file name
     teacher_sha256: str | None = None  # of the teacher's weights (the parts' provenance)
-
-
-def _hash_text(lines: Iterator[str]) -> str:
-    h = hashlib.sha256()
-    for line in lines:
-        h.update(line.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- label OUT_DIR
@@ -131,9 +123,9 @@ def _parts_fingerprint(parts: LabelParts) -> str:
             record = parts.folder / parts.name(i, "tfrecord")
             summary = parts.folder / parts.name(i, "json")
             yield f"{record.name}\t{record.stat().st_size}"
-            yield hashlib.sha256(summary.read_bytes()).hexdigest()
+            yield sha256_file(summary)
 
-    return _hash_text(lines())
+    return sha256_of_names(lines(), end=b"\n")
 
 
 def _check_parts(parts: LabelParts, allow_partial: bool) -> None:
@@ -262,7 +254,8 @@ def _list_class_folders(root: Path) -> list[tuple[str, list[tuple[str, int]]]]:
 
 
 def _folder_fingerprint(classes: list[tuple[str, list[tuple[str, int]]]]) -> str:
-    return _hash_text(f"{name}\t{size}" for _, files in classes for name, size in files)
+    return sha256_of_names((f"{name}\t{size}" for _, files in classes for name, size in files),
+                           end=b"\n")
 
 
 def _teacher_id_for_folder(folder: str) -> int:

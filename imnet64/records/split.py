@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imnet64.errors import UserError
+from imnet64.formats.image64 import RAW_BYTES as RAW_IMAGE_BYTES
 from imnet64.records.source import MAX_IMAGE_ESTIMATE, ClassKey, Source, SourceItem
 
 SPLITS = ("train", "val")
-RAW_IMAGE_BYTES = 64 * 64 * 3
 RECORD_OVERHEAD = 240  # feature names, label, confidence, top-k, framing (measured ~200-250)
 
 
@@ -54,22 +54,6 @@ class Selection:
     classes: tuple[KeptClass, ...]
     examples: tuple[Example, ...]
     dropped: dict[str, int]  # filter -> images it removed
-
-
-def parse_classes_option(value: str | None) -> int | list[str] | None:
-    """`--classes`: a count K, or a comma-separated list of class names."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        k = int(value)
-        if k < 1:
-            raise UserError("--classes K must be at least 1")
-        return k
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    if len(set(names)) != len(names):
-        raise UserError(f"--classes lists a class twice: {value}")
-    return names
 
 
 def _resolve_names(names: Sequence[str], source: Source, available: set[ClassKey]) -> set[ClassKey]:
@@ -166,7 +150,9 @@ def estimated_bytes(example: Example, encoding: str) -> int:
 
 
 @dataclass(frozen=True)
-class ShardPlan:
+class PlannedShard:
+    """One shard file of a split and the examples planned into it, in write order."""
+
     split: str
     index: int
     count: int
@@ -183,7 +169,7 @@ def shard_file(split: str, index: int, count: int) -> str:
 
 def plan_shards(
     split: str, examples: Sequence[Example], encoding: str, shard_bytes: int, seed: int
-) -> list[ShardPlan]:
+) -> list[PlannedShard]:
     if not examples:
         return []
     total = sum(estimated_bytes(ex, encoding) for ex in examples)
@@ -194,5 +180,5 @@ def plan_shards(
         members = sorted(
             dealt[index::count], key=lambda ex: hash_key(seed, "order", ex.item.filename)
         )
-        plans.append(ShardPlan(split, index, count, tuple(members)))
+        plans.append(PlannedShard(split, index, count, tuple(members)))
     return plans

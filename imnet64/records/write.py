@@ -40,6 +40,8 @@ from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
 from imnet64.formats import image64
 from imnet64.formats.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR, VERSION, write_run_sidecar
+from imnet64.progress import LogFn, ProgressFn
+from imnet64.records.options import ShardOptions
 from imnet64.records.source import (
     ItemReader,
     Source,
@@ -52,8 +54,7 @@ from imnet64.records.split import (
     SPLITS,
     Example,
     KeptClass,
-    ShardPlan,
-    parse_classes_option,
+    PlannedShard,
     plan_shards,
     select,
     split_examples,
@@ -61,46 +62,6 @@ from imnet64.records.split import (
 
 SIDECAR_DIR = ".shards"
 SHARD_NAME_RE = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.tfrecord$")
-ENCODINGS = ("png", "raw")
-
-ProgressFn = Callable[[int, int], None]
-LogFn = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ShardOptions:
-    """The options that define the output (they go into the manifest)."""
-
-    val_fraction: float = 0.1
-    seed: int = 0
-    min_confidence: float | None = None
-    classes: int | list[str] | None = None  # K most frequent, or names
-    max_per_class: int | None = None
-    shard_size_mb: float = 128.0  # MiB
-    encoding: str = "png"
-
-    @classmethod
-    def build(cls, classes: str | None = None, **kwargs: Any) -> ShardOptions:
-        """From CLI-style values (`classes` as "K" or "name,name"), checked."""
-        opts = cls(classes=parse_classes_option(classes), **kwargs)
-        opts.check()
-        return opts
-
-    def check(self) -> None:
-        if self.encoding not in ENCODINGS:
-            raise UserError(f"--encoding must be png or raw, not {self.encoding!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
-            raise UserError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
-        if self.max_per_class is not None and self.max_per_class < 1:
-            raise UserError(f"--max-per-class must be at least 1, got {self.max_per_class}")
-        if not self.shard_size_mb > 0:
-            raise UserError(f"--shard-size-mb must be positive, got {self.shard_size_mb}")
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class ShardResult:
@@ -122,7 +83,7 @@ class ShardJob:
 
     ref: SourceRef
     out_dir: str
-    plan: ShardPlan
+    plan: PlannedShard
     plan_hash: str
     encoding: str
     classes: tuple[KeptClass, ...]
@@ -130,14 +91,6 @@ class ShardJob:
 
 def _sidecar_path(out_dir: str | Path, shard_file: str) -> Path:
     return Path(out_dir) / SIDECAR_DIR / f"{shard_file}.json"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dict[int, int]):
@@ -179,7 +132,6 @@ def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dic
 
 def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write one shard file and then its sidecar; returns the sidecar's content."""
-    import imnet64  # noqa: F401  (worker processes: Keras 2 before TensorFlow)
     from imnet64.formats.tfrecord_schema import serialize_dataset_example
 
     import tensorflow as tf
@@ -215,7 +167,7 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) ->
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             for record in serialized:
                 writer.write(record)
-        sha, size = _file_sha256(tmp), tmp.stat().st_size
+        sha, size = atomic.sha256_file(tmp), tmp.stat().st_size
     if progress:
         progress(len(examples) % 256)
     sidecar = {
@@ -238,7 +190,7 @@ def _write_in_worker(job: ShardJob) -> tuple[int, dict[str, Any]]:
 # ---------------------------------------------------------------- plan, state, manifest
 
 
-def _plan_hash(base: str, plan: ShardPlan) -> str:
+def _plan_hash(base: str, plan: PlannedShard) -> str:
     h = hashlib.sha256(base.encode())
     h.update(plan.file.encode())
     for ex in plan.examples:
@@ -246,7 +198,7 @@ def _plan_hash(base: str, plan: ShardPlan) -> str:
     return h.hexdigest()
 
 
-def _done_sidecar(out_dir: Path, plan: ShardPlan, plan_hash: str) -> dict[str, Any] | None:
+def _done_sidecar(out_dir: Path, plan: PlannedShard, plan_hash: str) -> dict[str, Any] | None:
     """The sidecar of a shard finished for exactly this plan, else None."""
     path = _sidecar_path(out_dir, plan.file)
     try:
@@ -281,7 +233,7 @@ def _manifest_is_current(out_dir: Path, fingerprint: str, options: ShardOptions)
 def _build_manifest(
     source: Source,
     classes: tuple[KeptClass, ...],
-    plans: dict[str, list[ShardPlan]],
+    plans: dict[str, list[PlannedShard]],
     sidecars: dict[str, dict[str, Any]],
     options: ShardOptions,
     dropped: dict[str, int],
@@ -712,7 +664,7 @@ def _run_jobs(
 
 def _wait_for_all(
     out_dir: Path,
-    plans: list[ShardPlan],
+    plans: list[PlannedShard],
     hashes: dict[str, str],
     wait: bool,
     own_seconds: float,
