@@ -59,13 +59,15 @@ def _reset_allocator_stats(tf) -> None:
 
 def _worker(mode: str, arch: str, batch: int, steps: int, classes: int) -> dict:
     """One measurement, in this (fresh) process."""
+    from imnet64.formats.image64 import CHANNELS, SIZE
     from imnet64.train.model import build_model
 
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
-    model = build_model(classes, arch=arch, recompute=(mode == "train+recompute"))
-    images = tf.random.uniform([batch, 64, 64, 3], 0, 255, seed=1)
+    model = build_model(classes, image_size=SIZE, arch=arch,
+                        recompute=(mode == "train+recompute"))
+    images = tf.random.uniform([batch, SIZE, SIZE, CHANNELS], 0, 255, seed=1)
     labels = tf.random.uniform([batch], 0, classes, tf.int32, seed=2)
 
     if mode == "baseline":

@@ -46,6 +46,7 @@ def _label_and_teacher(tf, images: Path, count: int, batch: int
                        ) -> dict[str, tuple[float, float]]:
     from imnet64.label.image_decode import decode_image
     from imnet64.label.inputs import open_inputs
+    from imnet64.label.options import LabelOptions
     from imnet64.label.run import label_shard, plan_shard
     from imnet64.teacher import load_teacher
 
@@ -65,7 +66,7 @@ def _label_and_teacher(tf, images: Path, count: int, batch: int
 
     def label(out: Path) -> None:
         plan = plan_shard(images, out, 0, 1)
-        label_shard(plan, teacher, batch_size=batch)
+        label_shard(plan, teacher, LabelOptions(batch_size=batch))
         plan.inputs.close()
 
     try:
@@ -87,6 +88,7 @@ def _timed(fn) -> tuple[float, float]:
 
 def _train_step(tf, images: Path, batch: int, steps: int) -> tuple[float, float]:
     from imnet64.cluster.world import init_world
+    from imnet64.formats.image64 import SIZE
     from imnet64.label.image_decode import decode_image
     from imnet64.label.inputs import open_inputs
     from imnet64.train.checkpoints import TrainState
@@ -100,7 +102,7 @@ def _train_step(tf, images: Path, batch: int, steps: int) -> tuple[float, float]
     pixels = np.stack([decode_image(inputs.read(i)).image for i in range(len(inputs))])
     inputs.close()
     tf.keras.utils.set_random_seed(0)
-    model = build_model(1001, widths=(32, 64, 128), repeats=(3, 3, 3))
+    model = build_model(1001, image_size=SIZE, widths=(32, 64, 128), repeats=(3, 3, 3))
     optimizer = tf.keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
     step = make_train_step(model, optimizer, world, TrainState())

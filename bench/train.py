@@ -93,9 +93,10 @@ def in_memory_worker(a, dataset: Path) -> dict:
     """This process: the trainer's step on in-memory batches, the trainer's loop shape."""
     import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
     from imnet64.cluster.world import init_world
+    from imnet64.formats.image64 import SIZE
     from imnet64.formats.manifest import load_manifest
     from imnet64.train.checkpoints import TrainState
-    from imnet64.train.input_pipeline import training_dataset
+    from imnet64.train.input_pipeline import InputOptions, training_dataset
     from imnet64.train.loop import make_train_step
     from imnet64.train.model import build_model, flops_per_image
     from imnet64.train.peak_flops import mfu, peak_per_rank
@@ -106,7 +107,8 @@ def in_memory_worker(a, dataset: Path) -> dict:
     world = init_world()
     manifest = load_manifest(dataset)
     tf.keras.utils.set_random_seed(0)
-    model = build_model(manifest.num_classes, widths=[int(w) for w in a.widths.split(",")],
+    model = build_model(manifest.num_classes, image_size=SIZE,
+                        widths=[int(w) for w in a.widths.split(",")],
                         repeats=[int(r) for r in a.repeats.split(",")])
     optimizer = tf.keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
@@ -114,7 +116,8 @@ def in_memory_worker(a, dataset: Path) -> dict:
     step = make_train_step(model, optimizer, world, state)
     schedule = Schedule(1e-3, warmup_epochs=1, final_epochs=a.epochs - 1)
     # decode everything once; then batches are tensors in memory (cycled)
-    ds = training_dataset(manifest, "train", a.batch_size, shuffle=False, repeat=False)
+    ds = training_dataset(manifest, "train", a.batch_size,
+                          InputOptions(shuffle=False, repeat=False))
     batches = [(images, labels) for images, labels in ds]
     no_stop = tf.constant(False)
     seconds, index = [], 0

@@ -6,8 +6,12 @@ import logging
 import sys
 
 from imnet64.errors import UserError
+from imnet64.train.config import PRECISIONS, TrainConfig
+from imnet64.train.model_config import ARCHS
 
 import click
+
+DEFAULTS = TrainConfig  # its class attributes are the defaults (the options below show them)
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -32,34 +36,28 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def _child_args(ctx: click.Context, drop: tuple[str, ...] = ("np_",)) -> list[str]:
-    """This command's parsed parameters as command-line arguments again (for the ranks)."""
-    positional, options = [], []
-    for param in ctx.command.params:
-        if param.name in drop:
-            continue
-        value = ctx.params[param.name]
-        if isinstance(param, click.Argument):
-            positional.append(str(value))
-        elif isinstance(param, click.Option) and param.is_flag:
-            if value:
-                options.append(param.opts[0])
-            elif param.secondary_opts:
-                options.append(param.secondary_opts[0])
-        elif value is not None:
-            options += [param.opts[0], str(value)]
-    return positional + options
+def _csv(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+def train_config(params: dict) -> TrainConfig:
+    """The TrainConfig of `imnet64 train`'s parsed parameters (all but --np)."""
+    options = {k: v for k, v in params.items() if k not in ("dataset_dir", "run_dir", "np_")}
+    return TrainConfig(
+        run_dir=params["run_dir"], dataset=params["dataset_dir"],
+        **{**options, "repeats": _ints(options["repeats"], "--repeats"),
+           "widths": _ints(options["widths"], "--widths")})
 
 
 def model_options(f):
     f = click.option("--recompute", is_flag=True,
                      help="Recompute each level's activations in the backward pass "
                           "(less memory, more compute).")(f)
-    f = click.option("--widths", default="32,64,128", show_default=True,
+    f = click.option("--widths", default=_csv(DEFAULTS.widths), show_default=True,
                      help="Filters per level.")(f)
-    f = click.option("--repeats", default="3,3,3", show_default=True,
+    f = click.option("--repeats", default=_csv(DEFAULTS.repeats), show_default=True,
                      help="Conv-BN-ReLU blocks per level.")(f)
-    f = click.option("--arch", type=click.Choice(["plain", "residual"]), default="plain",
+    f = click.option("--arch", type=click.Choice(ARCHS), default=DEFAULTS.arch,
                      show_default=True,
                      help="The seed's VGG-style encoder, or residual blocks y = x + f(Hx + v).")(f)
     return f
@@ -69,54 +67,53 @@ def model_options(f):
 @click.argument("dataset_dir", type=click.Path(file_okay=False))
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @model_options
-@click.option("--epochs", default=30, show_default=True, help="Epochs in all (warmup included).")
-@click.option("--warmup-epochs", default=5.0, show_default=True,
+@click.option("--epochs", default=DEFAULTS.epochs, show_default=True,
+              help="Epochs in all (warmup included).")
+@click.option("--warmup-epochs", default=DEFAULTS.warmup_epochs, show_default=True,
               help="Linear warmup epochs before the quarter-cosine decay.")
-@click.option("--batch-size", default=32, show_default=True, help="Batch size per rank.")
-@click.option("--lr-max", default=1e-3, show_default=True,
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True,
+              help="Batch size per rank.")
+@click.option("--lr-max", default=DEFAULTS.lr_max, show_default=True,
               help="Peak learning rate for one rank (x ranks unless --no-lr-scaling).")
-@click.option("--lr-init-scale", default=0.01, show_default=True,
+@click.option("--lr-init-scale", "init_scale", default=DEFAULTS.init_scale, show_default=True,
               help="Warmup starts at lr_max x this.")
-@click.option("--lr-final-scale", default=0.01, show_default=True,
-              help="The decay ends at lr_max x this.")
-@click.option("--lr-scaling/--no-lr-scaling", default=True, show_default=True,
+@click.option("--lr-final-scale", "final_scale", default=DEFAULTS.final_scale,
+              show_default=True, help="The decay ends at lr_max x this.")
+@click.option("--lr-scaling/--no-lr-scaling", default=DEFAULTS.lr_scaling, show_default=True,
               help="Multiply the learning rates by the number of ranks.")
-@click.option("--steps-per-epoch", type=int, default=None,
+@click.option("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch,
               help="Steps per epoch [default: one pass over the train split].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default=DEFAULTS.precision,
               show_default=True, help="Mixed precision policy (fp16 uses loss scaling).")
 @click.option("--xla", is_flag=True, help="Compile the forward/backward step with XLA.")
-@click.option("--seed", default=0, show_default=True, help="Initial weights and data order.")
-@click.option("--augment/--no-augment", default=False, show_default=True,
+@click.option("--seed", default=DEFAULTS.seed, show_default=True,
+              help="Initial weights and data order.")
+@click.option("--augment/--no-augment", default=DEFAULTS.augment, show_default=True,
               help="Pad-and-random-crop and horizontal flip.")
-@click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+@click.option("--shuffle/--no-shuffle", default=DEFAULTS.shuffle, show_default=True,
               help="Shuffle the training examples (--no-shuffle: a fixed, reproducible order).")
-@click.option("--keep-checkpoints", default=3, show_default=True,
+@click.option("--keep-checkpoints", default=DEFAULTS.keep_checkpoints, show_default=True,
               help="How many recent checkpoints to keep (the best one is kept apart).")
-@click.option("--checkpoint-every", default=0, show_default=True,
+@click.option("--checkpoint-every", default=DEFAULTS.checkpoint_every, show_default=True,
               help="Also checkpoint every N steps (0: once per epoch).")
-@click.option("--signal", "signal_name", default="USR1", show_default=True,
+@click.option("--signal", default=DEFAULTS.signal, show_default=True,
               help="Signal that means: checkpoint now and exit 75 to be requeued "
                    "(SIGTERM and SIGINT do the same).")
 @click.option("--restart-if-damaged", is_flag=True,
               help="If RUN_DIR has checkpoints but none of them restores, start over at epoch "
                    "1 instead of stopping with an error (the damaged files are kept in "
                    "RUN_DIR/checkpoints/damaged).")
-@click.option("--peak-flops", type=float, default=None,
+@click.option("--peak-flops", type=float, default=DEFAULTS.peak_flops,
               help="Peak FLOP/s of one rank for the MFU figure [default: estimated].")
-@click.option("--log-every", default=30.0, show_default=True,
+@click.option("--log-every", default=DEFAULTS.log_every, show_default=True,
               help="Seconds between progress lines.")
 @click.option("--np", "np_", default=None,
               help="Start N Horovod ranks on this machine ('auto': one per GPU) when not "
                    "already under horovodrun/mpirun/srun.")
-@click.option("--dump-weights", default=None, hidden=True,
+@click.option("--dump-weights", default=DEFAULTS.dump_weights, hidden=True,
               help="Write each rank's final weights to this path ({rank} is replaced).")
 @click.pass_context
-def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recompute, epochs,
-          warmup_epochs, batch_size, lr_max, lr_init_scale, lr_final_scale, lr_scaling,
-          steps_per_epoch, precision, xla, seed, augment, shuffle, keep_checkpoints,
-          checkpoint_every, signal_name, restart_if_damaged, peak_flops, log_every, np_,
-          dump_weights) -> None:
+def train(ctx: click.Context, **params) -> None:
     """Train the encoder on DATASET_DIR (made by shard-records) into RUN_DIR.
 
     Run the same command again to resume from RUN_DIR's newest checkpoint that restores
@@ -127,46 +124,41 @@ def train(ctx: click.Context, dataset_dir, run_dir, arch, repeats, widths, recom
     from imnet64.cluster.preemption import StopRequest, parse_signal, stop_signals
 
     try:
-        requeue = parse_signal(signal_name)
+        requeue = parse_signal(params["signal"])
     except UserError as e:
         raise UserError(f"--signal: {e}") from None
     # First thing, before TensorFlow loads: from here on a stop signal is a request to stop
     # (checkpoint what exists, exit 75), never the signal's default action.
     with StopRequest(stop_signals(requeue), requeue_signal=requeue) as stop:
-        from imnet64.cluster import launch
+        from imnet64.train.start import ranks_to_start, start_ranks
 
-        np_count = launch.resolve_np(np_)
-        if launch.should_self_launch(np_count):
-            code = launch.run_ranks(np_count, _child_args(ctx), run_dir, stop)
+        cfg = train_config(params)
+        ranks = ranks_to_start(params["np_"])
+        if ranks:
+            code = start_ranks(cfg, ranks, stop)
             if code:
                 raise click.exceptions.Exit(code)
             return
+        _train_here(cfg, stop)
 
-        from imnet64.train.loop import TrainConfig
-        from imnet64.train.loop import train as run_training
 
-        _setup_logging()
-        cfg = TrainConfig(
-            run_dir=run_dir, dataset=dataset_dir, arch=arch,
-            repeats=_ints(repeats, "--repeats"), widths=_ints(widths, "--widths"),
-            recompute=recompute, epochs=epochs, warmup_epochs=warmup_epochs,
-            batch_size=batch_size, lr_max=lr_max, init_scale=lr_init_scale,
-            final_scale=lr_final_scale, lr_scaling=lr_scaling, steps_per_epoch=steps_per_epoch,
-            precision=precision, xla=xla, seed=seed, augment=augment, shuffle=shuffle,
-            keep_checkpoints=keep_checkpoints, checkpoint_every=checkpoint_every,
-            signal=signal_name, restart_if_damaged=restart_if_damaged, peak_flops=peak_flops,
-            log_every=log_every, dump_weights=dump_weights)
-        result = run_training(cfg, stop=stop)
-        # (still inside: a signal now must not kill a run that just finished with its
-        # default action; the run is complete and checkpointed, it exits 0)
-        if result.rank == 0 and result.state == "finished" and result.history:
-            last = result.history[-1]
-            click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
-                       f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
-                       f"run in {run_dir}")
-        code = launch.rank_exit_code(result.exit_code)
-        if code:
-            raise click.exceptions.Exit(code)
+def _train_here(cfg: TrainConfig, stop) -> None:
+    """This process is one rank (of one, or of a launcher's): train, say how it ended."""
+    from imnet64.cluster import launch
+    from imnet64.train.loop import train as run_training
+
+    _setup_logging()
+    result = run_training(cfg, stop=stop)
+    # (still inside the stop request: a signal now must not kill a run that just finished
+    # with its default action; the run is complete and checkpointed, it exits 0)
+    if result.rank == 0 and result.state == "finished" and result.history:
+        last = result.history[-1]
+        click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
+                   f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
+                   f"run in {cfg.run_dir}")
+    code = launch.rank_exit_code(result.exit_code)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def _fmt_flops(n: float) -> str:
@@ -184,6 +176,7 @@ def _fmt_flops(n: float) -> str:
               help="Take the number of classes from this dataset's manifest.")
 def model_summary(arch, repeats, widths, recompute, num_classes, dataset_dir) -> None:
     """The encoder's layer table with parameters and FLOPs per 64x64 image."""
+    from imnet64.formats.image64 import SIZE
     from imnet64.train.model import build_model, layer_table
 
     if dataset_dir:
@@ -191,7 +184,8 @@ def model_summary(arch, repeats, widths, recompute, num_classes, dataset_dir) ->
 
         num_classes = load_manifest(dataset_dir).num_classes
     try:
-        model = build_model(num_classes, arch=arch, repeats=_ints(repeats, "--repeats"),
+        model = build_model(num_classes, image_size=SIZE, arch=arch,
+                            repeats=_ints(repeats, "--repeats"),
                             widths=_ints(widths, "--widths"), recompute=recompute)
     except ValueError as e:
         raise UserError(str(e)) from e

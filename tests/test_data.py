@@ -9,7 +9,12 @@ from collections import Counter
 import imnet64  # noqa: F401
 from imnet64.formats.manifest import load_manifest
 from imnet64.records.write import ShardOptions, shard_records
-from imnet64.train.input_pipeline import examples_per_rank, steps_per_epoch, training_dataset
+from imnet64.train.input_pipeline import (
+    InputOptions,
+    examples_per_rank,
+    steps_per_epoch,
+    training_dataset,
+)
 
 import numpy as np
 import pytest
@@ -17,6 +22,12 @@ import tensorflow as tf
 from records_support import read_dataset, sample, write_label_out_dir
 
 TIDS = (282, 283, 286, 405, 968)
+
+
+def _ds(manifest, split, batch_size, *, rank=0, size=1, **options):
+    """training_dataset with its InputOptions given as keywords."""
+    return training_dataset(manifest, split, batch_size, InputOptions(**options), rank=rank,
+                            size=size)
 
 
 def _digest(image: np.ndarray) -> str:
@@ -53,7 +64,7 @@ def _unbatched(ds) -> tuple[np.ndarray, np.ndarray]:
 def test_yields_uint8_images_and_int32_labels_matching_the_shards(manifests):
     m = manifests["many"]
     assert len(m.split("train").shards) >= 4
-    ds = training_dataset(m, "train", 16, shuffle=False, repeat=False, drop_remainder=False)
+    ds = _ds(m, "train", 16, shuffle=False, repeat=False, drop_remainder=False)
     assert ds.element_spec[0].dtype == tf.uint8 and ds.element_spec[1].dtype == tf.int32
     images, labels = _unbatched(ds)
     assert images.shape == (m.split("train").count, 64, 64, 3)
@@ -63,7 +74,7 @@ def test_yields_uint8_images_and_int32_labels_matching_the_shards(manifests):
     assert Counter(labels.tolist()) == dict(enumerate(m.split("train").class_counts))
 
     # batching drops the remainder by default; soft labels come as a third element
-    ds = training_dataset(m, "train", 32, shuffle=False, repeat=False, with_soft_labels=True)
+    ds = _ds(m, "train", 32, shuffle=False, repeat=False, with_soft_labels=True)
     batches = _all(ds)
     assert len(batches) == m.split("train").count // 32
     images, labels, soft = batches[0]
@@ -80,12 +91,12 @@ def test_ranks_read_disjoint_parts_that_cover_the_split(manifests, name, size, d
     m = manifests[name]
     assert (len(m.split("train").shards) < size) == deal_records
     whole, _ = _unbatched(
-        training_dataset(m, "train", 8, shuffle=False, repeat=False, drop_remainder=False)
+        _ds(m, "train", 8, shuffle=False, repeat=False, drop_remainder=False)
     )
     parts = []
     for rank in range(size):
         images, _ = _unbatched(
-            training_dataset(
+            _ds(
                 m,
                 "train",
                 8,
@@ -112,7 +123,7 @@ def test_deterministic_without_shuffle_and_png_equals_raw(manifests):
 
     def run(**kw):
         return _unbatched(
-            training_dataset(m, "val", 4, shuffle=False, repeat=False, drop_remainder=False, **kw)
+            _ds(m, "val", 4, shuffle=False, repeat=False, drop_remainder=False, **kw)
         )
 
     a, b = run(augment=True, seed=5), run(augment=True, seed=5)
@@ -123,13 +134,13 @@ def test_deterministic_without_shuffle_and_png_equals_raw(manifests):
     png = {
         _digest(im)
         for im in _unbatched(
-            training_dataset(m, "train", 8, shuffle=False, repeat=False, drop_remainder=False)
+            _ds(m, "train", 8, shuffle=False, repeat=False, drop_remainder=False)
         )[0]
     }
     raw = {
         _digest(im)
         for im in _unbatched(
-            training_dataset(
+            _ds(
                 manifests["raw"], "train", 8, shuffle=False, repeat=False, drop_remainder=False
             )
         )[0]
@@ -140,8 +151,8 @@ def test_deterministic_without_shuffle_and_png_equals_raw(manifests):
 def test_augment_is_a_shifted_window_of_the_zero_padded_image_maybe_flipped(manifests):
     m = manifests["many"]
     kw = dict(shuffle=False, repeat=False, drop_remainder=False)
-    plain, _ = _unbatched(training_dataset(m, "val", 4, **kw))
-    augmented, _ = _unbatched(training_dataset(m, "val", 4, augment=True, seed=2, **kw))
+    plain, _ = _unbatched(_ds(m, "val", 4, **kw))
+    augmented, _ = _unbatched(_ds(m, "val", 4, augment=True, seed=2, **kw))
     shifts, flips = set(), 0
     for original, aug in zip(plain, augmented):
         padded = np.pad(original, [(4, 4), (4, 4), (0, 0)])
@@ -162,10 +173,10 @@ def test_augment_is_a_shifted_window_of_the_zero_padded_image_maybe_flipped(mani
 
 def test_repeat_and_shuffle_keep_going_and_mix(manifests):
     m = manifests["many"]
-    ds = training_dataset(m, "train", 32, shuffle=True, augment=True, seed=3)
+    ds = _ds(m, "train", 32, shuffle=True, augment=True, seed=3)
     batches = list(ds.take(12))  # > 3 epochs of 108 train examples
     assert len(batches) == 12 and all(b[0].shape == (32, 64, 64, 3) for b in batches)
-    ordered, _ = _unbatched(training_dataset(m, "train", 32, shuffle=False, repeat=False))
+    ordered, _ = _unbatched(_ds(m, "train", 32, shuffle=False, repeat=False))
     assert not np.array_equal(batches[0][0].numpy(), ordered[:32])
 
 
@@ -173,9 +184,9 @@ def test_empty_split_and_bad_rank_are_clear_errors(manifests, tmp_path):
     from imnet64.errors import UserError
 
     with pytest.raises(UserError, match="has no split 'test'"):
-        training_dataset(manifests["one"], "test", 8)
+        _ds(manifests["one"], "test", 8)
     with pytest.raises(UserError, match="rank 2 is not in 0..1"):
-        training_dataset(manifests["one"], "train", 8, rank=2, size=2)
+        _ds(manifests["one"], "train", 8, rank=2, size=2)
 
 
 def test_deleting_an_iterator_mid_stream_does_not_wait_for_tf_data_threads(manifests):
@@ -188,7 +199,7 @@ def test_deleting_an_iterator_mid_stream_does_not_wait_for_tf_data_threads(manif
     m = manifests["many"]
     drops = []
     for i in range(24):
-        iterator = iter(training_dataset(m, "train", 8, shuffle=True, repeat=True, seed=i))
+        iterator = iter(_ds(m, "train", 8, shuffle=True, repeat=True, seed=i))
         start = time.perf_counter()
         while time.perf_counter() - start < 0.36:
             next(iterator)

@@ -6,6 +6,7 @@ import json
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
+from imnet64.formats.image64 import SIZE
 from imnet64.formats.manifest import load_manifest
 from imnet64.formats.tfrecord_schema import parse_example
 from imnet64.train.evaluate import evaluate_run
@@ -30,7 +31,7 @@ def _direct(dataset, run_dir, split="val"):
     """Logits from an independently restored model on records parsed straight from the
     shard files; metrics in float64 numpy (log-sum-exp cross-entropy)."""
     config = json.loads((run_dir / "config.json").read_text())
-    model = ModelConfig.from_json(config["model"]).build()
+    model = ModelConfig.from_json(config["model"], image_size=SIZE).build()
     best = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "best"))
     tf.train.Checkpoint(model=model).restore(best).expect_partial()
     manifest = load_manifest(dataset)

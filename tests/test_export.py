@@ -8,6 +8,7 @@ import shutil
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
+from imnet64.formats.image64 import SIZE
 from imnet64.formats.manifest import load_manifest
 from imnet64.formats.tfrecord_schema import parse_example
 from imnet64.train.export import export_run
@@ -31,7 +32,7 @@ def trained(tmp_path_factory):
 def _reference(dataset, run_dir):
     """Real val images, and the run's model restored independently of export.py."""
     config = json.loads((run_dir / "config.json").read_text())
-    model = ModelConfig.from_json(config["model"]).build()
+    model = ModelConfig.from_json(config["model"], image_size=SIZE).build()
     best = tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "best"))
     tf.train.Checkpoint(model=model).restore(best).expect_partial()
     manifest = load_manifest(dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
+from imnet64.formats.image64 import SIZE
 from imnet64.train.model import ModelConfig, build_model, flops_per_image, layer_table
 
 import numpy as np
@@ -15,7 +16,7 @@ def _images(n=4, seed=0):
 
 
 def test_seed_encoder_params_and_flops_by_hand():
-    model = build_model(10)
+    model = build_model(10, image_size=SIZE)
     convs = [(3, 32), (32, 32), (32, 32), (32, 64), (64, 64), (64, 64),
              (64, 128), (128, 128), (128, 128)]
     conv_params = [9 * cin * cout for cin, cout in convs]
@@ -37,7 +38,7 @@ def test_seed_encoder_params_and_flops_by_hand():
 
 def test_logits_out_features_exposed_uint8_equals_float():
     tf.keras.utils.set_random_seed(1)
-    model = build_model(7, widths=(8, 16, 32), repeats=(1, 1, 1))
+    model = build_model(7, image_size=SIZE, widths=(8, 16, 32), repeats=(1, 1, 1))
     x = _images()
     logits_u8 = model(x, training=False).numpy()
     logits_f = model(x.astype(np.float32), training=False).numpy()
@@ -52,7 +53,7 @@ def test_logits_out_features_exposed_uint8_equals_float():
 
 
 def test_residual_blocks_identity_and_projection():
-    model = build_model(5, arch="residual", widths=(8, 16, 32), repeats=(2, 2, 1))
+    model = build_model(5, image_size=SIZE, arch="residual", widths=(8, 16, 32), repeats=(2, 2, 1))
     names = [layer.name for layer in model.layers]
     # a projection only where the width changes (first block of each level)
     assert [n for n in names if "projection" in n] == [f"level{i}_projection" for i in range(3)]
@@ -67,7 +68,8 @@ def test_residual_blocks_identity_and_projection():
     a, b = probe(_images(2), training=False)
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
     assert flops_per_image(model) > flops_per_image(
-        build_model(5, widths=(8, 16, 32), repeats=(2, 2, 1)))  # + the 1x1 projections
+        build_model(5, image_size=SIZE, widths=(8, 16, 32),
+                    repeats=(2, 2, 1)))  # + the 1x1 projections
 
 
 @pytest.mark.parametrize("arch", ["plain", "residual"])
@@ -76,7 +78,7 @@ def test_recompute_gives_the_same_gradients_and_bn_statistics(arch):
     results = {}
     for recompute in (False, True):
         tf.keras.utils.set_random_seed(0)
-        model = build_model(6, arch=arch, widths=(8, 16, 16), repeats=(2, 1, 1),
+        model = build_model(6, image_size=SIZE, arch=arch, widths=(8, 16, 16), repeats=(2, 1, 1),
                             recompute=recompute)
 
         @tf.function
@@ -97,21 +99,22 @@ def test_recompute_gives_the_same_gradients_and_bn_statistics(arch):
     # BatchNorm moving statistics updated once per step, not twice (recomputed forward)
     for k, v in results[False][1].items():
         np.testing.assert_allclose(results[True][1][k], v, atol=1e-6, err_msg=k)
-    assert flops_per_image(build_model(6, arch=arch, widths=(8, 16, 16), repeats=(2, 1, 1),
-                                       recompute=True)) == flops_per_image(
-        build_model(6, arch=arch, widths=(8, 16, 16), repeats=(2, 1, 1)))
+    assert flops_per_image(build_model(6, image_size=SIZE, arch=arch, widths=(8, 16, 16),
+                                       repeats=(2, 1, 1), recompute=True)) == flops_per_image(
+        build_model(6, image_size=SIZE, arch=arch, widths=(8, 16, 16), repeats=(2, 1, 1)))
 
 
 def test_mixed_precision_keeps_float32_logits():
-    model = build_model(3, widths=(8, 8, 8), repeats=(1, 1, 1), policy="mixed_bfloat16")
+    model = build_model(3, image_size=SIZE, widths=(8, 8, 8), repeats=(1, 1, 1),
+                        policy="mixed_bfloat16")
     assert model.get_layer("level0_conv0").compute_dtype == "bfloat16"
     assert model(_images(2)).dtype == tf.float32
 
 
 def test_model_config_round_trip_and_checks():
-    cfg = ModelConfig(10, "residual", [1, 2, 3], [4, 5, 6], True)
-    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    cfg = ModelConfig(10, "residual", [1, 2, 3], [4, 5, 6], True, image_size=SIZE)
+    assert ModelConfig.from_json(cfg.to_json(), image_size=SIZE) == cfg
     with pytest.raises(ValueError):
-        ModelConfig(10, "vgg")
+        ModelConfig(10, "vgg", image_size=SIZE)
     with pytest.raises(ValueError):
-        ModelConfig(10, repeats=(1, 1), widths=(8, 8, 8))
+        ModelConfig(10, repeats=(1, 1), widths=(8, 8, 8), image_size=SIZE)

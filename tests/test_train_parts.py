@@ -96,13 +96,13 @@ def test_self_launch_only_outside_a_launcher(monkeypatch):
 
 
 def test_ranks_get_the_same_options_back():
-    from imnet64_cli.train_cmd import _child_args, train
+    from imnet64_cli.train_cmd import train, train_config
 
     argv = ["data", "runs/a", "--arch", "residual", "--widths", "8,16,32", "--epochs", "4",
             "--no-lr-scaling", "--xla", "--no-shuffle", "--signal", "USR2", "--np", "2",
             "--steps-per-epoch", "7"]
     ctx = train.make_context("train", list(argv))
-    child = _child_args(ctx)
+    child = train_config(ctx.params).to_argv()
     assert "--np" not in child
     again = train.make_context("train", list(child))
     expected = {k: v for k, v in ctx.params.items() if k != "np_"}

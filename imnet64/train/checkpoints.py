@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic
 from imnet64.errors import UserError
 

@@ -2,7 +2,8 @@
 
 One pass over a split (in the manifest's order), accumulating per batch: the summed
 cross-entropy (fused, on logits), top-1 and top-k hits, and a C x C confusion matrix, so
-memory stays flat for 1000 classes and any split size.
+memory stays flat for 1000 classes and any split size. The per-batch step is the trainer's
+validation step (imnet64.train.eval_step).
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats.manifest import load_manifest
-from imnet64.train.input_pipeline import training_dataset
+from imnet64.train.eval_step import make_eval_step
+from imnet64.train.input_pipeline import ONE_PASS, training_dataset
 from imnet64.train.run_dir import load_trained_run
 
 import numpy as np
-import tensorflow as tf
 
 
 @dataclass(frozen=True)
@@ -63,21 +63,6 @@ class Evaluation:
         return asdict(self)
 
 
-def _batch_stats(model: tf.keras.Model, k: int):
-    @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.uint8),
-                                  tf.TensorSpec([None], tf.int32)])
-    def stats(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        loss = tf.reduce_sum(tf.cast(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits),
-            tf.float64))
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        in_top_k = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.int64))
-        return loss, predicted, in_top_k
-
-    return stats
-
-
 def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[Confusion]:
     """The largest off-diagonal cells of a confusion matrix (rows: true, columns: predicted)."""
     off = confusion.copy()
@@ -107,17 +92,15 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None, split: 
     names = run.class_names
     num_classes = manifest.num_classes
     k = min(5, num_classes)
-    stats = _batch_stats(run.model, k)
-    ds = training_dataset(manifest, split, batch_size, shuffle=False, augment=False,
-                          repeat=False, drop_remainder=False)
+    step = make_eval_step(run.model, top_k=k)
     loss_sum, top_k_hits, count = 0.0, 0, 0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for images, labels in ds:
-        loss, predicted, hits = stats(images, labels)
-        loss_sum += float(loss)
-        top_k_hits += int(hits)
+    for images, labels in training_dataset(manifest, split, batch_size, ONE_PASS):
+        scores = step(images, labels)
+        loss_sum += float(scores["loss_sum"])
+        top_k_hits += int(scores["top_k_hits"])
         count += int(labels.shape[0])
-        np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
+        np.add.at(confusion, (labels.numpy(), scores["predicted"].numpy()), 1)
     if count == 0:
         raise UserError(f"split {split!r} of {manifest.root} is empty")
     per_class_counts = confusion.sum(axis=1)

@@ -21,21 +21,25 @@ SavedModel (inside the folder; TF ignores it) and in `OUT.json` beside a .keras 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
+from imnet64.formats.image64 import CHANNELS, SIZE
+from imnet64.train.checkpoints import one_line
 from imnet64.train.model import ENCODER_OUTPUT
 from imnet64.train.run_dir import TrainedRun, load_trained_run
 
 import numpy as np
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("savedmodel", "keras")
 TOLERANCE = 1e-6
@@ -96,7 +100,8 @@ class ServingModule(tf.Module):
                     tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
                 default_value="")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, CHANNELS], tf.uint8,
+                                                name="images")])
     def serve(self, images):
         outputs = tf.cast(self.model(images, training=False), tf.float32)
         if self.encoder_only:
@@ -111,17 +116,18 @@ def _check_images(dataset: Path, n: int = 64) -> np.ndarray:
     """Real images from the run's val split if the dataset is there, else fixed random ones."""
     try:
         from imnet64.formats.manifest import load_manifest
-        from imnet64.train.input_pipeline import training_dataset
+        from imnet64.train.input_pipeline import ONE_PASS, training_dataset
 
         manifest = load_manifest(dataset)
         split = "val" if "val" in manifest.splits else next(iter(manifest.splits))
-        ds = training_dataset(manifest, split, n, shuffle=False, repeat=False,
-                              drop_remainder=False)
-        for images, _ in ds.take(1):
+        for images, _ in training_dataset(manifest, split, n, ONE_PASS).take(1):
             return images.numpy()
-    except Exception:  # noqa: BLE001  (no dataset: random pixels still check the export)
-        pass
-    return np.random.RandomState(0).randint(0, 256, (n, 64, 64, 3)).astype(np.uint8)
+        reason = f"its {split} split is empty"
+    except Exception as e:  # noqa: BLE001  (no dataset: random pixels still check the export)
+        reason = one_line(e)
+    log.warning("export check on %d random images, not the run's dataset %s (%s)", n, dataset,
+             reason)
+    return np.random.RandomState(0).randint(0, 256, (n, SIZE, SIZE, CHANNELS)).astype(np.uint8)
 
 
 @contextlib.contextmanager

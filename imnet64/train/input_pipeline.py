@@ -27,9 +27,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
-import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.errors import UserError
 from imnet64.formats.manifest import Manifest
 from imnet64.formats.tfrecord_schema import CHANNELS, IMAGE_SIZE, make_batch_parser
@@ -157,33 +157,51 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.reshape(out, [batch, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
 
 
-def training_dataset(
-    manifest: Manifest,
-    split: str,
-    batch_size: int,
-    *,
-    rank: int = 0,
-    size: int = 1,
-    shuffle: bool = True,
-    augment: bool = False,
-    repeat: bool = True,
-    seed: int = 0,
-    drop_remainder: bool = True,
-    with_soft_labels: bool = False,
-    shuffle_buffer: int | None = None,
-    parallelism: int | None = None,
-) -> tf.data.Dataset:
-    """Batches (images uint8 [B,64,64,3], labels int32 [B]) for `rank` of `size`, or
-    (images, labels, soft [B,C]) with `with_soft_labels`. Deterministic given `seed` when
-    `shuffle` is False (with shuffle, parallel reads may also reorder for speed).
+@dataclass(frozen=True)
+class InputOptions:
+    """How a split is read (the defaults: training's endless shuffled stream of full batches).
+
+    `seed` keys the file and record order and the augmentation; deterministic given the seed
+    when `shuffle` is False (with shuffle, parallel reads may also reorder for speed).
     `parallelism`: files read at once and batches decoded at once (default: the cores this
-    process may use, at most 16); as many batches are prefetched (at least 2)."""
+    process may use, at most 16); as many batches are prefetched (at least 2).
+    """
+
+    shuffle: bool = True
+    augment: bool = False  # pad 4, random crop, random horizontal flip
+    repeat: bool = True  # endless: the caller takes as many batches as it needs
+    drop_remainder: bool = True  # full batches only (a static batch dimension)
+    seed: int = 0
+    with_soft_labels: bool = False  # also the teacher's distribution [B, C]
+    shuffle_buffer: int | None = None  # records (default: min(examples, 8192))
+    parallelism: int | None = None
+
+
+# every example once, in the shards' order, the last batch possibly smaller: evaluation
+ONE_PASS = InputOptions(shuffle=False, repeat=False, drop_remainder=False)
+
+
+def training_dataset(manifest: Manifest, split: str, batch_size: int,
+                     options: InputOptions = InputOptions(), *, rank: int = 0,
+                     size: int = 1) -> tf.data.Dataset:
+    """Batches (images uint8 [B,64,64,3], labels int32 [B]) of `split` for `rank` of `size`,
+    or (images, labels, soft [B,C]) with `options.with_soft_labels`."""
     _check_rank(rank, size)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
+    ds = _records(manifest, split, options, rank=rank, size=size)
+    ds = ds.batch(batch_size, drop_remainder=options.drop_remainder)
+    rows = batch_size if options.drop_remainder else None  # static batch dimension when known
+    return _decoded(ds, manifest, options, rows=rows, rank=rank)
+
+
+def _records(manifest: Manifest, split: str, options: InputOptions, *, rank: int,
+             size: int) -> tf.data.Dataset:
+    """This rank's serialized records: read, dealt, shuffled and repeated as `options` say."""
     files, deal_records = _rank_files(manifest, split, rank, size)
+    shuffle, seed = options.shuffle, options.seed
     deterministic = not shuffle
-    threads = max(1, parallelism or default_parallelism())
+    threads = _threads(options)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle and not deal_records:  # dealing records needs the same file order everywhere
@@ -201,25 +219,33 @@ def training_dataset(
         ds = ds.shard(size, rank)
     if shuffle:
         per_rank = examples_per_rank(manifest, split, rank, size)
-        buffer = shuffle_buffer or min(per_rank, DEFAULT_SHUFFLE_BUFFER)
+        buffer = options.shuffle_buffer or min(per_rank, DEFAULT_SHUFFLE_BUFFER)
         ds = ds.shuffle(max(buffer, 1), seed=seed + 1_000_003 * rank, reshuffle_each_iteration=True)
-    if repeat:
+    if options.repeat:
         ds = ds.repeat()
+    return ds
 
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+def _threads(options: InputOptions) -> int:
+    return max(1, options.parallelism or default_parallelism())
+
+
+def _decoded(ds: tf.data.Dataset, manifest: Manifest, options: InputOptions, *,
+             rows: int | None, rank: int) -> tf.data.Dataset:
+    """Batches of serialized records -> parsed (and augmented) tensors, prefetched."""
     parse = make_batch_parser(manifest.num_classes, manifest.encoding)
-
-    rows = batch_size if drop_remainder else None  # static batch dimension when known
+    threads = _threads(options)
 
     def outputs(images, labels, soft):
         images = tf.ensure_shape(images, [rows, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
         labels = tf.ensure_shape(labels, [rows])
         soft = tf.ensure_shape(soft, [rows, manifest.num_classes])
-        return (images, labels, soft) if with_soft_labels else (images, labels)
+        return (images, labels, soft) if options.with_soft_labels else (images, labels)
 
-    if augment:
+    if options.augment:
         # one [2] seed per batch, continuing across epochs: new crops on every pass
-        seeds = tf.data.Dataset.random(seed=seed + 7919 * rank).batch(2, drop_remainder=True)
+        seeds = tf.data.Dataset.random(seed=options.seed + 7919 * rank).batch(
+            2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, seeds))
 
         def prepare(serialized, batch_seed):
@@ -231,9 +257,9 @@ def training_dataset(
             images, labels, _confidence, soft = parse(serialized)
             return outputs(images, labels, soft)
 
-    ds = ds.map(prepare, num_parallel_calls=threads, deterministic=deterministic)
+    ds = ds.map(prepare, num_parallel_calls=threads, deterministic=not options.shuffle)
     ds = ds.prefetch(max(2, threads))
-    options = tf.data.Options()
+    tf_options = tf.data.Options()
     # no autotuning model thread: deleting the iterator must never wait for it (docstring)
-    options.autotune.enabled = False
-    return ds.with_options(options)
+    tf_options.autotune.enabled = False
+    return ds.with_options(tf_options)

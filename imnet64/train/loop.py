@@ -24,10 +24,10 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import imnet64
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.cluster.preemption import (
@@ -42,6 +42,8 @@ from imnet64.errors import UserError
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
+from imnet64.train.config import OPTIONS, PRECISIONS, TrainConfig, option_name
+from imnet64.train.eval_step import make_eval_step
 from imnet64.train.history import (
     CurvePlotter,
     EpochRecord,
@@ -49,7 +51,7 @@ from imnet64.train.history import (
     load_history,
     write_history,
 )
-from imnet64.train.model import ARCHS, ModelConfig, flops_per_image
+from imnet64.train.model import ARCHS, flops_per_image
 from imnet64.train.peak_flops import mfu, peak_per_rank
 from imnet64.train.run_dir import CLASSES, CONFIG
 from imnet64.train.schedule import Schedule
@@ -60,7 +62,6 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 STATUS = "status.json"
-PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 # These decide what training computes; a resume with other values would not continue the
 # same run (different schedule, batches or model), so it is refused.
 RESUME_MUST_MATCH = (
@@ -70,46 +71,9 @@ RESUME_MUST_MATCH = (
 )
 # config.json key -> what the user changes to fix a difference (error messages)
 OPTION_NAMES = {
-    "arch": "--arch", "repeats": "--repeats", "widths": "--widths", "recompute": "--recompute",
-    "epochs": "--epochs", "warmup_epochs": "--warmup-epochs", "batch_size": "--batch-size",
-    "lr_max": "--lr-max", "init_scale": "--lr-init-scale", "final_scale": "--lr-final-scale",
-    "lr_scaling": "--lr-scaling", "precision": "--precision", "seed": "--seed",
-    "augment": "--augment", "shuffle": "--shuffle", "world_size": "number of ranks (--np)",
-    "steps_per_epoch": "--steps-per-epoch", "num_classes": "classes of the dataset",
+    **{key: option_name(key) for key in RESUME_MUST_MATCH if key in OPTIONS},
+    "world_size": "number of ranks (--np)", "num_classes": "classes of the dataset",
 }
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    run_dir: str
-    dataset: str
-    arch: str = "plain"
-    repeats: tuple[int, ...] = (3, 3, 3)
-    widths: tuple[int, ...] = (32, 64, 128)
-    recompute: bool = False
-    epochs: int = 30
-    warmup_epochs: float = 5.0
-    batch_size: int = 32  # per rank
-    lr_max: float = 1e-3  # before scaling with the number of ranks
-    init_scale: float = 0.01
-    final_scale: float = 0.01
-    lr_scaling: bool = True
-    steps_per_epoch: int | None = None  # default: one pass over the train split
-    precision: str = "fp32"
-    xla: bool = False
-    seed: int = 0
-    augment: bool = False
-    shuffle: bool = True
-    keep_checkpoints: int = 3
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: per epoch only)
-    signal: str = "USR1"
-    peak_flops: float | None = None  # per rank; default: an estimate (peak_flops.py)
-    log_every: float = 30.0  # seconds between progress lines
-    restart_if_damaged: bool = False  # no checkpoint restores: start over instead of an error
-    dump_weights: str | None = field(default=None, compare=False)  # "path-{rank}.npz"
-
-    def model_config(self, num_classes: int) -> ModelConfig:
-        return ModelConfig(num_classes, self.arch, self.repeats, self.widths, self.recompute)
 
 
 @dataclass(frozen=True)
@@ -321,22 +285,6 @@ def make_train_step(model: tf.keras.Model, optimizer, world: World, state: Train
     return step
 
 
-def make_eval_step(model: tf.keras.Model):
-    """A tf.function (images, labels) -> (loss sum, correct, count) for any batch size."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.uint8),
-                                  tf.TensorSpec([None], tf.int32)])
-    def step(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-        return (tf.reduce_sum(tf.cast(losses, tf.float64)),
-                tf.reduce_sum(tf.cast(hits, tf.float64)),
-                tf.cast(tf.size(labels), tf.float64))
-
-    return step
-
-
 # ---- the loop ------------------------------------------------------------------------------
 
 
@@ -458,22 +406,23 @@ class _Trainer:
 
     def epoch_batches(self, epoch: int, skip: int) -> tf.data.Dataset:
         cfg, w = self.cfg, self.world
-        ds = data.training_dataset(
-            self.manifest, "train", cfg.batch_size, rank=w.rank, size=w.size,
-            shuffle=cfg.shuffle, augment=cfg.augment, repeat=True,
-            seed=cfg.seed * 1000 + epoch, drop_remainder=True, parallelism=self.data_threads)
+        options = data.InputOptions(shuffle=cfg.shuffle, augment=cfg.augment,
+                                    seed=cfg.seed * 1000 + epoch, parallelism=self.data_threads)
+        ds = data.training_dataset(self.manifest, "train", cfg.batch_size, options,
+                                   rank=w.rank, size=w.size)
         return ds.skip(skip).take(self.steps - skip)
 
     def validate(self) -> tuple[float, float]:
         cfg, w = self.cfg, self.world
         if not self.has_val:
             return math.nan, math.nan
-        ds = data.training_dataset(
-            self.manifest, "val", cfg.batch_size, rank=w.rank, size=w.size, shuffle=False,
-            augment=False, repeat=False, drop_remainder=False, parallelism=self.data_threads)
+        options = dataclasses.replace(data.ONE_PASS, parallelism=self.data_threads)
+        ds = data.training_dataset(self.manifest, "val", cfg.batch_size, options,
+                                   rank=w.rank, size=w.size)
         sums = np.zeros(3)
         for images, labels in self.guarded(ds, "val"):
-            sums += np.array([t.numpy() for t in self.eval_step(images, labels)])
+            scores = self.eval_step(images, labels)
+            sums += [float(scores["loss_sum"]), float(scores["correct"]), len(labels)]
         loss_sum, correct, count = w.sum(sums, name="val_sums")
         if count == 0:
             return math.nan, math.nan

@@ -1,4 +1,4 @@
-"""The encoder: the seed's VGG-style CNN for 64x64 images, and a residual variant.
+"""The encoder: the seed's VGG-style CNN for small square images, and a residual variant.
 
 Plain (the seed): 3 levels; each level repeats Conv3x3 (no bias) -> BatchNorm (momentum
 0.99, eps 1e-3) -> ReLU; a 3x3 stride-2 'same' max-pool after levels 0 and 1; global
@@ -13,67 +13,28 @@ identity path is a 1x1 projection: y = Px + ReLU(BN(Conv3x3(x))).
 `recompute=True` wraps each level in `tf.recompute_grad`: its activations are recomputed in
 the backward pass instead of being kept, trading compute for memory.
 
-Inputs are images [B, 64, 64, 3] with values 0..255 (uint8 or float); the model scales them
-to [0, 1] itself, so the serving signature can take raw uint8 pixels.
+Inputs are images [B, S, S, 3] (S: ModelConfig.image_size, the dataset's 64) with values
+0..255 (uint8 or float); the model scales them to [0, 1] itself, so the serving signature
+can take raw uint8 pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from imnet64.train.model_config import ARCHS, ModelConfig
 
 import numpy as np
 import tensorflow as tf
 
-ARCHS = ("plain", "residual")
-IMAGE_SHAPE = (64, 64, 3)
+__all__ = ["ARCHS", "ENCODER_OUTPUT", "ModelConfig", "build", "build_model", "flops_per_image",
+           "layer_table"]
+
+CHANNELS = 3  # RGB
 ENCODER_OUTPUT = "encoder_output"
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that decides the model's shape (stored in a run's config.json)."""
-
-    num_classes: int
-    arch: str = "plain"
-    repeats: tuple[int, ...] = (3, 3, 3)
-    widths: tuple[int, ...] = (32, 64, 128)
-    recompute: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "repeats", tuple(int(r) for r in self.repeats))
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r} (one of {', '.join(ARCHS)})")
-        if len(self.repeats) != len(self.widths) or not self.repeats:
-            raise ValueError("repeats and widths need the same number (>= 1) of levels")
-        if min(self.repeats) < 1 or min(self.widths) < 1 or self.num_classes < 2:
-            raise ValueError("repeats and widths must be >= 1 and num_classes >= 2")
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["repeats"], d["widths"] = list(self.repeats), list(self.widths)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> ModelConfig:
-        keys = ("num_classes", "arch", "repeats", "widths", "recompute")
-        return cls(**{k: d[k] for k in keys if k in d})
-
-    def build(self, *, policy: str | None = None, name: str | None = None) -> tf.keras.Model:
-        return build_model(
-            self.num_classes,
-            arch=self.arch,
-            repeats=self.repeats,
-            widths=self.widths,
-            recompute=self.recompute,
-            policy=policy,
-            name=name,
-        )
 
 
 class RecomputeSafeBatchNorm(tf.keras.layers.BatchNormalization):
@@ -185,40 +146,49 @@ class RecomputedLevel(tf.keras.layers.Layer):
 def build_model(
     num_classes: int,
     *,
-    arch: str = "plain",
-    repeats: Sequence[int] = (3, 3, 3),
-    widths: Sequence[int] = (32, 64, 128),
-    recompute: bool = False,
+    image_size: int,
+    arch: str = ModelConfig.arch,
+    repeats: Sequence[int] = ModelConfig.repeats,
+    widths: Sequence[int] = ModelConfig.widths,
+    recompute: bool = ModelConfig.recompute,
     policy: str | None = None,
     name: str | None = None,
 ) -> tf.keras.Model:
+    """`build` of ModelConfig(num_classes, ...): the encoder + dense head."""
+    cfg = ModelConfig(num_classes, arch, tuple(repeats), tuple(widths), recompute,
+                      image_size=image_size)
+    return build(cfg, policy=policy, name=name)
+
+
+def build(cfg: ModelConfig, *, policy: str | None = None, name: str | None = None
+          ) -> tf.keras.Model:
     """The encoder + dense head. Output: logits [B, num_classes] (float32 under any policy).
 
     `policy` is a Keras mixed-precision policy name ("mixed_bfloat16", "mixed_float16");
     None means float32. The pooled features are `model.get_layer("encoder_output")`.
     """
-    cfg = ModelConfig(num_classes, arch, tuple(repeats), tuple(widths), recompute)
     dtype = tf.keras.mixed_precision.Policy(policy) if policy else None
-    inputs = tf.keras.Input(shape=IMAGE_SHAPE, dtype=tf.float32, name="images")
+    inputs = tf.keras.Input(shape=(cfg.image_size, cfg.image_size, CHANNELS), dtype=tf.float32,
+                            name="images")
     # 0..255 -> [0, 1] (the seed's convert_image_dtype), inside the model so that serving
     # takes raw pixels and training feeds uint8 straight from the records.
     x = tf.keras.layers.Rescaling(1.0 / 255.0, name="scale", dtype=dtype)(inputs)
-    in_width = IMAGE_SHAPE[-1]
+    in_width = CHANNELS
     last = len(cfg.widths) - 1
     for level, (reps, width) in enumerate(zip(cfg.repeats, cfg.widths)):
-        if recompute:
-            x = RecomputedLevel(level, arch, reps, width, in_width, name=f"level{level}",
+        if cfg.recompute:
+            x = RecomputedLevel(level, cfg.arch, reps, width, in_width, name=f"level{level}",
                                 dtype=dtype)(x)
         else:
-            x = _LevelOps(level, arch, reps, width, in_width, dtype)(x)
+            x = _LevelOps(level, cfg.arch, reps, width, in_width, dtype)(x)
         if level < last:
             x = tf.keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{level}",
                                              dtype=dtype)(x)
         in_width = width
     features = tf.keras.layers.GlobalAveragePooling2D(name=ENCODER_OUTPUT, dtype=dtype)(x)
     # the head stays float32 so logits (and the loss) are full precision under mixed policies
-    logits = tf.keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
-    return tf.keras.Model(inputs, logits, name=name or f"encoder_{arch}")
+    logits = tf.keras.layers.Dense(cfg.num_classes, name="logits", dtype="float32")(features)
+    return tf.keras.Model(inputs, logits, name=name or f"encoder_{cfg.arch}")
 
 
 # ---- FLOPs ---------------------------------------------------------------------------------
@@ -265,7 +235,7 @@ def layer_table(model: tf.keras.Model) -> list[LayerRow]:
 
 
 def flops_per_image(model: tf.keras.Model) -> int:
-    """Forward-pass FLOPs for one 64x64 image (convolutions + dense, 2 FLOPs per MAC).
+    """Forward-pass FLOPs for one input image (convolutions + dense, 2 FLOPs per MAC).
 
     A training step costs about 3x this per image (forward + two backward products).
     """

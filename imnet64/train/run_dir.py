@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import imnet64  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from imnet64 import atomic
 from imnet64.errors import UserError
+from imnet64.formats.image64 import SIZE
 from imnet64.train.checkpoints import find_checkpoint, one_line
-from imnet64.train.model import ModelConfig
+from imnet64.train.model_config import ModelConfig
 
 import tensorflow as tf
 
@@ -50,7 +50,7 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRu
     path = find_checkpoint(run_dir, checkpoint)
     if path is None:
         raise UserError(f"{run_dir} has no {checkpoint} checkpoint yet (train at least an epoch)")
-    model = ModelConfig.from_json(config["model"]).build()
+    model = ModelConfig.from_json(config["model"], image_size=SIZE).build()
     try:
         status = tf.train.Checkpoint(model=model).restore(path)
         status.expect_partial()  # the optimizer and counters are not needed here

@@ -1,0 +1,89 @@
+"""A training run's options, their defaults and choice lists, defined once and without
+TensorFlow: `imnet64 train` reads them for its options and help before TensorFlow loads, the
+trainer runs on a TrainConfig, and `to_argv` turns one back into the command line the ranks
+started under horovodrun parse (the CLI's self-launch and the demo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from imnet64.formats.image64 import SIZE
+from imnet64.train.model_config import ModelConfig
+from imnet64.train.schedule import Schedule
+
+# --precision -> the Keras mixed-precision policy (None: float32)
+PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_dir: str
+    dataset: str
+    arch: str = ModelConfig.arch
+    repeats: tuple[int, ...] = ModelConfig.repeats
+    widths: tuple[int, ...] = ModelConfig.widths
+    recompute: bool = ModelConfig.recompute
+    epochs: int = int(Schedule.warmup_epochs + Schedule.final_epochs)
+    warmup_epochs: float = Schedule.warmup_epochs
+    batch_size: int = 32  # per rank
+    lr_max: float = Schedule.lr_max  # before scaling with the number of ranks
+    init_scale: float = Schedule.init_scale
+    final_scale: float = Schedule.final_scale
+    lr_scaling: bool = True
+    steps_per_epoch: int | None = None  # default: one pass over the train split
+    precision: str = "fp32"
+    xla: bool = False
+    seed: int = 0
+    augment: bool = False
+    shuffle: bool = True
+    keep_checkpoints: int = 3
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: per epoch only)
+    signal: str = "USR1"
+    peak_flops: float | None = None  # per rank; default: an estimate (peak_flops.py)
+    log_every: float = 30.0  # seconds between progress lines
+    restart_if_damaged: bool = False  # no checkpoint restores: start over instead of an error
+    dump_weights: str | None = field(default=None, compare=False)  # "path-{rank}.npz"
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        return ModelConfig(num_classes, self.arch, self.repeats, self.widths, self.recompute,
+                           image_size=SIZE)
+
+    def to_argv(self) -> list[str]:
+        """`imnet64 train`'s arguments for this config: DATASET_DIR RUN_DIR, then every option
+        that is set (a rank parses them back into an equal TrainConfig)."""
+        argv = [self.dataset, self.run_dir]
+        for f in fields(self):
+            if f.name in ("dataset", "run_dir"):
+                continue
+            argv += _option_argv(OPTIONS[f.name], getattr(self, f.name))
+        return argv
+
+
+# TrainConfig field -> `imnet64 train` option; a bool is a flag: "--on" alone, or "--on/--off"
+OPTIONS = {
+    "arch": "--arch", "repeats": "--repeats", "widths": "--widths", "recompute": "--recompute",
+    "epochs": "--epochs", "warmup_epochs": "--warmup-epochs", "batch_size": "--batch-size",
+    "lr_max": "--lr-max", "init_scale": "--lr-init-scale", "final_scale": "--lr-final-scale",
+    "lr_scaling": "--lr-scaling/--no-lr-scaling", "steps_per_epoch": "--steps-per-epoch",
+    "precision": "--precision", "xla": "--xla", "seed": "--seed",
+    "augment": "--augment/--no-augment", "shuffle": "--shuffle/--no-shuffle",
+    "keep_checkpoints": "--keep-checkpoints", "checkpoint_every": "--checkpoint-every",
+    "signal": "--signal", "peak_flops": "--peak-flops", "log_every": "--log-every",
+    "restart_if_damaged": "--restart-if-damaged", "dump_weights": "--dump-weights",
+}
+
+
+def option_name(field_name: str) -> str:
+    """The option a user changes to change this field (for error messages)."""
+    return OPTIONS[field_name].split("/")[0]
+
+
+def _option_argv(option: str, value) -> list[str]:
+    if isinstance(value, bool):
+        on, _, off = option.partition("/")
+        return [on] if value else [off] if off else []
+    if value is None:
+        return []
+    if isinstance(value, tuple):
+        return [option, ",".join(map(str, value))]
+    return [option, str(value)]
