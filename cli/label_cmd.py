@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 
-from imnet64.cluster.environment import ShardSlot, shard_slot
+from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
 from imnet64.label.options import (
     DEFAULT_BATCH_SIZE,
@@ -14,6 +14,8 @@ from imnet64.label.options import (
     DEFAULT_TOP_K,
     MAX_READ_THREADS,
     LabelOptions,
+    shard_of,
+    teacher_spec_or_default,
 )
 
 import click
@@ -37,35 +39,6 @@ class _ProgressOnFirstUse:
         if self.update is None:
             self.update = self.stack.enter_context(progress(self.description, every=self.every))
         self.update(done, total)
-
-
-# the Slurm variables `world.shard_slot` reads, in the order it reads them
-_SLURM_SHARD_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT",
-                     "SLURM_PROCID", "SLURM_NTASKS")
-
-
-def _slurm_origin() -> str | None:
-    used = [f"{k}={os.environ[k]}" for k in _SLURM_SHARD_VARS if k in os.environ]
-    return f"from {', '.join(used)}" if used else None
-
-
-def _shard(index: int | None, count: int | None) -> ShardSlot:
-    """This process's shard from the options, completed from Slurm's variables; a number
-    out of range (from either source) is a one-line error naming where it came from."""
-    if count is not None and count < 1:
-        raise UserError(f"--num-shards must be at least 1 (got {count})")
-    options = ", ".join(f"--{name} {value}" for name, value in
-                        (("shard-index", index), ("num-shards", count)) if value is not None)
-    slurm = _slurm_origin() if index is None or count is None else None
-    origin = "; ".join(part for part in (options, slurm) if part)
-    try:
-        if index is None or count is None:
-            env_slot = shard_slot()  # the missing number comes from Slurm, else 0 of 1
-            index = env_slot.index if index is None else index
-            count = env_slot.count if count is None else count
-        return shard_slot(index, count)
-    except ValueError as e:
-        raise UserError(f"{e} ({origin})" if origin else str(e)) from None
 
 
 @click.command()
@@ -109,11 +82,10 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
         raise UserError(f"INPUT {input_path} does not exist")
     if copy and export_dir is None:
         raise UserError("--copy only applies with --export-folders DIR")
-    slot = _shard(shard_index, num_shards)
-    # None = the teacher package's default (the TF Hub handle), resolved only if needed, so a
-    # skipped shard or a bad option never imports TensorFlow
+    environment = Environment.read()
+    slot = shard_of(shard_index, num_shards, environment)
     options = LabelOptions(
-        teacher_spec=teacher_spec or os.environ.get("IMNET64_TEACHER") or None,
+        teacher_spec=teacher_spec_or_default(teacher_spec, environment),
         batch_size=batch_size, top_k=top_k, read_threads=read_threads, force=force,
         export_dir=export_dir, copy=copy)
     with contextlib.ExitStack() as stack:

@@ -1,4 +1,5 @@
-"""The options of `imnet64 label`, their defaults defined once (the CLI reads them from here).
+"""The options of `imnet64 label`, their defaults defined once (the CLI reads them from here),
+and what a missing option is taken from in the environment (Slurm, $IMNET64_TEACHER).
 
 No TensorFlow, no image libraries: `imnet64 label --help` imports this.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from imnet64.cluster.environment import Environment, ShardSlot
 from imnet64.errors import UserError
 
 DEFAULT_BATCH_SIZE = 64
@@ -46,3 +48,30 @@ class LabelOptions:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if not 1 <= self.top_k <= num_classes:
             raise UserError(f"--top-k must be in 1..{num_classes} (got {self.top_k})")
+
+
+def teacher_spec_or_default(option: str | None, environment: Environment) -> str | None:
+    """--teacher, else $IMNET64_TEACHER, else None (the teacher package's default, resolved
+    only if needed, so a skipped shard or a bad option never imports TensorFlow)."""
+    return option or environment.teacher
+
+
+def shard_of(index: int | None, count: int | None, environment: Environment) -> ShardSlot:
+    """This process's shard from --shard-index/--num-shards, a missing one completed from
+    Slurm's variables (else 0 of 1); a number out of range, from either source, is a
+    one-line error naming where it came from."""
+    if count is not None and count < 1:
+        raise UserError(f"--num-shards must be at least 1 (got {count})")
+    given = ", ".join(f"--{name} {value}" for name, value in
+                      (("shard-index", index), ("num-shards", count)) if value is not None)
+    used = environment.shard_variables() if index is None or count is None else {}
+    slurm = "from " + ", ".join(f"{k}={v}" for k, v in used.items()) if used else ""
+    origin = "; ".join(part for part in (given, slurm) if part)
+    try:
+        if index is None or count is None:
+            from_slurm = environment.slurm.shard_slot()
+            index = from_slurm.index if index is None else index
+            count = from_slurm.count if count is None else count
+        return ShardSlot(index, count, "options")
+    except ValueError as e:
+        raise UserError(f"{e} ({origin})" if origin else str(e)) from None
