@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -466,6 +467,13 @@ def _path(option: str, path: str | os.PathLike) -> str:
     return _abs(check_text(option, os.fspath(path)))
 
 
+def _export_paths(job: Job, paths: Iterable[tuple[str, str, str | None]]) -> None:
+    """`export NAME=<absolute path>` for each (NAME, option, path) given a path."""
+    for name, option, value in paths:
+        if value:
+            job.env[name] = _path(option, value)
+
+
 def default_cmd() -> str | None:
     """The imnet64 of the running environment (a venv on a shared file system is what the
     compute nodes should run too), if there is one next to this Python."""
@@ -533,10 +541,8 @@ def label_job(common: Common, *, input_path: str | None = None, label_dir: str |
         raise UserError("--max-parallel needs --shards (the shard count)")
     if shards is not None:
         job.env["IMNET64_NUM_SHARDS"] = str(shards)
-    for name, option, value in (("IMNET64_INPUT", "--input", input_path),
-                                ("IMNET64_LABEL_DIR", "--label-dir", label_dir)):
-        if value:
-            job.env[name] = _path(option, value)
+    _export_paths(job, (("IMNET64_INPUT", "--input", input_path),
+                        ("IMNET64_LABEL_DIR", "--label-dir", label_dir)))
     if teacher:
         # a TF Hub URL or "offline" stays as given; a local folder becomes absolute
         check_text("--teacher", teacher)
@@ -553,10 +559,8 @@ def shard_job(common: Common, *, label_dir: str | None = None, dataset: str | No
         if ntasks < 1:
             raise UserError(f"--ntasks must be at least 1 (got {ntasks})")
         job.sbatch["--ntasks"] = str(ntasks)
-    for name, option, value in (("IMNET64_LABEL_DIR", "--label-dir", label_dir),
-                                ("IMNET64_DATASET", "--dataset", dataset)):
-        if value:
-            job.env[name] = _path(option, value)
+    _export_paths(job, (("IMNET64_LABEL_DIR", "--label-dir", label_dir),
+                        ("IMNET64_DATASET", "--dataset", dataset)))
     if args:
         job.env["IMNET64_SHARD_ARGS"] = check_text("--shard-args", args)
     return job
@@ -591,10 +595,8 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
         if signal_time < 1:
             raise UserError(f"--signal-time must be at least 1 second (got {signal_time})")
         job.sbatch["--signal"] = f"B:USR1@{signal_time}"
-    for name, option, value in (("IMNET64_DATASET", "--dataset", dataset),
-                                ("IMNET64_RUN_DIR", "--run-dir", run_dir)):
-        if value:
-            job.env[name] = _path(option, value)
+    _export_paths(job, (("IMNET64_DATASET", "--dataset", dataset),
+                        ("IMNET64_RUN_DIR", "--run-dir", run_dir)))
     if max_restarts is not None:
         job.env["IMNET64_MAX_RESTARTS"] = str(check_count("--max-restarts", max_restarts))
     if args:

@@ -30,6 +30,17 @@ def _output_index(ref: str) -> int:
     return int(index) if index else 0
 
 
+def _add_const(graph_def, name: str, dtype_attr, value: np.ndarray):
+    """A Const node `name` holding `value` (of the type `dtype_attr` names), added to
+    `graph_def`."""
+    node = graph_def.node.add()
+    node.CopyFrom(tf.compat.v1.NodeDef(
+        name=name, op="Const",
+        attr={"dtype": dtype_attr,
+              "value": tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(value))}))
+    return node
+
+
 def fold_batch_norms(graph_def: tf.compat.v1.GraphDef) -> tuple[tf.compat.v1.GraphDef, int]:
     """A copy of `graph_def` with foldable batch norms folded, and how many were folded."""
     graph_def = tf.compat.v1.GraphDef.FromString(graph_def.SerializeToString())
@@ -76,18 +87,10 @@ def fold_batch_norms(graph_def: tf.compat.v1.GraphDef) -> tuple[tf.compat.v1.Gra
             kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
         dtype = tf.as_dtype(conv.attr["T"].type).as_numpy_dtype
 
-        kernel_node = graph_def.node.add()
-        kernel_node.CopyFrom(tf.compat.v1.NodeDef(
-            name=f"{conv.name}/folded_kernel", op="Const",
-            attr={"dtype": conv.attr["T"],
-                  "value": tf.compat.v1.AttrValue(
-                      tensor=tf.make_tensor_proto(kernel.astype(dtype)))}))
-        bias_node = graph_def.node.add()
-        bias_node.CopyFrom(tf.compat.v1.NodeDef(
-            name=f"{bn.name}/folded_bias", op="Const",
-            attr={"dtype": conv.attr["T"],
-                  "value": tf.compat.v1.AttrValue(
-                      tensor=tf.make_tensor_proto(shift.astype(dtype)))}))
+        kernel_node = _add_const(graph_def, f"{conv.name}/folded_kernel", conv.attr["T"],
+                                 kernel.astype(dtype))
+        bias_node = _add_const(graph_def, f"{bn.name}/folded_bias", conv.attr["T"],
+                               shift.astype(dtype))
         conv.input[1] = kernel_node.name
         # The batch norm node becomes a BiasAdd under the same name: consumers are unchanged.
         control = [ref for ref in bn.input if ref.startswith("^")]
