@@ -8,13 +8,12 @@ as `imnet64 shard-records` lays a dataset out.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 from pathlib import Path
 
 from imnet64 import atomic
-from imnet64.formats.manifest import MANIFEST_NAME
+from imnet64.formats.manifest import ClassInfo, ShardInfo, SplitInfo, write_manifest
 from imnet64.formats.tfrecord_schema import DatasetExample, serialize_dataset_example
 from imnet64.pipeline.sample_images import PHOTOS, iter_sample
 
@@ -27,7 +26,8 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def _write_shards(root: Path, split: str, examples: list[DatasetExample], shards: int) -> dict:
+def _write_shards(root: Path, split: str, examples: list[DatasetExample],
+                  shards: int) -> tuple[ShardInfo, ...]:
     import tensorflow as tf
 
     infos = []
@@ -37,10 +37,9 @@ def _write_shards(root: Path, split: str, examples: list[DatasetExample], shards
         with atomic.atomic_path(root / name) as tmp, tf.io.TFRecordWriter(str(tmp)) as w:
             for ex in part:
                 w.write(serialize_dataset_example(ex))
-        data = (root / name).read_bytes()
-        infos.append({"file": name, "examples": len(part), "bytes": len(data),
-                      "sha256": hashlib.sha256(data).hexdigest()})
-    return infos
+        infos.append(ShardInfo(file=name, examples=len(part), bytes=(root / name).stat().st_size,
+                               sha256=atomic.sha256_file(root / name)))
+    return tuple(infos)
 
 
 def build_tiny_dataset(
@@ -80,15 +79,16 @@ def build_tiny_dataset(
     rng.shuffle(val)
     splits = {}
     for split, items in (("train", train), ("val", val)):
-        counts = [sum(ex.label == c for ex in items) for c in range(len(classes))]
-        splits[split] = {"count": len(items), "class_counts": counts,
-                         "shards": _write_shards(root, split, items, shards)}
-    atomic.write_json(root / MANIFEST_NAME, {
-        "format": "imnet64-dataset", "version": 1, "encoding": "png", "image_size": 64,
-        "classes": [{"id": i, "name": c, "teacher_id": None} for i, c in enumerate(classes)],
-        "splits": splits,
-        "teacher": "photo of origin (tests/tiny_dataset.py)",
-        "source": "imnet64.pipeline.sample_images",
-        "options": {"per_class": per_class, "val_fraction": val_fraction, "seed": seed},
-    })
+        counts = tuple(sum(ex.label == c for ex in items) for c in range(len(classes)))
+        splits[split] = SplitInfo(count=len(items), class_counts=counts,
+                                  shards=_write_shards(root, split, items, shards))
+    write_manifest(
+        root,
+        encoding="png",
+        classes=[ClassInfo(id=i, name=c, teacher_id=None) for i, c in enumerate(classes)],
+        splits=splits,
+        teacher="photo of origin (tests/tiny_dataset.py)",
+        source="imnet64.pipeline.sample_images",
+        options={"per_class": per_class, "val_fraction": val_fraction, "seed": seed},
+    )
     return root

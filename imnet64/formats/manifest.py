@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic
 from imnet64.atomic import sha256_file
 from imnet64.errors import UserError
-from imnet64.formats import provenance
+from imnet64.formats import image64, provenance
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "imnet64-dataset"
@@ -145,6 +145,40 @@ class Manifest:
 
 def manifest_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / MANIFEST_NAME
+
+
+def write_manifest(
+    dataset_dir: str | Path,
+    *,
+    encoding: str,
+    classes: Sequence[ClassInfo],
+    splits: Mapping[str, SplitInfo],
+    teacher: str | None,
+    source: str,
+    options: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `DATASET_DIR/dataset.json` (atomically, stable bytes) and return its content:
+    the one writer of the format, for shard-records and the tests' datasets. `extra`: the
+    optional top-level fields (source_info, provenance, stats)."""
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "encoding": encoding,
+        "image_size": image64.SIZE,
+        "classes": [asdict(c) for c in classes],
+        "splits": {
+            name: {"count": s.count, "class_counts": list(s.class_counts),
+                   "shards": [asdict(shard) for shard in s.shards]}
+            for name, s in splits.items()
+        },
+        "teacher": teacher,
+        "source": source,
+        "options": dict(options),
+        **(extra or {}),
+    }
+    atomic.write_json(manifest_path(dataset_dir), record)
+    return record
 
 
 def write_run_sidecar(dataset_dir: str | Path, made_by: Mapping[str, Any]) -> None:

@@ -39,7 +39,16 @@ from imnet64.cluster import provenance
 from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
 from imnet64.formats import image64
-from imnet64.formats.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR, VERSION, write_run_sidecar
+from imnet64.formats.manifest import (
+    FORMAT,
+    MANIFEST_NAME,
+    RUN_SIDECAR,
+    ClassInfo,
+    SplitInfo,
+    write_manifest,
+    write_run_sidecar,
+)
+from imnet64.formats.shard_sidecar import SIDECAR_DIR, ShardSidecar, sidecar_path
 from imnet64.progress import LogFn, ProgressFn
 from imnet64.records.options import ShardOptions
 from imnet64.records.source import (
@@ -60,7 +69,6 @@ from imnet64.records.split import (
     split_examples,
 )
 
-SIDECAR_DIR = ".shards"
 SHARD_NAME_RE = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.tfrecord$")
 
 @dataclass
@@ -87,10 +95,6 @@ class ShardJob:
     plan_hash: str
     encoding: str
     classes: tuple[KeptClass, ...]
-
-
-def _sidecar_path(out_dir: str | Path, shard_file: str) -> Path:
-    return Path(out_dir) / SIDECAR_DIR / f"{shard_file}.json"
 
 
 def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dict[int, int]):
@@ -130,7 +134,7 @@ def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dic
     return example, converted
 
 
-def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) -> ShardSidecar:
     """Write one shard file and then its sidecar; returns the sidecar's content."""
     from imnet64.formats.tfrecord_schema import serialize_dataset_example
 
@@ -170,20 +174,14 @@ def write_shard(job: ShardJob, progress: Callable[[int], None] | None = None) ->
         sha, size = atomic.sha256_file(tmp), tmp.stat().st_size
     if progress:
         progress(len(examples) % 256)
-    sidecar = {
-        "file": job.plan.file,
-        "examples": len(job.plan.examples),
-        "bytes": size,
-        "sha256": sha,
-        "class_counts": class_counts,
-        "converted": converted,
-        "plan": job.plan_hash,
-    }
-    atomic.write_json(_sidecar_path(job.out_dir, job.plan.file), sidecar)
+    sidecar = ShardSidecar(file=job.plan.file, examples=len(examples), bytes=size, sha256=sha,
+                           class_counts=tuple(class_counts), converted=converted,
+                           plan=job.plan_hash)
+    atomic.write_json(sidecar_path(job.out_dir, job.plan.file), sidecar.to_json())
     return sidecar
 
 
-def _write_in_worker(job: ShardJob) -> tuple[int, dict[str, Any]]:
+def _write_in_worker(job: ShardJob) -> tuple[int, ShardSidecar]:
     return len(job.plan.examples), write_shard(job)
 
 
@@ -198,16 +196,15 @@ def _plan_hash(base: str, plan: PlannedShard) -> str:
     return h.hexdigest()
 
 
-def _done_sidecar(out_dir: Path, plan: PlannedShard, plan_hash: str) -> dict[str, Any] | None:
+def _done_sidecar(out_dir: Path, plan: PlannedShard, plan_hash: str) -> ShardSidecar | None:
     """The sidecar of a shard finished for exactly this plan, else None."""
-    path = _sidecar_path(out_dir, plan.file)
     try:
-        sidecar = atomic.read_json(path)
-        if sidecar.get("plan") != plan_hash:
+        sidecar = ShardSidecar.from_json(atomic.read_json(sidecar_path(out_dir, plan.file)))
+        if sidecar.plan != plan_hash:
             return None
-        if (out_dir / plan.file).stat().st_size != sidecar["bytes"]:
+        if (out_dir / plan.file).stat().st_size != sidecar.bytes:
             return None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return sidecar
 
@@ -230,57 +227,52 @@ def _manifest_is_current(out_dir: Path, fingerprint: str, options: ShardOptions)
     return raw
 
 
-def _build_manifest(
+def _write_manifest(
+    out_dir: Path,
     source: Source,
     classes: tuple[KeptClass, ...],
     plans: dict[str, list[PlannedShard]],
-    sidecars: dict[str, dict[str, Any]],
+    sidecars: dict[str, ShardSidecar],
     options: ShardOptions,
     dropped: dict[str, int],
 ) -> dict[str, Any]:
-    splits = {}
-    converted = 0
+    splits: dict[str, SplitInfo] = {}
     for split in SPLITS:
+        done = [sidecars[plan.file] for plan in plans[split]]
         class_counts = [0] * len(classes)
-        shards = []
-        for plan in plans[split]:
-            side = sidecars[plan.file]
-            shards.append({k: side[k] for k in ("file", "examples", "bytes", "sha256")})
-            class_counts = [a + b for a, b in zip(class_counts, side["class_counts"])]
-            converted += side["converted"]
-        splits[split] = {
-            "count": sum(s["examples"] for s in shards),
-            "class_counts": class_counts,
-            "shards": shards,
-        }
-    total = sum(s["count"] for s in splits.values())
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "encoding": options.encoding,
-        "image_size": image64.SIZE,
-        "classes": [
-            {"id": c.id, "name": c.name, "teacher_id": c.teacher_id if c.teacher_id >= 0 else None}
-            for c in classes
-        ],
-        "splits": splits,
-        "teacher": source.teacher,
-        "source": str(Path(source.root).resolve()),
-        "source_info": {"kind": source.kind, "fingerprint": source.fingerprint, **source.info},
-        "options": options.as_json(),
-        # code and teacher only: the same for any number of ranks or workers (where it ran
-        # goes to dataset.run.json)
-        provenance.KEY: provenance.stable(provenance.collect(source.teacher,
-                                                             source.teacher_sha256)),
-        "stats": {
-            "source_images": len(source.items),
-            "examples": total,
-            "dropped": dropped,
-            # images that were not 8-bit 64x64 PNGs: decoded, converted to RGB, resized
-            "converted": converted,
-            "kept_original_bytes": total - converted if options.encoding == "png" else 0,
+        for side in done:
+            class_counts = [a + b for a, b in zip(class_counts, side.class_counts)]
+        splits[split] = SplitInfo(count=sum(s.examples for s in done),
+                                  class_counts=tuple(class_counts),
+                                  shards=tuple(s.shard_info for s in done))
+    total = sum(s.count for s in splits.values())
+    converted = sum(s.converted for s in sidecars.values())
+    return write_manifest(
+        out_dir,
+        encoding=options.encoding,
+        classes=[ClassInfo(c.id, c.name, c.teacher_id if c.teacher_id >= 0 else None)
+                 for c in classes],
+        splits=splits,
+        teacher=source.teacher,
+        source=str(Path(source.root).resolve()),
+        options=options.as_json(),
+        extra={
+            "source_info": {"kind": source.kind, "fingerprint": source.fingerprint,
+                            **source.info},
+            # code and teacher only: the same for any number of ranks or workers (where it
+            # ran goes to dataset.run.json)
+            provenance.KEY: provenance.stable(provenance.collect(source.teacher,
+                                                                 source.teacher_sha256)),
+            "stats": {
+                "source_images": len(source.items),
+                "examples": total,
+                "dropped": dropped,
+                # images that were not 8-bit 64x64 PNGs: decoded, converted to RGB, resized
+                "converted": converted,
+                "kept_original_bytes": total - converted if options.encoding == "png" else 0,
+            },
         },
-    }
+    )
 
 
 # ---------------------------------------------------------------- what OUT_DIR holds
@@ -612,10 +604,9 @@ def shard_records(
             "the process that finishes the last shard (or re-run shard-records to complete)"
         )
         return result
-    manifest = _build_manifest(
-        scanned, selection.classes, plans, sidecars, options, selection.dropped
+    manifest = _write_manifest(
+        out_dir, scanned, selection.classes, plans, sidecars, options, selection.dropped
     )
-    atomic.write_json(out_dir / MANIFEST_NAME, manifest)
     write_run_sidecar(out_dir, provenance.collect())  # run fields: not in dataset.json
     kept = _remove_stale_outputs(out_dir, set(hashes), recorded)
     if kept:
@@ -670,7 +661,7 @@ def _wait_for_all(
     own_seconds: float,
     poll_seconds: float,
     log: LogFn,
-) -> dict[str, dict] | None:
+) -> dict[str, ShardSidecar] | None:
     """Every plan's sidecar, or None if some are missing (after waiting, if asked to).
 
     Waiting gives up when no new shard has appeared for max(10 min, 3x our own writing
