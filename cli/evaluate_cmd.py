@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
+
 import click
 
 
@@ -11,12 +13,12 @@ import click
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset", "dataset_dir", default=None, type=click.Path(file_okay=False),
               help="Dataset to evaluate on [default: the one the run trained on].")
-@click.option("--split", default="val", show_default=True, help="Split of the dataset.")
-@click.option("--checkpoint", default="best", show_default=True,
+@click.option("--split", default=EVAL_SPLIT, show_default=True, help="Split of the dataset.")
+@click.option("--checkpoint", default=CHECKPOINT, show_default=True,
               help="'best' (lowest val loss), 'latest' (the newest one that reads back intact), "
                    "or a checkpoint path.")
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--top-confused", default=10, show_default=True,
+@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
+@click.option("--top-confused", default=TOP_CONFUSED, show_default=True,
               help="How many confused class pairs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, as_json) -> None:

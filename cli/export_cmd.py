@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from imnet64.train.config import CHECKPOINT, EXPORT_FORMATS
+
 import click
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["savedmodel", "keras"]),
-              default="savedmodel", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS),
+              default=EXPORT_FORMATS[0], show_default=True)
 @click.option("--encoder-only", is_flag=True,
               help="Export the encoder up to the pooled features (no head).")
-@click.option("--checkpoint", default="best", show_default=True,
+@click.option("--checkpoint", default=CHECKPOINT, show_default=True,
               help="'best' (lowest val loss), 'latest' (the newest one that reads back intact), "
                    "or a checkpoint path.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")

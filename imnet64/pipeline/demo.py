@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from imnet64 import atomic
-from imnet64.cluster import provenance
+from imnet64.cluster import launch, provenance
 from imnet64.cluster.machine import machine_line
 from imnet64.errors import UserError
+from imnet64.formats.manifest import MANIFEST_NAME
+from imnet64.progress import LogFn
+from imnet64.train.config import TrainConfig
+from imnet64.train.history import CURVES
 
-LogFn = Callable[[str], None]
 SUMMARY = "summary.json"
 
 
@@ -57,6 +59,14 @@ class DemoConfig:
                    epochs=16, warmup_epochs=2.0, batch_size=16, ranks=ranks,
                    widths=(16, 32, 64), repeats=(1, 1, 1))
 
+    def train_config(self, dataset: Path, run_dir: Path) -> TrainConfig:
+        """The demo's training: its model and schedule, augmented, a progress line per 15 s."""
+        return TrainConfig(
+            run_dir=str(run_dir), dataset=str(dataset), epochs=self.epochs,
+            warmup_epochs=self.warmup_epochs, batch_size=self.batch_size, lr_max=self.lr_max,
+            widths=self.widths, repeats=self.repeats, seed=self.seed, augment=True,
+            log_every=15)
+
 
 def write_broken_files(folder: Path) -> list[Path]:
     """A handful of inputs the label stage must reject with a reason (never crash on)."""
@@ -87,156 +97,203 @@ def write_broken_files(folder: Path) -> list[Path]:
     return made
 
 
-def _horovodrun_available() -> bool:
-    import sys
-
-    return Path(sys.executable).with_name("horovodrun").exists() or bool(
-        shutil.which("horovodrun")
-    )
-
-
-def _train_args(cfg: DemoConfig, dataset: Path, run_dir: Path) -> list[str]:
-    return [
-        str(dataset), str(run_dir),
-        "--epochs", str(cfg.epochs), "--warmup-epochs", str(cfg.warmup_epochs),
-        "--batch-size", str(cfg.batch_size), "--lr-max", str(cfg.lr_max),
-        "--widths", ",".join(map(str, cfg.widths)), "--repeats", ",".join(map(str, cfg.repeats)),
-        "--seed", str(cfg.seed), "--augment", "--log-every", "15",
-    ]
-
-
 def _train_finished(run_dir: Path, epochs: int) -> bool:
-    status = run_dir / "status.json"
+    from imnet64.train.run_dir import STATUS
+
+    status = run_dir / STATUS
     if not status.exists():
         return False
     s = atomic.read_json(status)
     return s.get("state") == "finished" and int(s.get("epoch", -1)) >= epochs
 
 
+@dataclass(frozen=True)
+class _Paths:
+    """Where each stage of the demo writes, under the work folder."""
+
+    work: Path
+
+    @property
+    def images(self) -> Path:
+        return self.work / "images"
+
+    @property
+    def labels(self) -> Path:
+        return self.work / "labeling"
+
+    @property
+    def dataset(self) -> Path:
+        return self.work / "dataset"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.work / "run"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.work / "export" / "model"
+
+
+class _Clock:
+    """Wall time per stage (from the end of the previous one) and images/s where measured."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.stage_seconds: dict[str, float] = {}
+        self.rates: dict[str, float | None] = {}
+
+    def done(self, stage: str) -> None:
+        now = time.monotonic()
+        self.stage_seconds[stage] = round(now - self._last, 1)
+        self._last = now
+
+    def total(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+
 def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     """Run (or resume) the demo in cfg.workdir; return the summary (also in summary.json)."""
+    log = log or (lambda message: None)
+    clock = _Clock()
+    log(f"machine: {machine_line()}")
+    paths = _Paths(Path(cfg.workdir).resolve())
+    paths.work.mkdir(parents=True, exist_ok=True)
+
+    teacher_spec = _teacher(cfg, log)
+    clock.done("teacher")
+    _images(cfg, paths, log)
+    clock.done("images")
+    status = _label(cfg, paths, teacher_spec, log, clock)
+    clock.done("label")
+    manifest = _shard_records(cfg, paths, log, clock)
+    clock.done("shard-records")
+    ranks = _train(cfg, paths, log, clock)
+    clock.done("train")
+    evaluation = _evaluate(paths, log, clock)
+    clock.done("evaluate")
+    _export(paths, log)
+    clock.done("export")
+
+    summary = _summarise(cfg, status, manifest, evaluation, clock.rates, paths, ranks)
+    # asked now: TensorFlow is loaded and says itself whether its oneDNN kernels ran
+    summary["machine"] = machine_line()
+    summary["stage_seconds"] = clock.stage_seconds
+    summary["seconds"] = clock.total()
+    # code, host, job, and the teacher (with its weights' sha256) the labels came from
+    summary[provenance.KEY] = provenance.collect(**provenance.teacher_fields(manifest))
+    atomic.write_json(paths.work / SUMMARY, summary)
+    return summary
+
+
+def _teacher(cfg: DemoConfig, log: LogFn) -> str:
+    from imnet64.teacher.offline import ensure_offline_teacher
+
+    log("1/7 teacher: real MobileNet V2 (torchvision ImageNet weights), built once")
+    return str(ensure_offline_teacher()) if cfg.teacher == "offline" else cfg.teacher
+
+
+def _images(cfg: DemoConfig, paths: _Paths, log: LogFn) -> None:
+    from imnet64.pipeline.sample_images import write_sample
+
+    log(f"2/7 images: {cfg.images} real 64x64 crops of photos shipped in packages + broken files")
+    write_sample(paths.images / "photos", cfg.images)
+    write_broken_files(paths.images / "broken")
+
+
+def _label(cfg: DemoConfig, paths: _Paths, teacher_spec: str, log: LogFn, clock: _Clock):
+    """Every label shard, the teacher loaded once for all that have work; their status."""
     from imnet64.label import run as label
     from imnet64.label.options import LabelOptions
     from imnet64.label.status import label_status
-    from imnet64.pipeline.sample_images import write_sample
-    from imnet64.records.write import ShardOptions, shard_records
-    from imnet64.teacher.offline import ensure_offline_teacher
-
-    log = log or (lambda message: None)
-    started_run = time.monotonic()
-    stage_seconds: dict[str, float] = {}
-    stage_started = [started_run]
-
-    def stage_done(name: str) -> None:
-        now = time.monotonic()
-        stage_seconds[name] = round(now - stage_started[0], 1)
-        stage_started[0] = now
-
-    log(f"machine: {machine_line()}")
-    work = Path(cfg.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    images, labels, dataset = work / "images", work / "labeling", work / "dataset"
-    run_dir, export_dir = work / "run", work / "export" / "model"
-    rates: dict[str, float | None] = {}
-
-    log("1/7 teacher: real MobileNet V2 (torchvision ImageNet weights), built once")
-    teacher_spec = str(ensure_offline_teacher()) if cfg.teacher == "offline" else cfg.teacher
-    stage_done("teacher")
-
-    log(f"2/7 images: {cfg.images} real 64x64 crops of photos shipped in packages + broken files")
-    write_sample(images / "photos", cfg.images)
-    write_broken_files(images / "broken")
-    stage_done("images")
 
     log(f"3/7 label: {cfg.shards} shards with the teacher")
-    labels.mkdir(parents=True, exist_ok=True)
-    before = label_status(labels, cfg.shards)
+    paths.labels.mkdir(parents=True, exist_ok=True)
     teacher = None
-    if not before.complete:  # load the teacher once for all shards that have work
+    if not label_status(paths.labels, cfg.shards).complete:
         from imnet64.teacher import load_teacher
 
         teacher = load_teacher(teacher_spec)
     for index in range(cfg.shards):
-        summary, skipped = label.run(images, labels, LabelOptions(teacher_spec=teacher_spec),
+        summary, skipped = label.run(paths.images, paths.labels,
+                                     LabelOptions(teacher_spec=teacher_spec),
                                      index=index, count=cfg.shards, teacher=teacher)
         log(f"    shard {index}: {summary['labeled']} labeled, {summary['rejected']} rejected"
             + (" (reused)" if skipped else f", {summary['images_per_second']:.1f} images/s"))
     del teacher
-    status = label_status(labels, cfg.shards)
-    totals = status.totals()
-    rates["label"] = totals["images_per_second_per_shard"]
-    stage_done("label")
+    status = label_status(paths.labels, cfg.shards)
+    clock.rates["label"] = status.totals()["images_per_second_per_shard"]
+    return status
+
+
+def _shard_records(cfg: DemoConfig, paths: _Paths, log: LogFn, clock: _Clock) -> dict:
+    """The dataset of the K most frequent classes; its manifest (dataset.json)."""
+    from imnet64.records.write import ShardOptions, shard_records
 
     log(f"4/7 shard-records: keep the {cfg.classes} most frequent classes, "
         f"{cfg.val_fraction:.0%} validation")
     started = time.monotonic()
-    result = shard_records(labels, dataset, ShardOptions(
+    result = shard_records(paths.labels, paths.dataset, ShardOptions(
         val_fraction=cfg.val_fraction, seed=cfg.seed, classes=cfg.classes,
         shard_size_mb=2.0))
-    manifest = result.manifest or atomic.read_json(dataset / "dataset.json")
+    manifest = result.manifest or atomic.read_json(paths.dataset / MANIFEST_NAME)
     examples = sum(s["count"] for s in manifest["splits"].values())
     if result.status != "up-to-date":
-        rates["shard-records"] = examples / max(time.monotonic() - started, 1e-9)
-    stage_done("shard-records")
+        clock.rates["shard-records"] = examples / max(time.monotonic() - started, 1e-9)
+    return manifest
 
-    ranks = cfg.ranks if _horovodrun_available() else 1
+
+def _train(cfg: DemoConfig, paths: _Paths, log: LogFn, clock: _Clock) -> int:
+    """Train (or resume, or reuse) the run, on Horovod ranks when horovodrun is there, as
+    `imnet64 train --np` would; returns the number of ranks."""
+    from imnet64.train.start import ranks_to_start, start_ranks
+
+    train_cfg = cfg.train_config(paths.dataset, paths.run_dir)
+    launched = ranks_to_start(cfg.ranks if launch.find_horovodrun() else 1)
+    ranks = launched or 1
     log(f"5/7 train: {cfg.epochs} epochs on {ranks} Horovod rank(s)")
-    if not _train_finished(run_dir, cfg.epochs):
-        args = _train_args(cfg, dataset, run_dir)
-        if ranks > 1:
-            from imnet64.cluster import launch
-
-            code = launch.run_ranks(ranks, args, run_dir, [signal.SIGUSR1])
+    if not _train_finished(paths.run_dir, cfg.epochs):
+        if launched:
+            code = start_ranks(train_cfg, launched, [signal.SIGUSR1])
             if code:
                 raise UserError(f"training exited with code {code}; see the log above "
-                                f"(re-run the demo to resume from {run_dir})")
+                                f"(re-run the demo to resume from {paths.run_dir})")
         else:
-            _train_in_process(cfg, dataset, run_dir)
+            _train_here(train_cfg)
     from imnet64.train.history import load_history
 
-    history = load_history(run_dir)
-    rates["train"] = history[-1].images_per_s if history else None
-    stage_done("train")
-
-    log("6/7 evaluate on the validation split")
-    from imnet64.train.evaluate import evaluate_run
-
-    started = time.monotonic()
-    evaluation = evaluate_run(run_dir, split="val")
-    rates["evaluate"] = evaluation.count / max(time.monotonic() - started, 1e-9)
-    stage_done("evaluate")
-
-    log("7/7 export a SavedModel (uint8 64x64x3 in, probabilities out)")
-    from imnet64.train.export import export_run
-
-    if not (export_dir / "saved_model.pb").exists():
-        export_run(run_dir, export_dir)
-    stage_done("export")
-
-    summary = _summarise(cfg, status, manifest, evaluation, rates, run_dir, export_dir, ranks)
-    # asked now: TensorFlow is loaded and says itself whether its oneDNN kernels ran
-    summary["machine"] = machine_line()
-    summary["stage_seconds"] = stage_seconds
-    summary["seconds"] = round(time.monotonic() - started_run, 1)
-    # code, host, job, and the teacher (with its weights' sha256) the labels came from
-    summary[provenance.KEY] = provenance.collect(**provenance.teacher_fields(manifest))
-    atomic.write_json(work / SUMMARY, summary)
-    return summary
+    history = load_history(paths.run_dir)
+    clock.rates["train"] = history[-1].images_per_s if history else None
+    return ranks
 
 
-def _train_in_process(cfg: DemoConfig, dataset: Path, run_dir: Path) -> None:
-    from imnet64.train.loop import TrainConfig, train
+def _train_here(train_cfg: TrainConfig) -> None:
+    from imnet64.train.loop import train
 
-    result = train(TrainConfig(
-        run_dir=str(run_dir), dataset=str(dataset), epochs=cfg.epochs,
-        warmup_epochs=cfg.warmup_epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max,
-        widths=cfg.widths, repeats=cfg.repeats, seed=cfg.seed, augment=True, log_every=15))
+    result = train(train_cfg)
     if result.state != "finished":
         raise UserError(f"training stopped ({result.state}); re-run the demo to resume")
 
 
-def _summarise(cfg, status, manifest, evaluation, rates, run_dir: Path, export_dir: Path,
-               ranks: int) -> dict[str, Any]:
+def _evaluate(paths: _Paths, log: LogFn, clock: _Clock):
+    from imnet64.train.evaluate import evaluate_run
+
+    log("6/7 evaluate on the validation split")
+    started = time.monotonic()
+    evaluation = evaluate_run(paths.run_dir, split="val")
+    clock.rates["evaluate"] = evaluation.count / max(time.monotonic() - started, 1e-9)
+    return evaluation
+
+
+def _export(paths: _Paths, log: LogFn) -> None:
+    from imnet64.train.export import export_run
+
+    log("7/7 export a SavedModel (uint8 64x64x3 in, probabilities out)")
+    if not (paths.export_dir / "saved_model.pb").exists():
+        export_run(paths.run_dir, paths.export_dir)
+
+
+def _summarise(cfg: DemoConfig, status, manifest: dict, evaluation, rates: dict,
+               paths: _Paths, ranks: int) -> dict[str, Any]:
     totals = status.totals()
     reasons: collections.Counter[str] = collections.Counter()
     rejects: list[dict[str, str]] = []
@@ -276,8 +333,8 @@ def _summarise(cfg, status, manifest, evaluation, rates, run_dir: Path, export_d
         "student_top5_val": evaluation.top5,
         "majority_class_share_val": majority,
         "images_per_second": {k: (round(v, 1) if v else None) for k, v in rates.items()},
-        "curves": str(run_dir / "curves.png"),
-        "exported_model": str(export_dir),
+        "curves": str(paths.run_dir / CURVES),
+        "exported_model": str(paths.export_dir),
         "teacher": manifest.get("teacher"),
         "seconds_hint": "re-running the demo reuses every finished stage",
         "pid": os.getpid(),

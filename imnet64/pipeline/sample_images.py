@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from imnet64 import atomic
+from imnet64.formats.image64 import SIZE
 
 import numpy as np
 from PIL import Image
@@ -41,7 +42,6 @@ PHOTOS: tuple[tuple[str, str], ...] = (
 # hold whole-object views (the crops a classifier recognises best).
 SCALES = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.22)
 GRID = 5  # positions per axis at each scale
-SIZE = 64
 
 
 def photo_path(package: str, name: str) -> Path:

@@ -1,5 +1,6 @@
-"""A training run's options, their defaults and choice lists, defined once and without
-TensorFlow: `imnet64 train` reads them for its options and help before TensorFlow loads, the
+"""A training run's options, their defaults and choice lists (and evaluate's and export's),
+defined once and without TensorFlow: the CLI reads them for its options and help before
+TensorFlow loads, the
 trainer runs on a TrainConfig, and `to_argv` turns one back into the command line the ranks
 started under horovodrun parse (the CLI's self-launch and the demo)."""
 
@@ -13,6 +14,13 @@ from imnet64.train.schedule import Schedule
 
 # --precision -> the Keras mixed-precision policy (None: float32)
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+# imnet64 evaluate and export
+CHECKPOINT = "best"  # or "latest", or a checkpoint path
+EVAL_SPLIT = "val"
+EVAL_BATCH_SIZE = 256
+TOP_CONFUSED = 10  # most confused class pairs listed
+EXPORT_FORMATS = ("savedmodel", "keras")
 
 
 @dataclass(frozen=True)

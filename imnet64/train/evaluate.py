@@ -16,6 +16,7 @@ from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats.manifest import load_manifest
+from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
 from imnet64.train.eval_step import make_eval_step
 from imnet64.train.input_pipeline import ONE_PASS, training_dataset
 from imnet64.train.run_dir import load_trained_run
@@ -79,9 +80,10 @@ def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[
     return out
 
 
-def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None, split: str = "val",
-                 checkpoint: str = "best", batch_size: int = 256,
-                 top_confused: int = 10, write: bool = True) -> Evaluation:
+def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
+                 split: str = EVAL_SPLIT, checkpoint: str = CHECKPOINT,
+                 batch_size: int = EVAL_BATCH_SIZE, top_confused: int = TOP_CONFUSED,
+                 write: bool = True) -> Evaluation:
     """Evaluate a run's model on `split` of `dataset` (default: the dataset it trained on).
     Writes RUN_DIR/evaluation-<split>.json unless `write` is False."""
     run = load_trained_run(run_dir, checkpoint)

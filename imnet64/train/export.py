@@ -33,6 +33,7 @@ from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats.image64 import CHANNELS, SIZE
 from imnet64.train.checkpoints import one_line
+from imnet64.train.config import CHECKPOINT, EXPORT_FORMATS
 from imnet64.train.model import ENCODER_OUTPUT
 from imnet64.train.run_dir import TrainedRun, load_trained_run
 
@@ -41,7 +42,6 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("savedmodel", "keras")
 TOLERANCE = 1e-6
 CLASS_NAMES_ASSET = "class_names.txt"
 METADATA_FILE = "imnet64_model.json"  # inside a SavedModel folder; OUT.json beside a .keras
@@ -156,11 +156,41 @@ def _replace(staged: Path, out: Path, force: bool) -> None:
         os.replace(staged, out)
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "savedmodel",
-               encoder_only: bool = False, checkpoint: str = "best",
+def _save_savedmodel(staged: Path, model: tf.keras.Model, class_names: list[str],
+                     encoder_only: bool, images: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Save the serving module to `staged`, reload it and return its output on `images`
+    (checking the class names it returns against `expected`'s top-1 on the way)."""
+    names_file = staged.parent / CLASS_NAMES_ASSET
+    names_file.write_text("".join(f"{name}\n" for name in class_names), "utf-8")
+    module = ServingModule(model, str(names_file), encoder_only)
+    tf.saved_model.save(module, str(staged), signatures={"serving_default": module.serve})
+    serve = tf.saved_model.load(str(staged)).signatures["serving_default"]
+    outputs = serve(images=tf.constant(images))
+    if encoder_only:
+        return outputs["features"].numpy()
+    want = [class_names[i] for i in expected.argmax(axis=1)]
+    if [n.decode("utf-8") for n in outputs["class_name"].numpy()] != want:
+        raise UserError("export check failed: class names from the asset differ")
+    return outputs["probabilities"].numpy()
+
+
+def _save_keras(staged: Path, model: tf.keras.Model, encoder_only: bool,
+                images: np.ndarray) -> np.ndarray:
+    """Save the model (with a softmax on top unless `encoder_only`) to `staged`, reload it
+    and return its output on `images`."""
+    keras_model = model if encoder_only else tf.keras.Model(
+        model.input, tf.keras.layers.Softmax(name="probabilities")(model.output),
+        name=f"{model.name}_probabilities")
+    keras_model.save(str(staged))
+    return tf.keras.models.load_model(str(staged), compile=False)(images,
+                                                                  training=False).numpy()
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = EXPORT_FORMATS[0],
+               encoder_only: bool = False, checkpoint: str = CHECKPOINT,
                force: bool = False) -> ExportResult:
-    if fmt not in FORMATS:
-        raise UserError(f"format must be one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
     if fmt == "keras" and out.suffix != ".keras":
         raise UserError(f"a Keras export is a file ending in .keras, not {out.name!r}")
@@ -180,26 +210,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "savedmodel",
 
     with _staging(out, ".keras" if fmt == "keras" else "") as staged:
         if fmt == "savedmodel":
-            names_file = staged.parent / CLASS_NAMES_ASSET
-            names_file.write_text("".join(f"{name}\n" for name in run.class_names), "utf-8")
-            module = ServingModule(model, str(names_file), encoder_only)
-            tf.saved_model.save(module, str(staged), signatures={"serving_default": module.serve})
-            loaded = tf.saved_model.load(str(staged))
-            got = loaded.signatures["serving_default"](images=tf.constant(images))[output]
-            got = got.numpy()
-            if not encoder_only:
-                names = loaded.signatures["serving_default"](
-                    images=tf.constant(images))["class_name"].numpy()
-                want = [run.class_names[i] for i in expected.argmax(axis=1)]
-                if [n.decode("utf-8") for n in names] != want:
-                    raise UserError("export check failed: class names from the asset differ")
+            got = _save_savedmodel(staged, model, run.class_names, encoder_only, images,
+                                   expected)
         else:
-            keras_model = model if encoder_only else tf.keras.Model(
-                model.input, tf.keras.layers.Softmax(name="probabilities")(model.output),
-                name=f"{model.name}_probabilities")
-            keras_model.save(str(staged))
-            got = tf.keras.models.load_model(str(staged), compile=False)(
-                images, training=False).numpy()
+            got = _save_keras(staged, model, encoder_only, images)
         diff = float(np.max(np.abs(got - expected)))
         if not diff <= TOLERANCE:
             raise UserError(f"export check failed: reloaded {output} differ by {diff:.3g} "

@@ -53,7 +53,7 @@ from imnet64.train.history import (
 )
 from imnet64.train.model import ARCHS, flops_per_image
 from imnet64.train.peak_flops import mfu, peak_per_rank
-from imnet64.train.run_dir import CLASSES, CONFIG
+from imnet64.train.run_dir import CLASSES, CONFIG, STATUS
 from imnet64.train.schedule import Schedule
 
 import numpy as np
@@ -61,7 +61,6 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-STATUS = "status.json"
 # These decide what training computes; a resume with other values would not continue the
 # same run (different schedule, batches or model), so it is refused.
 RESUME_MUST_MATCH = (
@@ -299,10 +298,15 @@ class _Trainer:
 
     def setup(self) -> None:
         """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
+        self._setup_model()
+        self._setup_run_dir()
+        self._setup_loop()
+
+    def _setup_model(self) -> None:
+        """The dataset, steps and schedule; the model, optimizer and counters (not restored)."""
         cfg, world = self.cfg, self.world
         self.manifest = load_manifest(cfg.dataset)
         _check_dataset(self.manifest)
-        chief = world.is_chief
         tf.keras.utils.set_random_seed(cfg.seed)
         self.steps = cfg.steps_per_epoch or data.steps_per_epoch(
             self.manifest, "train", cfg.batch_size, world.size)
@@ -323,6 +327,9 @@ class _Trainer:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               state=self.state)
 
+    def _setup_run_dir(self) -> None:
+        """Rank 0 checks or writes config.json and restores; then every rank has its state."""
+        cfg, world, chief = self.cfg, self.world, self.world.is_chief
         resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops)
         error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names) \
             if chief else None
@@ -343,6 +350,9 @@ class _Trainer:
         if not chief:
             self.state.reset_sums()  # rank 0 holds the epoch's sums so far for everyone
 
+    def _setup_loop(self) -> None:
+        """History, logs, input threads, the MFU peak and the compiled steps."""
+        cfg, world, chief = self.cfg, self.world, self.world.is_chief
         self.history = []
         if chief:
             done = int(self.state.epoch.numpy())

@@ -9,12 +9,14 @@ from imnet64 import atomic
 from imnet64.errors import UserError
 from imnet64.formats.image64 import SIZE
 from imnet64.train.checkpoints import find_checkpoint, one_line
+from imnet64.train.config import CHECKPOINT
 from imnet64.train.model_config import ModelConfig
 
 import tensorflow as tf
 
 CONFIG = "config.json"
 CLASSES = "classes.json"
+STATUS = "status.json"  # what the run is doing or how it ended (imnet64.train.loop)
 
 
 @dataclass
@@ -37,7 +39,7 @@ def load_run_config(run_dir: str | Path) -> dict:
     return atomic.read_json(path)
 
 
-def load_trained_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
+def load_trained_run(run_dir: str | Path, checkpoint: str = CHECKPOINT) -> TrainedRun:
     """The run's model with the weights of its best (by val loss) or latest checkpoint.
 
     Checkpoints are found from their files (a damaged state file does not hide them); the
