@@ -8,26 +8,26 @@ LabeledImage records, .csv, and the .json summary last), so `label-status` calls
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import imnet64  # noqa: F401
+import imnet64
 from imnet64 import atomic
 from imnet64.formats.class_names import imagenet_class_names
-from imnet64.formats.label_parts import CSV_HEADER, SUMMARY_FORMAT, part_paths
+from imnet64.formats.label_parts import CSV_HEADER, part_paths
+from imnet64.formats.label_summary import LabelSummary, PartFile
 from imnet64.formats.tfrecord_file import iter_records
 from imnet64.formats.tfrecord_schema import LabeledImage, parse_labeled, serialize_labeled
+from imnet64.label.inputs import names_fingerprint
 from imnet64.pipeline.sample_images import write_sample
 
 TEACHER = "test-teacher"
 
 
-def _facts(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"name": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def _facts(path: Path) -> PartFile:
+    return PartFile(path.name, path.stat().st_size, atomic.sha256_file(path))
 
 
 def write_label_out_dir(
@@ -76,18 +76,15 @@ def write_label_out_dir(
         for it in chunk:
             writer.writerow([it.filename, it.label, it.class_name, f"{it.confidence:.6f}"])
         paths.csv.write_text(buf.getvalue(), "utf-8")
-        summary = {
-            "format": SUMMARY_FORMAT,
-            "shard_index": index,
-            "shard_count": parts,
-            "inputs": len(chunk),
-            "labeled": len(chunk),
-            "rejected": 0,
-            "rejects": [],
-            "teacher": TEACHER,
-            "files": {"tfrecord": _facts(paths.tfrecord), "csv": _facts(paths.csv)},
-        }
-        atomic.write_json(paths.summary, summary)
+        names = [it.filename for it in chunk]
+        summary = LabelSummary(
+            imnet64_version=imnet64.__version__, input=str(root), input_kind="folder",
+            shard_index=index, shard_count=parts, total_inputs=len(items), inputs=len(chunk),
+            labeled=len(chunk), rejects=(), inputs_sha256=names_fingerprint(names),
+            first_input=names[0] if names else None, last_input=names[-1] if names else None,
+            teacher=TEACHER, teacher_spec=None, num_classes=1001, top_k=top_k, batch_size=64,
+            tfrecord=_facts(paths.tfrecord), csv=_facts(paths.csv), provenance=None)
+        atomic.write_json(paths.summary, summary.to_json())
     return items
 
 

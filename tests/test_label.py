@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import struct
 import tarfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from imnet64.errors import UserError
 from imnet64.formats.label_parts import part_paths, read_summary
 from imnet64.formats.label_status import label_status
+from imnet64.formats.label_summary import LabelSummary, LabelTiming
 from imnet64.formats.tfrecord_schema import parse_labeled
 from imnet64.label.image_decode import decode_image
 from imnet64.label.inputs import open_inputs
@@ -555,3 +557,12 @@ def test_plan_refuses_bad_shards(photos, tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="no image files"):
         plan_shard(empty, tmp_path / "out", 0, 1)
+
+
+def test_summary_and_timing_files_are_their_typed_records_as_json(photos, teacher, tmp_path):
+    label(photos, tmp_path / "out", teacher, index=0, count=3)
+    paths = part_paths(tmp_path / "out", 0, 3)
+    for path, record in ((paths.summary, LabelSummary), (paths.timing, LabelTiming)):
+        text = path.read_text("utf-8")
+        again = record.from_json(json.loads(text)).to_json()
+        assert json.dumps(again, indent=2, sort_keys=True, ensure_ascii=False) + "\n" == text

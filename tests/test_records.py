@@ -13,6 +13,7 @@ from pathlib import Path
 import imnet64  # noqa: F401
 from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
+from imnet64.formats.shard_sidecar import SIDECAR_DIR, ShardSidecar
 from imnet64.formats.tfrecord_schema import parse_example
 from imnet64.records.write import ShardOptions, shard_records
 
@@ -607,3 +608,13 @@ def test_a_killed_runs_temporaries_are_removed_and_look_alikes_kept(labeled, dat
     assert all((out / name).read_bytes() == b"not ours" for name in look_alikes)
     left = _tree_bytes(out)
     assert {k: v for k, v in left.items() if k not in look_alikes} == reference
+
+
+def test_shard_sidecars_are_their_typed_record_as_json(labeled, tmp_path):
+    out = tmp_path / "ds"
+    shard_records(labeled[0], out, ShardOptions(shard_size_mb=0.25, seed=3))
+    sidecars = sorted((out / SIDECAR_DIR).glob("*.json"))
+    assert sidecars
+    for path in sidecars:
+        data = json.loads(path.read_text("utf-8"))
+        assert ShardSidecar.from_json(data).to_json() == data

@@ -20,10 +20,9 @@ from typing import Any
 
 from imnet64 import atomic
 from imnet64.formats import provenance
+from imnet64.formats.label_summary import SUMMARY_FORMAT, TIMING_FORMAT
 
 LABELS_DIR = "labels"
-SUMMARY_FORMAT = "imnet64.label.run-part/1"
-TIMING_FORMAT = "imnet64.label.run-timing/1"
 TIMING_FIELDS = ("seconds", "images_per_second")
 PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)$")
 # atomic.temp_path_for names temps ".<final name>.<random>.tmp"

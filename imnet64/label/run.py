@@ -60,21 +60,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import imnet64
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats.image_names import escape_name, unescape_name
-from imnet64.formats.label_parts import (
-    CSV_HEADER,
-    SUMMARY_FORMAT,
-    TIMING_FORMAT,
-    PartPaths,
-    part_paths,
-    read_summary,
-)
+from imnet64.formats.label_parts import CSV_HEADER, PartPaths, part_paths, read_summary
+from imnet64.formats.label_summary import LabelSummary, LabelTiming, PartFile, Reject
 from imnet64.label.batch_reader import BatchReader, Reserve
 from imnet64.label.image_decode import NATIVE_SIZE, decode_image, to_native_size
 from imnet64.label.inputs import (
@@ -85,6 +79,11 @@ from imnet64.label.inputs import (
     shard_range,
 )
 from imnet64.label.options import LabelOptions
+
+import numpy as np
+
+if TYPE_CHECKING:  # TensorFlow is imported only when a shard is labeled
+    from imnet64.formats.tfrecord_schema import LabeledImage
 from imnet64.progress import LogFn, ProgressFn
 
 # How far a probability may move when the same image is labeled in another batch (see the
@@ -307,15 +306,110 @@ def _predictor(teacher, top_k: int):
     return predict
 
 
-def _csv_line(name: str, label: int, class_name: str, confidence: float) -> bytes:
+def _csv_line(item: LabeledImage) -> bytes:
+    # the confidence as stored in the record (float32), 6 decimals
+    confidence = float(np.float32(item.confidence))
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(
-        [escape_name(name), label, class_name, f"{confidence:.6f}"])
+        [escape_name(item.filename), item.label, item.class_name, f"{confidence:.6f}"])
     return buf.getvalue().encode("utf-8")
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": atomic.sha256_file(path)}
+def _part_file(path: Path) -> PartFile:
+    return PartFile(path.name, path.stat().st_size, atomic.sha256_file(path))
+
+
+def _clear_previous_run(paths: PartPaths, log: LogFn) -> None:
+    """Temporaries a killed run left, and the summary of part files about to be replaced."""
+    stale = paths.temp_files()
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left by an interrupted run")
+    # the old summary must not outlive part files we are about to replace
+    paths.summary.unlink(missing_ok=True)
+    paths.timing.unlink(missing_ok=True)
+
+
+def _labeled_image(inputs: InputSet, side: _SideTable, i: int, top_ids, top_probs,
+                   class_names: list[str]) -> LabeledImage | None:
+    """Input i's record from its side-table entry and the teacher's top-k; None when its
+    bytes, read again, changed (then it is a reject)."""
+    with side.lock:
+        encoded, fmt, height, width = side.encoded.pop(i)
+    if isinstance(encoded, _ReadAgain):
+        try:
+            encoded = _read_again(inputs, i, encoded)
+        except InputReadError as e:
+            with side.lock:
+                side.rejects[i] = str(e)
+            return None
+    from imnet64.formats.tfrecord_schema import LabeledImage
+
+    ids = tuple(int(v) for v in top_ids)
+    probs = tuple(float(v) for v in top_probs)
+    return LabeledImage(encoded=encoded, image_format=fmt, height=height, width=width,
+                        filename=inputs.names[i], label=ids[0], class_name=class_names[ids[0]],
+                        confidence=probs[0], topk_ids=ids, topk_probs=probs)
+
+
+def _write_parts(plan: LabelPlan, teacher, options: LabelOptions,
+                 progress: ProgressFn) -> tuple[int, dict[int, str]]:
+    """Read, decode and label the shard's inputs; write its TFRecord and CSV in input order.
+    Returns (number labeled, reject reason by input index)."""
+    from imnet64.formats.tfrecord_schema import serialize_labeled
+
+    import tensorflow as tf
+
+    inputs, paths, total = plan.inputs, plan.paths, len(plan.inputs)
+    side = _SideTable()
+    predict = _predictor(teacher, options.top_k)
+    class_names = list(teacher.class_names)
+    labeled = 0
+    with BatchReader(total, _loader(inputs, side), options.batch_size,
+                     threads=options.read_threads, byte_budget=options.read_budget) as batches, \
+            atomic.atomic_path(paths.tfrecord) as tf_tmp, \
+            atomic.atomic_open(paths.csv, "wb") as csv_file, \
+            tf.io.TFRecordWriter(str(tf_tmp)) as writer:
+        progress(0, total)
+        csv_file.write(",".join(CSV_HEADER).encode() + b"\n")
+        for indices, images in batches:
+            top_ids, top_probs = (t.numpy() for t in predict(images))
+            for row, i in enumerate(indices.tolist()):
+                item = _labeled_image(inputs, side, i, top_ids[row], top_probs[row], class_names)
+                if item is not None:
+                    writer.write(serialize_labeled(item))
+                    csv_file.write(_csv_line(item))
+                    labeled += 1
+            progress(int(indices[-1]) + 1, total)
+    return labeled, dict(side.rejects)
+
+
+def _summary(plan: LabelPlan, teacher, options: LabelOptions, labeled: int,
+             rejects: dict[int, str], stable_provenance: dict[str, Any]) -> LabelSummary:
+    names = plan.inputs.names
+    return LabelSummary(
+        imnet64_version=imnet64.__version__,
+        input=escape_name(str(plan.input_path)),
+        input_kind=plan.inputs.kind,
+        shard_index=plan.index,
+        shard_count=plan.count,
+        total_inputs=plan.total_inputs,
+        inputs=len(names),
+        labeled=labeled,
+        rejects=tuple(Reject(escape_name(names[i]), rejects[i]) for i in sorted(rejects)),
+        inputs_sha256=plan.fingerprint,
+        first_input=escape_name(names[0]) if names else None,
+        last_input=escape_name(names[-1]) if names else None,
+        teacher=teacher.name,
+        teacher_spec=options.teacher_spec,
+        num_classes=teacher.num_classes,
+        top_k=options.top_k,
+        batch_size=options.batch_size,
+        tfrecord=_part_file(plan.paths.tfrecord),
+        csv=_part_file(plan.paths.csv),
+        provenance=stable_provenance,
+    )
 
 
 def label_shard(
@@ -325,128 +419,35 @@ def label_shard(
     progress: ProgressFn | None = None,
     log: LogFn | None = None,
 ) -> dict[str, Any]:
-    """Label `plan`'s inputs with `teacher`; write the part files; return the summary.
+    """Label `plan`'s inputs with `teacher`; write the part files; return the run summary
+    (the summary with the timing and the whole provenance).
 
     Overwrites the shard's part files (the caller decides whether a done shard is redone).
     """
-    from imnet64.formats.tfrecord_schema import LabeledImage, serialize_labeled
-
-    import numpy as np
-    import tensorflow as tf
-
     options.check(teacher.num_classes)
-    batch_size, top_k = options.batch_size, options.top_k
     log = log or (lambda message: None)
     progress = progress or (lambda done, total: None)
-    inputs, paths = plan.inputs, plan.paths
-    class_names = list(teacher.class_names)
-    total = len(inputs)
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_shard_lock(paths))
-        stale = paths.temp_files()
-        for p in stale:
-            p.unlink(missing_ok=True)
-        if stale:
-            log(f"removed {len(stale)} temporary file(s) left by an interrupted run")
-        # the old summary must not outlive part files we are about to replace
-        paths.summary.unlink(missing_ok=True)
-        paths.timing.unlink(missing_ok=True)
-
-        side = _SideTable()
-        batches = stack.enter_context(
-            BatchReader(total, _loader(inputs, side), batch_size, threads=options.read_threads,
-                        byte_budget=options.read_budget))
-        predict = _predictor(teacher, top_k)
-        labeled = 0
+    total = len(plan.inputs)
+    with _shard_lock(plan.paths):
+        _clear_previous_run(plan.paths, log)
         start = time.monotonic()
-        progress(0, total)
-        with atomic.atomic_path(paths.tfrecord) as tf_tmp, \
-                atomic.atomic_open(paths.csv, "wb") as csv_file:
-            csv_file.write(",".join(CSV_HEADER).encode() + b"\n")
-            with tf.io.TFRecordWriter(str(tf_tmp)) as writer:
-                for indices, images in batches:
-                    top_ids, top_probs = predict(images)
-                    top_ids, top_probs = top_ids.numpy(), top_probs.numpy()
-                    for row, i in enumerate(indices.tolist()):
-                        with side.lock:
-                            encoded, fmt, height, width = side.encoded.pop(i)
-                        if isinstance(encoded, _ReadAgain):
-                            try:
-                                encoded = _read_again(inputs, i, encoded)
-                            except InputReadError as e:
-                                with side.lock:
-                                    side.rejects[i] = str(e)
-                                continue
-                        ids = tuple(int(v) for v in top_ids[row])
-                        probs = tuple(float(v) for v in top_probs[row])
-                        name = inputs.names[i]
-                        item = LabeledImage(
-                            encoded=encoded,
-                            image_format=fmt,
-                            height=height,
-                            width=width,
-                            filename=name,
-                            label=ids[0],
-                            class_name=class_names[ids[0]],
-                            confidence=probs[0],
-                            topk_ids=ids,
-                            topk_probs=probs,
-                        )
-                        writer.write(serialize_labeled(item))
-                        # the confidence as stored in the record (float32), 6 decimals
-                        conf32 = float(np.float32(probs[0]))
-                        csv_file.write(_csv_line(name, ids[0], class_names[ids[0]], conf32))
-                        labeled += 1
-                    progress(int(indices[-1]) + 1, total)
+        labeled, rejects = _write_parts(plan, teacher, options, progress)
         seconds = time.monotonic() - start
         progress(total, total)
-
-        rejects = dict(side.rejects)
         missing = total - labeled - len(rejects)
         if missing:  # cannot happen unless the reader dropped inputs; never hide it
             raise RuntimeError(f"{missing} inputs neither labeled nor rejected")
-        # what made it: code and teacher here (the same on a re-run); host and job ids go
-        # to the .timing.json, which may differ between runs
+        # what made it: code and teacher in the summary (the same on a re-run); host and job
+        # ids go to the .timing.json, which may differ between runs
         made_by = provenance.of_teacher(teacher)
-        summary = {
-            "format": SUMMARY_FORMAT,
-            "imnet64_version": imnet64.__version__,
-            "input": escape_name(str(plan.input_path)),
-            "input_kind": inputs.kind,
-            "shard_index": plan.index,
-            "shard_count": plan.count,
-            "total_inputs": plan.total_inputs,
-            "inputs": total,
-            "labeled": labeled,
-            "rejected": len(rejects),
-            "rejects": [
-                {"path": escape_name(inputs.names[i]), "reason": rejects[i]}
-                for i in sorted(rejects)
-            ],
-            "inputs_sha256": plan.fingerprint,
-            "first_input": escape_name(inputs.names[0]) if total else None,
-            "last_input": escape_name(inputs.names[-1]) if total else None,
-            "teacher": teacher.name,
-            "teacher_spec": options.teacher_spec,
-            "num_classes": teacher.num_classes,
-            "top_k": top_k,
-            "batch_size": batch_size,
-            "files": {"tfrecord": _file_facts(paths.tfrecord), "csv": _file_facts(paths.csv)},
-            provenance.KEY: provenance.stable(made_by),
-        }
-        atomic.write_json(paths.summary, summary)  # last part file: marks the shard done
+        summary = _summary(plan, teacher, options, labeled, rejects, provenance.stable(made_by))
+        atomic.write_json(plan.paths.summary, summary.to_json())  # marks the shard done
         # timings vary from run to run: kept out of the part files, which must not
-        timing = {
-            "format": TIMING_FORMAT,
-            "inputs_sha256": plan.fingerprint,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(total / seconds, 2) if seconds > 0 else None,
-            provenance.KEY: provenance.run_part(made_by),
-        }
-        atomic.write_json(paths.timing, timing)
-        return {**summary, "seconds": timing["seconds"],
-                "images_per_second": timing["images_per_second"], provenance.KEY: made_by}
+        timing = LabelTiming.measured(plan.fingerprint, total, seconds,
+                                      provenance.run_part(made_by))
+        atomic.write_json(plan.paths.timing, timing.to_json())
+    return {**summary.to_json(), "seconds": timing.seconds,
+            "images_per_second": timing.images_per_second, provenance.KEY: made_by}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
