@@ -64,12 +64,14 @@ from imnet64.records.split import (
     Example,
     KeptClass,
     PlannedShard,
+    Selection,
     plan_shards,
     select,
     split_examples,
 )
 
 SHARD_NAME_RE = re.compile(r"^(train|val)-\d{5}-of-\d{5}\.tfrecord$")
+
 
 @dataclass
 class ShardResult:
@@ -505,6 +507,91 @@ def _check_out_dir(source: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------- the command
 
 
+@dataclass(frozen=True)
+class _DatasetPlan:
+    """What the dataset will hold: the same on every rank (a pure function of SOURCE and
+    the options)."""
+
+    source: Source
+    selection: Selection
+    split: dict[str, list[Example]]
+    shards: dict[str, list[PlannedShard]]  # by split
+    hashes: dict[str, str]  # shard file -> plan hash
+
+    @property
+    def all_shards(self) -> list[PlannedShard]:
+        return [p for s in SPLITS for p in self.shards[s]]
+
+    def describe(self) -> str:
+        return (f"{len(self.source.items)} images in SOURCE, {len(self.selection.examples)} "
+                f"kept in {len(self.selection.classes)} classes: "
+                + ", ".join(f"{s} {len(self.split[s])} in {len(self.shards[s])} shard(s)"
+                            for s in SPLITS))
+
+
+def _plan_dataset(source: Path, options: ShardOptions, allow_partial: bool) -> _DatasetPlan:
+    scanned = scan_source(source, allow_partial)
+    selection = select(
+        scanned,
+        min_confidence=options.min_confidence,
+        classes=options.classes,
+        max_per_class=options.max_per_class,
+        seed=options.seed,
+    )
+    split = split_examples(selection, options.val_fraction, options.seed)
+    shard_bytes = int(options.shard_size_mb * 2**20)
+    shards = {
+        s: plan_shards(s, split[s], options.encoding, shard_bytes, options.seed) for s in SPLITS
+    }
+    base = json.dumps(
+        [scanned.fingerprint, options.encoding, [asdict(c) for c in selection.classes]],
+        sort_keys=True,
+    )
+    hashes = {p.file: _plan_hash(base, p) for s in SPLITS for p in shards[s]}
+    return _DatasetPlan(scanned, selection, split, shards, hashes)
+
+
+def _write_my_shards(out_dir: Path, plan: _DatasetPlan, options: ShardOptions, slot: ShardSlot,
+                     num_workers: int, progress: ProgressFn | None, log: LogFn) -> ShardResult:
+    """Write the shards of the plan that are this rank's and not done yet."""
+    mine = [p for j, p in enumerate(plan.all_shards) if j % slot.count == slot.index]
+    # this process alone writes its shards, so their temporaries are leftovers of a kill
+    removed = _remove_temps(out_dir, {p.file for p in mine})
+    todo = [p for p in mine if _done_sidecar(out_dir, p, plan.hashes[p.file]) is None]
+    log(f"{plan.describe()}; this process writes {len(todo)} of them "
+        f"({len(mine) - len(todo)} already done)")
+    result = ShardResult(out_dir, "partial", shards_skipped=len(mine) - len(todo))
+    if removed:
+        log(f"removed {removed} temporary file(s) an interrupted run left")
+    ref = SourceRef.of(plan.source)
+    jobs = [
+        ShardJob(ref, str(out_dir), p, plan.hashes[p.file], options.encoding,
+                 plan.selection.classes)
+        for p in todo
+    ]
+    _run_jobs(jobs, num_workers, sum(len(p.examples) for p in todo), progress, result)
+    return result
+
+
+def _finish(out_dir: Path, plan: _DatasetPlan, sidecars: dict[str, ShardSidecar],
+            options: ShardOptions, recorded: dict[str, int | None], started_at: float,
+            result: ShardResult) -> None:
+    """Every shard is done: write the manifest, then remove what older plans left."""
+    manifest = _write_manifest(out_dir, plan.source, plan.selection.classes, plan.shards,
+                               sidecars, options, plan.selection.dropped)
+    write_run_sidecar(out_dir, provenance.collect())  # run fields: not in dataset.json
+    kept = _remove_stale_outputs(out_dir, set(plan.hashes), recorded)
+    if kept:
+        result.messages.append(
+            f"kept {_names(kept)} in {out_dir}: named like a shard, but no record says "
+            "imnet64 wrote it as it is now"
+        )
+    # every shard of the plan is done, so no writer of a shard is left; a manifest
+    # temporary from before this run started is a killed run's
+    _remove_temps(out_dir, None, manifest_older_than=started_at)
+    result.status, result.manifest = "complete", manifest
+
+
 def shard_records(
     source: str | Path,
     out_dir: str | Path,
@@ -542,26 +629,8 @@ def shard_records(
     check_before_writing(out_dir, state, fingerprint, options, force)
 
     log(f"reading the catalog of {source}")
-    scanned = scan_source(source, allow_partial)
-    selection = select(
-        scanned,
-        min_confidence=options.min_confidence,
-        classes=options.classes,
-        max_per_class=options.max_per_class,
-        seed=options.seed,
-    )
-    split = split_examples(selection, options.val_fraction, options.seed)
-    shard_bytes = int(options.shard_size_mb * 2**20)
-    plans = {
-        s: plan_shards(s, split[s], options.encoding, shard_bytes, options.seed) for s in SPLITS
-    }
-    all_plans = [p for s in SPLITS for p in plans[s]]
-    base = json.dumps(
-        [scanned.fingerprint, options.encoding, [asdict(c) for c in selection.classes]],
-        sort_keys=True,
-    )
-    hashes = {p.file: _plan_hash(base, p) for p in all_plans}
-    check_plan_against(out_dir, state, hashes, force)
+    plan = _plan_dataset(source, options, allow_partial)
+    check_plan_against(out_dir, state, plan.hashes, force)
 
     # .shards/ first: it marks the folder as shard-records' even before a shard is done
     (out_dir / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
@@ -569,55 +638,23 @@ def shard_records(
     if state.manifest is not None:
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
         (out_dir / RUN_SIDECAR).unlink(missing_ok=True)
-    recorded = state.recorded()
 
-    mine = [p for j, p in enumerate(all_plans) if j % slot.count == slot.index]
-    # this process alone writes its shards, so their temporaries are leftovers of a kill
-    removed = _remove_temps(out_dir, {p.file for p in mine})
-    todo = [p for p in mine if _done_sidecar(out_dir, p, hashes[p.file]) is None]
-    log(
-        f"{len(scanned.items)} images in SOURCE, {len(selection.examples)} kept in "
-        f"{len(selection.classes)} classes: "
-        + ", ".join(f"{s} {len(split[s])} in {len(plans[s])} shard(s)" for s in SPLITS)
-        + f"; this process writes {len(todo)} of them ({len(mine) - len(todo)} already done)"
-    )
-    result = ShardResult(out_dir, "partial", shards_skipped=len(mine) - len(todo))
-    if removed:
-        log(f"removed {removed} temporary file(s) an interrupted run left")
-    ref = SourceRef.of(scanned)
-    jobs = [
-        ShardJob(ref, str(out_dir), p, hashes[p.file], options.encoding, selection.classes)
-        for p in todo
-    ]
-    total = sum(len(p.examples) for p in todo)
     started = time.monotonic()
-    _run_jobs(jobs, num_workers, total, progress, result)
+    result = _write_my_shards(out_dir, plan, options, slot, num_workers, progress, log)
     own_seconds = time.monotonic() - started
 
     wait = wait_for_ranks
     if wait is None:
         wait = slot.source == "slurm-rank" and slot.count > 1 and slot.index == 0
-    sidecars = _wait_for_all(out_dir, all_plans, hashes, wait, own_seconds, poll_seconds, log)
+    sidecars = _wait_for_all(out_dir, plan.all_shards, plan.hashes, wait, own_seconds,
+                             poll_seconds, log)
     if sidecars is None:
         result.messages.append(
             f"rank {slot.index}/{slot.count}: my shards are done; the manifest is written by "
             "the process that finishes the last shard (or re-run shard-records to complete)"
         )
         return result
-    manifest = _write_manifest(
-        out_dir, scanned, selection.classes, plans, sidecars, options, selection.dropped
-    )
-    write_run_sidecar(out_dir, provenance.collect())  # run fields: not in dataset.json
-    kept = _remove_stale_outputs(out_dir, set(hashes), recorded)
-    if kept:
-        result.messages.append(
-            f"kept {_names(kept)} in {out_dir}: named like a shard, but no record says "
-            "imnet64 wrote it as it is now"
-        )
-    # every shard of the plan is done, so no writer of a shard is left; a manifest
-    # temporary from before this run started is a killed run's
-    _remove_temps(out_dir, None, manifest_older_than=started_at)
-    result.status, result.manifest = "complete", manifest
+    _finish(out_dir, plan, sidecars, options, state.recorded(), started_at, result)
     return result
 
 
