@@ -343,49 +343,66 @@ def _member_special(name: str, problem: str | None, info: tarfile.TarInfo) -> _S
     return _Special(problem=problem, readable=True) if problem else None
 
 
+@dataclass
+class _TarIndex:
+    """Members in archive order: name, data offset and size (0 for what is not plain data),
+    and what is special about some of them, by archive position."""
+
+    names: list[str] = field(default_factory=list)
+    offsets: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("q"))
+    special: dict[int, _Special] = field(default_factory=dict)
+
+    def add(self, info: tarfile.TarInfo) -> None:
+        if info.isdir():
+            return  # folders are not inputs; their files are
+        name, problem = _member_name(info.name)
+        extra = _member_special(name, problem, info)
+        if extra is not None:
+            self.special[len(self.names)] = extra
+        plain = info.isreg() and not info.issparse()
+        self.names.append(name)
+        self.offsets.append(info.offset_data if plain else 0)
+        self.sizes.append(info.size if plain else 0)
+
+    def sorted_by_name(self, path: Path) -> TarInputSet:
+        """Sorted by name (a stable numpy argsort: 8 bytes per member, where a Python list of
+        indices would take 36). A name archived twice stays twice: its earlier copies are
+        rejected, the last one is labeled, as tar -x would leave it."""
+        import numpy as np
+
+        names = self.names
+        order = np.argsort(np.array(names, dtype=object), kind="stable").tolist()
+        special: dict[int, _Special] = {}
+        for j, i in enumerate(order):
+            s = self.special.get(i)
+            archived_again = j + 1 < len(order) and names[order[j + 1]] == names[i]
+            if archived_again and not (s and s.problem):
+                s = _Special(link=s.link if s else None, readable=s is None or s.readable,
+                             problem="archived again later under the same name (the later "
+                                     "copy is the one labeled)")
+            if s is not None:
+                special[j] = s
+        return TarInputSet(path, [names[i] for i in order],
+                           array("q", (self.offsets[i] for i in order)),
+                           array("q", (self.sizes[i] for i in order)), special)
+
+
 def _tar_input(path: Path) -> TarInputSet:
     """Every member but directories is an input (see IMAGE_SUFFIXES): `inputs = labeled +
     rejected` then counts the archive's files, links and special files, one each."""
-    names: list[str] = []
-    offsets, sizes = array("q"), array("q")
-    special: dict[int, _Special] = {}  # by archive position until sorted
+    index = _TarIndex()
     try:
         # "r:" = uncompressed only: random access by offset needs a plain archive
         with tarfile.open(path, "r:") as tar:
             for info in tar:
-                # tarfile keeps every TarInfo in tar.members; drop them as we go
-                tar.members.clear()
-                if info.isdir():
-                    continue  # folders are not inputs; their files are
-                name, problem = _member_name(info.name)
-                extra = _member_special(name, problem, info)
-                if extra is not None:
-                    special[len(names)] = extra
-                plain = info.isreg() and not info.issparse()
-                names.append(name)
-                offsets.append(info.offset_data if plain else 0)
-                sizes.append(info.size if plain else 0)
+                tar.members.clear()  # tarfile keeps every TarInfo in tar.members: not here
+                index.add(info)
     except tarfile.ReadError as e:
         raise UserError(f"cannot read {path} as an uncompressed tar archive: {e}") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    # Sorted by name (a stable numpy argsort: 8 bytes per member, where a Python list of
-    # indices would take 36). A name archived twice stays twice: its earlier copies are
-    # rejected, the last one is labeled, as tar -x would leave it.
-    import numpy as np
-
-    order = np.argsort(np.array(names, dtype=object), kind="stable")
-    sorted_special: dict[int, _Special] = {}
-    for j, i in enumerate(order.tolist()):
-        s = special.get(i)
-        if j + 1 < len(order) and names[order[j + 1]] == names[i] and not (s and s.problem):
-            s = _Special(link=s.link if s else None, readable=s is None or s.readable,
-                         problem="archived again later under the same name (the later copy "
-                                 "is the one labeled)")
-        if s is not None:
-            sorted_special[j] = s
-    return TarInputSet(path, [names[i] for i in order], array("q", (offsets[i] for i in order)),
-                       array("q", (sizes[i] for i in order)), sorted_special)
+    return index.sorted_by_name(path)
 
 
 def open_inputs(path: str | os.PathLike) -> InputSet:

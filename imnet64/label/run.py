@@ -461,6 +461,72 @@ def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
     return [(unescape_name(r[0]), int(r[1]), r[2], float(r[3])) for r in reader]
 
 
+def _output_problem(input_path: Path, out_dir: Path, index: int, count: int,
+                    export_dir: str | os.PathLike | None) -> str | None:
+    """Outputs first: a folder that cannot be written is found in milliseconds, not after
+    reading INPUT and loading the teacher. A shard already done may still be skipped (e.g. a
+    finished OUT_DIR mounted read-only), so that verdict waits for the plan: returned, not
+    raised."""
+    _check_request(input_path, out_dir, index, count, export_dir)
+    paths = part_paths(out_dir, index, count)
+    problem = writable_problem(paths.folder, "label outputs", paths.summary.name)
+    if problem and not paths.summary.is_file():
+        raise UserError(problem)
+    if export_dir is not None:
+        export_problem = writable_problem(Path(export_dir), "--export-folders", "export")
+        if export_problem:
+            raise UserError(export_problem)
+    return problem
+
+
+def _reuse(plan: LabelPlan, teacher_spec: str | None, log: LogFn) -> dict[str, Any]:
+    """The summary of a shard already done for these inputs."""
+    summary = plan.existing
+    log(f"{plan.paths.summary} exists and matches its inputs: skipped (--force redoes it)")
+    made_by = {summary.get("teacher"), summary.get("teacher_spec")}
+    if teacher_spec is not None and teacher_spec not in made_by:
+        log(f"note: this shard was labeled by teacher {summary.get('teacher')}, "
+            f"not {teacher_spec}")
+    return summary
+
+
+def _relabel(plan: LabelPlan, options: LabelOptions, teacher: Any, problem: str | None,
+             progress: ProgressFn | None, log: LogFn) -> dict[str, Any]:
+    """Label the shard (loading the teacher if none is given); returns the run summary."""
+    old = plan.existing
+    if old is not None and not options.force and old.get("inputs_sha256") != plan.fingerprint:
+        raise UserError(
+            f"{plan.paths.summary} was written for other inputs "
+            f"({old.get('inputs')} inputs, {old.get('first_input')} .. "
+            f"{old.get('last_input')}); use --force to relabel or another OUT_DIR"
+        )
+    if problem:
+        raise UserError(problem)
+    if teacher is None:
+        from imnet64.teacher import load_teacher
+
+        teacher = load_teacher(options.teacher_spec)
+    log(f"teacher: {teacher.name}")
+    try:
+        return label_shard(plan, teacher, options, progress, log)
+    except OSError as e:  # e.g. the disk filled up: inputs never raise (rejects)
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"cannot write label outputs to {plan.paths.folder}: "
+                        f"{e.strerror or e}{where}") from None
+
+
+def _export(plan: LabelPlan, export_dir: str | os.PathLike, copy: bool, log: LogFn) -> None:
+    from imnet64.label.export_folders import export_folders
+
+    rows = read_csv_rows(plan.paths.csv)
+    try:
+        made = export_folders(plan.inputs, rows, export_dir, copy=copy)
+    except OSError as e:
+        raise UserError(f"cannot write --export-folders to {export_dir}: "
+                        f"{e.strerror or e} ({e.filename})") from None
+    log(f"--export-folders: {made} entries in {export_dir}")
+
+
 def run(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -477,66 +543,21 @@ def run(
     The teacher is loaded from `options.teacher_spec` only if the shard has work to do,
     unless a loaded `teacher` is passed (to label several shards in one process).
     """
-    teacher_spec, force, export_dir = options.teacher_spec, options.force, options.export_dir
     log = log or (lambda message: None)
-    # Outputs first: a folder that cannot be written is found in milliseconds, not after
-    # reading INPUT and loading the teacher. A shard already done may still be skipped
-    # (e.g. a finished OUT_DIR mounted read-only), so that verdict waits for the plan.
-    _check_request(Path(input_path), Path(out_dir), index, count, export_dir)
-    paths = part_paths(out_dir, index, count)
-    problem = writable_problem(paths.folder, "label outputs", paths.summary.name)
-    if problem and not paths.summary.is_file():
-        raise UserError(problem)
-    if export_dir is not None:
-        export_problem = writable_problem(Path(export_dir), "--export-folders", "export")
-        if export_problem:
-            raise UserError(export_problem)
-    plan = plan_shard(input_path, out_dir, index, count, export_dir)
+    problem = _output_problem(Path(input_path), Path(out_dir), index, count, options.export_dir)
+    plan = plan_shard(input_path, out_dir, index, count, options.export_dir)
     log(
         f"shard {index}/{count}: {len(plan.inputs)} of {plan.total_inputs} inputs "
         f"({plan.inputs.kind} {plan.input_path})"
     )
     try:
-        if plan.done and not force:
-            summary, skipped = plan.existing, True
-            log(f"{plan.paths.summary} exists and matches its inputs: skipped (--force redoes it)")
-            made_by = {summary.get("teacher"), summary.get("teacher_spec")}
-            if teacher_spec is not None and teacher_spec not in made_by:
-                log(f"note: this shard was labeled by teacher {summary.get('teacher')}, "
-                    f"not {teacher_spec}")
+        skipped = plan.done and not options.force
+        if skipped:
+            summary = _reuse(plan, options.teacher_spec, log)
         else:
-            if plan.existing is not None and not force and not plan.done:
-                old = plan.existing
-                if old.get("inputs_sha256") != plan.fingerprint:
-                    raise UserError(
-                        f"{plan.paths.summary} was written for other inputs "
-                        f"({old.get('inputs')} inputs, {old.get('first_input')} .. "
-                        f"{old.get('last_input')}); use --force to relabel or another OUT_DIR"
-                    )
-            if problem:
-                raise UserError(problem)
-            if teacher is None:
-                from imnet64.teacher import load_teacher
-
-                teacher = load_teacher(teacher_spec)
-            log(f"teacher: {teacher.name}")
-            try:
-                summary = label_shard(plan, teacher, options, progress, log)
-            except OSError as e:  # e.g. the disk filled up: inputs never raise (rejects)
-                where = f" ({e.filename})" if e.filename else ""
-                raise UserError(f"cannot write label outputs to {plan.paths.folder}: "
-                                f"{e.strerror or e}{where}") from None
-            skipped = False
-        if export_dir is not None:
-            from imnet64.label.export_folders import export_folders
-
-            rows = read_csv_rows(plan.paths.csv)
-            try:
-                made = export_folders(plan.inputs, rows, export_dir, copy=options.copy)
-            except OSError as e:
-                raise UserError(f"cannot write --export-folders to {export_dir}: "
-                                f"{e.strerror or e} ({e.filename})") from None
-            log(f"--export-folders: {made} entries in {export_dir}")
+            summary = _relabel(plan, options, teacher, problem, progress, log)
+        if options.export_dir is not None:
+            _export(plan, options.export_dir, options.copy, log)
     finally:
         plan.inputs.close()
     return summary, skipped
