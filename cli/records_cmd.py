@@ -66,32 +66,17 @@ def shard_records(source, out_dir, val_fraction, seed, min_confidence, classes, 
     """
     from imnet64.records.write import shard_records as run
 
-    options = ShardOptions.build(
-        classes=classes,
-        val_fraction=val_fraction,
-        seed=seed,
-        min_confidence=min_confidence,
-        max_per_class=max_per_class,
-        shard_size_mb=shard_size_mb,
-        encoding=encoding,
-    )
+    options = ShardOptions.build(classes=classes, val_fraction=val_fraction, seed=seed,
+                                 min_confidence=min_confidence, max_per_class=max_per_class,
+                                 shard_size_mb=shard_size_mb, encoding=encoding)
     try:
         slot = shard_slot()
     except ValueError as e:
         raise UserError(f"{e} (Slurm variables)") from None
     desc = "shard-records" if slot.count == 1 else f"shard-records rank {slot.index}/{slot.count}"
     with progress(desc, every=progress_every) as update:
-        result = run(
-            source,
-            out_dir,
-            options,
-            allow_partial=allow_partial,
-            num_workers=num_workers,
-            slot=slot,
-            progress=update,
-            log=_log,
-            force=force,
-        )
+        result = run(source, out_dir, options, allow_partial=allow_partial,
+                     num_workers=num_workers, slot=slot, progress=update, log=_log, force=force)
     for message in result.messages:
         _log(message)
     if result.status == "up-to-date":

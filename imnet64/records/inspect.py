@@ -12,6 +12,7 @@ from imnet64.atomic import sha256_file
 from imnet64.formats.manifest import Manifest, dataset_provenance
 from imnet64.formats.tfrecord_file import RecordFileError, count_records
 from imnet64.progress import ProgressFn
+from imnet64.records.progress_count import ProgressCount
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,7 @@ def verify(manifest: Manifest, progress: ProgressFn | None = None) -> list[str]:
     """One line per problem found (empty list = every shard matches the manifest)."""
     problems: list[str] = []
     shards = [s for info in manifest.splits.values() for s in info.shards]
-    total = sum(s.bytes for s in shards)
-    done = 0
-
-    def on_bytes(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    on_bytes = ProgressCount(progress, sum(s.bytes for s in shards))
     for shard in shards:
         path = manifest.root / shard.file
         if not path.is_file():

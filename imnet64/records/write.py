@@ -51,6 +51,7 @@ from imnet64.formats.manifest import (
 from imnet64.formats.shard_sidecar import SIDECAR_DIR, ShardSidecar, sidecar_path
 from imnet64.progress import LogFn, ProgressFn
 from imnet64.records.options import ShardOptions
+from imnet64.records.progress_count import ProgressCount
 from imnet64.records.source import (
     ItemReader,
     Source,
@@ -665,14 +666,7 @@ def _run_jobs(
     progress: ProgressFn | None,
     result: ShardResult,
 ) -> None:
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
+    advance = ProgressCount(progress, total)
     if progress:
         progress(0, total)
     workers = min(num_workers, len(jobs))
