@@ -125,3 +125,13 @@ def test_export_cli(trained, tmp_path, capsys):
     assert "reloaded probabilities match on 24 images" in capsys.readouterr().out
     assert main(["export", str(run_dir), str(tmp_path / "m")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_check_images_without_the_dataset_say_why_they_are_random(tmp_path, caplog):
+    from imnet64.train.export import _check_images
+
+    with caplog.at_level("WARNING", logger="imnet64.train.export"):
+        images = _check_images(tmp_path / "gone", n=4)
+    assert images.shape == (4, SIZE, SIZE, 3) and images.dtype == np.uint8
+    [record] = caplog.records
+    assert "random images" in record.getMessage() and "gone" in record.getMessage()
