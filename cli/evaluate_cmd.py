@@ -29,7 +29,7 @@ def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, 
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    from imnet64.cluster.provenance import lines
+    from imnet64.formats.provenance import lines
 
     click.echo(f"{result.split} split of {result.dataset}: {result.count} images "
                f"(checkpoint {result.checkpoint})")

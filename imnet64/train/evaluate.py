@@ -15,6 +15,7 @@ from typing import Any
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
+from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import load_manifest
 from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
 from imnet64.train.eval_step import make_eval_step
@@ -116,8 +117,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
         split=split, count=count, loss=loss_sum / count,
         top1=float(np.trace(confusion) / count), top5=top_k_hits / count, k=k,
         per_class=per_class, most_confused=most_confused(confusion, names, top_confused),
-        provenance=provenance.collect(**provenance.teacher_fields(run.config)),
-        run_provenance=run.config.get(provenance.KEY))
+        provenance=provenance.collect(**provenance_schema.teacher_fields(run.config)),
+        run_provenance=run.config.get(provenance_schema.KEY))
     if write:
         atomic.write_json(Path(run_dir) / f"evaluation-{split}.json", result.to_json())
     return result

@@ -31,6 +31,7 @@ from pathlib import Path
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
+from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.image64 import CHANNELS, SIZE
 from imnet64.train.checkpoints import one_line
 from imnet64.train.config import CHECKPOINT, EXPORT_FORMATS
@@ -80,8 +81,8 @@ def _metadata(run: TrainedRun, fmt: str, encoder_only: bool) -> dict:
         "num_classes": len(run.class_names),
         "dataset_fingerprint": run.config.get("dataset_fingerprint"),
         # this export, and the training session that wrote the run's config.json
-        provenance.KEY: provenance.collect(**provenance.teacher_fields(run.config)),
-        "run_provenance": run.config.get(provenance.KEY),
+        provenance_schema.KEY: provenance.collect(**provenance_schema.teacher_fields(run.config)),
+        "run_provenance": run.config.get(provenance_schema.KEY),
     }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from imnet64 import atomic
 from imnet64.cluster import provenance
+from imnet64.formats import provenance as provenance_schema
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ def write_history(run_dir: Path, records: list[EpochRecord]) -> None:
 
     rows = [{k: clean(v) for k, v in asdict(r).items()} for r in records]
     atomic.write_json(Path(run_dir) / HISTORY,
-                      {"epochs": rows, provenance.KEY: _session_provenance(Path(run_dir))})
+                      {"epochs": rows, provenance_schema.KEY: _session_provenance(Path(run_dir))})
 
 
 def _session_provenance(run_dir: Path) -> dict:
     try:
-        block = atomic.read_json(run_dir / "config.json").get(provenance.KEY)
+        block = atomic.read_json(run_dir / "config.json").get(provenance_schema.KEY)
     except (OSError, ValueError, AttributeError):
         block = None
     return block if isinstance(block, dict) else provenance.collect()

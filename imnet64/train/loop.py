@@ -39,6 +39,7 @@ from imnet64.cluster.preemption import (
 )
 from imnet64.cluster.world import World, init_world
 from imnet64.errors import UserError
+from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
@@ -169,7 +170,7 @@ def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
         model=cfg.model_config(manifest.num_classes).to_json(),
         versions={"imnet64": imnet64.__version__, "tensorflow": tf.__version__},
         # this session's code, host and job, and the teacher that labeled the dataset
-        provenance=provenance.collect(**provenance.teacher_fields(manifest.raw)),
+        provenance=provenance.collect(**provenance_schema.teacher_fields(manifest.raw)),
     )
     return d
 
