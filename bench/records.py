@@ -30,10 +30,11 @@ from pathlib import Path
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.cluster.machine import machine_line
+from imnet64.formats.image64 import SIZE
 from imnet64.formats.manifest import load_manifest
 from imnet64.pipeline.sample_images import write_sample
 from imnet64.records.write import ShardOptions, shard_records
-from imnet64.train.input_pipeline import training_dataset
+from imnet64.train.input_pipeline import InputOptions, training_dataset
 
 import numpy as np
 import tensorflow as tf
@@ -117,7 +118,7 @@ def train_step_rate(num_classes: int, batch_size: int, seconds: float) -> float:
     from imnet64.train.model import build_model
 
     tf.keras.utils.set_random_seed(0)
-    model = build_model(num_classes)
+    model = build_model(num_classes, image_size=SIZE)
     optimizer = tf.keras.optimizers.Adam(1e-3)
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     images = tf.random.uniform([batch_size, 64, 64, 3], 0, 255, dtype=tf.int32)
@@ -182,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     pipelines = {
         "seed": lambda: seed_pipeline(tree, args.batch_size),
         "shards_png": lambda: training_dataset(
-            datasets["png"], "train", args.batch_size, augment=True, seed=0
+            datasets["png"], "train", args.batch_size, InputOptions(augment=True, seed=0)
         ),
         "shards_raw": lambda: training_dataset(
-            datasets["raw"], "train", args.batch_size, augment=True, seed=0
+            datasets["raw"], "train", args.batch_size, InputOptions(augment=True, seed=0)
         ),
     }
     pipelines["seed_io_only"] = lambda: seed_read_only(tree, args.batch_size)
