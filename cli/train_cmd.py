@@ -6,7 +6,7 @@ import logging
 import sys
 
 from imnet64.errors import UserError
-from imnet64.train.config import PRECISIONS, TrainConfig
+from imnet64.train.config import ENGINES, PRECISIONS, TrainConfig
 from imnet64.train.model_config import ARCHS
 
 import click
@@ -85,6 +85,9 @@ def model_options(f):
               help="Steps per epoch [default: one pass over the train split].")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default=DEFAULTS.precision,
               show_default=True, help="Mixed precision policy (fp16 uses loss scaling).")
+@click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True,
+              help="Who runs the collectives between ranks: Horovod, or TensorFlow's own "
+                   "tf.distribute (MultiWorkerMirroredStrategy; no Horovod needed).")
 @click.option("--xla", is_flag=True, help="Compile the forward/backward step with XLA.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True,
               help="Initial weights and data order.")

@@ -107,8 +107,16 @@ def _pin_gpu(local_rank: int) -> None:
         pass
 
 
-def init_world() -> World:
-    """Initialise Horovod (size 1 without a launcher) and this rank's devices and threads."""
+def init_world(engine: str = "horovod") -> World:
+    """Initialise the engine (size 1 without a launcher) and this rank's devices and threads.
+
+    `engine` "horovod" (the default) or "tf" (tf.distribute; imnet64.cluster.tf_world)."""
+    if engine == "tf":
+        from imnet64.cluster.tf_world import init_tf_world
+
+        return init_tf_world()
+    if engine != "horovod":
+        raise UserError(f"--engine {engine!r}: choose horovod or tf")
     try:
         import horovod.tensorflow as hvd
     except ImportError as e:

@@ -12,6 +12,9 @@ from imnet64.formats.image64 import SIZE
 from imnet64.train.model_config import ModelConfig
 from imnet64.train.schedule import Schedule
 
+# --engine: who runs the collectives between ranks (imnet64.cluster.world.init_world)
+ENGINES = ("horovod", "tf")
+
 # --precision -> the Keras mixed-precision policy (None: float32)
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -40,6 +43,7 @@ class TrainConfig:
     lr_scaling: bool = True
     steps_per_epoch: int | None = None  # default: one pass over the train split
     precision: str = "fp32"
+    engine: str = ENGINES[0]
     xla: bool = False
     seed: int = 0
     augment: bool = False
@@ -73,7 +77,7 @@ OPTIONS = {
     "epochs": "--epochs", "warmup_epochs": "--warmup-epochs", "batch_size": "--batch-size",
     "lr_max": "--lr-max", "init_scale": "--lr-init-scale", "final_scale": "--lr-final-scale",
     "lr_scaling": "--lr-scaling/--no-lr-scaling", "steps_per_epoch": "--steps-per-epoch",
-    "precision": "--precision", "xla": "--xla", "seed": "--seed",
+    "precision": "--precision", "engine": "--engine", "xla": "--xla", "seed": "--seed",
     "augment": "--augment/--no-augment", "shuffle": "--shuffle/--no-shuffle",
     "keep_checkpoints": "--keep-checkpoints", "checkpoint_every": "--checkpoint-every",
     "signal": "--signal", "peak_flops": "--peak-flops", "log_every": "--log-every",

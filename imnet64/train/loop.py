@@ -670,7 +670,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     `stop`: the command's stop request, installed as early as possible so that a signal
     during start-up is not lost (by default the trainer makes and installs its own)."""
     _check(cfg)
-    world = init_world()
+    world = init_world(cfg.engine)
     trainer = _Trainer(cfg, world, stop)
     try:
         with trainer.stop:  # (already installed by the command: then this is a no-op)
