@@ -6,11 +6,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Callable
+
+from imnet64.progress import ProgressFn
 
 import click
-
-ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 def _fmt_eta(seconds: float) -> str:
