@@ -218,6 +218,7 @@ def _run(args, work: Path) -> dict:
     from imnet64.formats.label_parts import part_paths
     from imnet64.label.image_decode import decode_image
     from imnet64.label.inputs import open_inputs
+    from imnet64.label.options import LabelOptions
     from imnet64.label.run import label_shard, plan_shard
     from imnet64.pipeline.sample_images import write_sample
     from imnet64.teacher import load_teacher
@@ -271,7 +272,7 @@ def _run(args, work: Path) -> dict:
     def run_label(r: int) -> None:
         out = work / f"out-label-{r}"
         plan = plan_shard(images, out, 0, 1)
-        label_shard(plan, teacher, batch_size=batch)
+        label_shard(plan, teacher, LabelOptions(batch_size=batch))
         plan.inputs.close()
         label_outputs[r] = out
 
@@ -298,7 +299,8 @@ def _run(args, work: Path) -> dict:
     run_teacher_alone(-1)
     warm = work / "warm"
     write_sample(warm, 2 * batch, per_folder=1000)
-    label_shard(plan_shard(warm, work / "out-warm", 0, 1), teacher, batch_size=batch)
+    label_shard(plan_shard(warm, work / "out-warm", 0, 1), teacher,
+                LabelOptions(batch_size=batch))
     shutil.copytree(warm, work / "warm-seed")
     _seed_loop(tf, seed_model, class_names, work / "warm-seed", batch)
     methods = {"teacher_alone": run_teacher_alone, "label": run_label, "seed_loop": run_seed}

@@ -20,6 +20,17 @@ def test_the_slurm_array_task_relative_to_its_first_id_is_the_shard():
                                            "SLURM_NTASKS"]
 
 
+def test_only_ranks_of_one_slurm_step_run_together():
+    """shard-records' rank 0 waits for its siblings only when they run at the same time."""
+    ranks = Environment.read({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}).shard_slot()
+    assert ranks.siblings_run_together
+    alone = Environment.read({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).shard_slot()
+    array = Environment.read({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2",
+                              "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}).shard_slot()
+    assert not alone.siblings_run_together and not array.siblings_run_together
+    assert not Environment.read({}).shard_slot(0, 2).siblings_run_together
+
+
 def test_ranks_and_defaults():
     assert Environment.read({"PMIX_RANK": "1"}).under_launcher
     assert Environment.read({"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}).under_launcher

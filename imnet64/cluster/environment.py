@@ -63,6 +63,12 @@ class ShardSlot:
         if not 0 <= self.index < self.count:
             raise ValueError(f"shard index {self.index} is not in 0..{self.count - 1}")
 
+    @property
+    def siblings_run_together(self) -> bool:
+        """The other slots run at the same time as this one (ranks of one Slurm step), so one
+        of them can wait for the rest; array tasks may run one after another, or never."""
+        return self.source == "slurm-rank" and self.count > 1
+
 
 @dataclass(frozen=True)
 class Slurm:

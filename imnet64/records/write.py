@@ -39,6 +39,7 @@ from imnet64.cluster import provenance
 from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
 from imnet64.formats import image64
+from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import (
     FORMAT,
     MANIFEST_NAME,
@@ -264,8 +265,8 @@ def _write_manifest(
                             **source.info},
             # code and teacher only: the same for any number of ranks or workers (where it
             # ran goes to dataset.run.json)
-            provenance.KEY: provenance.stable(provenance.collect(source.teacher,
-                                                                 source.teacher_sha256)),
+            provenance_schema.KEY: provenance_schema.stable(
+                provenance.collect(source.teacher, source.teacher_sha256)),
             "stats": {
                 "source_images": len(source.items),
                 "examples": total,
@@ -646,7 +647,7 @@ def shard_records(
 
     wait = wait_for_ranks
     if wait is None:
-        wait = slot.source == "slurm-rank" and slot.count > 1 and slot.index == 0
+        wait = slot.siblings_run_together and slot.index == 0
     sidecars = _wait_for_all(out_dir, plan.all_shards, plan.hashes, wait, own_seconds,
                              poll_seconds, log)
     if sidecars is None:
