@@ -37,6 +37,10 @@ def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, 
         click.echo(f"{'trained by' if i == 0 else '':<10}  {line}")
     click.echo(f"loss {result.loss:.4f}   top-1 {result.top1:.4f}   "
                f"top-{result.k} {result.top5:.4f}")
+    if result.teacher_agreement is not None:
+        click.echo(f"teacher: top-1 agreement {result.teacher_agreement:.4f}   "
+                   f"KL(teacher || student) {result.teacher_kl:.4f}   "
+                   f"({result.with_teacher} images with teacher probabilities)")
     click.echo("")
     name_w = max([len("class")] + [len(c.name) for c in result.per_class])
     click.echo(f"{'id':>5}  {'class':<{name_w}}  {'images':>7}  {'correct':>7}  accuracy")

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from imnet64.errors import UserError
-from imnet64.train.config import ENGINES, PRECISIONS, TrainConfig
+from imnet64.train.config import ENGINES, PRECISIONS, TARGETS, TrainConfig
 from imnet64.train.model_config import ARCHS
 
 import click
@@ -91,6 +91,19 @@ def model_options(f):
 @click.option("--xla", is_flag=True, help="Compile the forward/backward step with XLA.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True,
               help="Initial weights and data order.")
+@click.option("--targets", type=click.Choice(TARGETS), default=DEFAULTS.targets,
+              show_default=True,
+              help="What the student learns: the teacher's top-1 (hard), its stored top-k "
+                   "probabilities on the kept classes (soft), or the frozen teacher run on the "
+                   "very batch the student sees (online: KL, slower; see docs/training.md).")
+@click.option("--temperature", default=DEFAULTS.temperature, show_default=True,
+              help="Softmax temperature of the soft/online targets and the student (the loss "
+                   "is scaled by T^2).")
+@click.option("--mixup", default=DEFAULTS.mixup, show_default=True,
+              help="Mixup alpha (each batch mixed with itself rolled by one; 0: off).")
+@click.option("--teacher", default=DEFAULTS.teacher,
+              help="The online teacher (TF Hub handle, SavedModel folder or 'offline') "
+                   "[default: the teacher that labeled the dataset].")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment, show_default=True,
               help="Pad-and-random-crop and horizontal flip.")
 @click.option("--shuffle/--no-shuffle", default=DEFAULTS.shuffle, show_default=True,

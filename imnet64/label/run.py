@@ -287,16 +287,15 @@ def _predictor(teacher, top_k: int):
     key = (id(teacher), top_k)
     if key in _PREDICTORS and _PREDICTORS[key][0] is teacher:
         return _PREDICTORS[key][1]
+    from imnet64.teacher.images import pixels_to_teacher_input
+
     import tensorflow as tf
 
     size = tuple(teacher.image_size)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *NATIVE_SIZE, 3], tf.uint8)])
     def predict(images):
-        # the seed's preprocessing: float32 [0, 1], then bilinear resize without antialiasing
-        images = tf.image.convert_image_dtype(images, tf.float32)
-        images = tf.image.resize(images, size, method="bilinear")
-        probs = tf.nn.softmax(teacher.logits(images), axis=-1)
+        probs = tf.nn.softmax(teacher.logits(pixels_to_teacher_input(images, size)), axis=-1)
         top_probs, top_ids = tf.math.top_k(probs, k=top_k, sorted=True)
         return top_ids, top_probs
 

@@ -1,4 +1,6 @@
-"""Read an image file into the teacher's input: float32 RGB in [0, 1], resized like the seed.
+"""Read an image file into the teacher's input: float32 RGB in [0, 1], resized like the seed;
+and the same preprocessing for a batch of 64x64 pixels (`imnet64 label` and the online
+teacher of `imnet64 train --targets online`).
 
 Any PIL mode becomes RGB (grey is replicated, alpha dropped, palettes expanded, 16-bit grey
 scaled from 0..65535). The resize is the seed's: tf.image.resize, bilinear, on floats in
@@ -37,3 +39,14 @@ def to_teacher_input(rgb: np.ndarray, size: tuple[int, int]):
     import tensorflow as tf
 
     return tf.image.resize(tf.convert_to_tensor(rgb, tf.float32), size, method="bilinear")
+
+
+def pixels_to_teacher_input(pixels, size: tuple[int, int]):
+    """A batch of pixels [B, H, W, 3], uint8 or float with values 0..255 (mixed-up images are
+    float), -> float32 tf.Tensor [B, size[0], size[1], 3] in [0, 1]: the seed's preprocessing,
+    convert_image_dtype's scaling (cast, times 1/255: the same floats for a uint8 batch and
+    its float copy), then the bilinear resize without antialiasing."""
+    import tensorflow as tf
+
+    scaled = tf.cast(pixels, tf.float32) * (1.0 / 255.0)
+    return tf.image.resize(scaled, size, method="bilinear")

@@ -51,7 +51,9 @@ _TF_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*$")
 class TrainState(tf.Module):
     """The counters a resume needs, as variables so they live in the checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, with_kl: bool = False) -> None:
+        """`with_kl`: also sum the KL figure of soft and online targets (only then: a hard
+        run's checkpoints hold the same variables as before distillation existed)."""
         super().__init__(name="train_state")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
@@ -62,6 +64,8 @@ class TrainState(tf.Module):
         self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="loss_sum")
         self.correct = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="correct")
         self.seen = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seen")
+        self.kl_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="kl_sum") \
+            if with_kl else None
 
     @property
     def counters(self) -> list[tf.Variable]:
@@ -69,7 +73,8 @@ class TrainState(tf.Module):
 
     @property
     def sums(self) -> list[tf.Variable]:
-        return [self.loss_sum, self.correct, self.seen]
+        sums = [self.loss_sum, self.correct, self.seen]
+        return sums + [self.kl_sum] if self.kl_sum is not None else sums
 
     def reset_sums(self) -> None:
         for v in self.sums:

@@ -15,6 +15,9 @@ from imnet64.train.schedule import Schedule
 # --engine: who runs the collectives between ranks (imnet64.cluster.world.init_world)
 ENGINES = ("horovod", "tf")
 
+# --targets: what the student learns from (imnet64.train.targets says what each one is)
+TARGETS = ("hard", "soft", "online")
+
 # --precision -> the Keras mixed-precision policy (None: float32)
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -46,6 +49,10 @@ class TrainConfig:
     engine: str = ENGINES[0]
     xla: bool = False
     seed: int = 0
+    targets: str = TARGETS[0]
+    temperature: float = 1.0  # of the soft and online targets and the student's softmax
+    mixup: float = 0.0  # alpha of Beta(alpha, alpha); 0: no mixup
+    teacher: str | None = None  # online targets: default the teacher that labeled the dataset
     augment: bool = False
     shuffle: bool = True
     keep_checkpoints: int = 3
@@ -78,6 +85,8 @@ OPTIONS = {
     "lr_max": "--lr-max", "init_scale": "--lr-init-scale", "final_scale": "--lr-final-scale",
     "lr_scaling": "--lr-scaling/--no-lr-scaling", "steps_per_epoch": "--steps-per-epoch",
     "precision": "--precision", "engine": "--engine", "xla": "--xla", "seed": "--seed",
+    "targets": "--targets", "temperature": "--temperature", "mixup": "--mixup",
+    "teacher": "--teacher",
     "augment": "--augment/--no-augment", "shuffle": "--shuffle/--no-shuffle",
     "keep_checkpoints": "--keep-checkpoints", "checkpoint_every": "--checkpoint-every",
     "signal": "--signal", "peak_flops": "--peak-flops", "log_every": "--log-every",

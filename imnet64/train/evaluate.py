@@ -1,4 +1,8 @@
-"""`imnet64 evaluate`: loss, top-1, top-5, per-class accuracy and the most-confused pairs.
+"""`imnet64 evaluate`: loss, top-1, top-5, per-class accuracy and the most-confused pairs;
+where the records carry the teacher's probabilities (its stored top-k), also the student's
+top-1 agreement with the teacher and the mean KL(teacher || student), at T = 1 over the kept
+classes (the teacher's distribution renormalised on them), as big_vision's distill configs
+track them.
 
 One pass over a split (in the manifest's order), accumulating per batch: the summed
 cross-entropy (fused, on logits), top-1 and top-k hits, and a C x C confusion matrix, so
@@ -8,6 +12,7 @@ validation step (imnet64.train.eval_step).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,10 @@ class Evaluation:
     # this evaluation (imnet64.cluster.provenance), and the run's: what trained the model
     provenance: dict[str, Any] = field(default_factory=dict)
     run_provenance: dict[str, Any] | None = None
+    # over the `with_teacher` examples whose records carry teacher probabilities (None: none)
+    teacher_agreement: float | None = None
+    teacher_kl: float | None = None
+    with_teacher: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -97,12 +106,17 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
     k = min(5, num_classes)
     step = make_eval_step(run.model, top_k=k)
     loss_sum, top_k_hits, count = 0.0, 0, 0
+    with_teacher, kl_sum, agreements = 0.0, 0.0, 0.0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for images, labels in training_dataset(manifest, split, batch_size, ONE_PASS):
-        scores = step(images, labels)
+    options = dataclasses.replace(ONE_PASS, with_soft_labels=True)
+    for images, labels, teacher_mass in training_dataset(manifest, split, batch_size, options):
+        scores = step(images, labels, teacher_mass)
         loss_sum += float(scores["loss_sum"])
         top_k_hits += int(scores["top_k_hits"])
         count += int(labels.shape[0])
+        with_teacher += float(scores["with_teacher"])
+        kl_sum += float(scores["kl_sum"])
+        agreements += float(scores["agreements"])
         np.add.at(confusion, (labels.numpy(), scores["predicted"].numpy()), 1)
     if count == 0:
         raise UserError(f"split {split!r} of {manifest.root} is empty")
@@ -118,7 +132,10 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
         top1=float(np.trace(confusion) / count), top5=top_k_hits / count, k=k,
         per_class=per_class, most_confused=most_confused(confusion, names, top_confused),
         provenance=provenance.collect(**provenance_schema.teacher_fields(run.config)),
-        run_provenance=run.config.get(provenance_schema.KEY))
+        run_provenance=run.config.get(provenance_schema.KEY),
+        teacher_agreement=agreements / with_teacher if with_teacher else None,
+        teacher_kl=kl_sum / with_teacher if with_teacher else None,
+        with_teacher=int(with_teacher))
     if write:
         atomic.write_json(Path(run_dir) / f"evaluation-{split}.json", result.to_json())
     return result

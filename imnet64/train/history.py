@@ -42,6 +42,13 @@ class EpochRecord:
     # mean time the other ranks waited at the end of the epoch for rank 0's end-of-epoch
     # work (history, TensorBoard, checkpoints); None with one rank
     rank0_wait_s: float | None = None
+    # --targets soft|online: the mean T^2 KL(targets || student) over the epoch's training
+    # batches (None for hard). On the val split, any target: the mean KL(teacher || student)
+    # at T = 1 and the top-1 agreement with the stored teacher probabilities, as imnet64
+    # evaluate reports them (None without a val split or stored probabilities).
+    kl: float | None = None
+    val_kl: float | None = None
+    val_agreement: float | None = None
 
 
 def load_history(run_dir: Path) -> list[EpochRecord]:

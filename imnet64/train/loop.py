@@ -43,7 +43,7 @@ from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
-from imnet64.train.config import OPTIONS, PRECISIONS, TrainConfig, option_name
+from imnet64.train.config import OPTIONS, PRECISIONS, TARGETS, TrainConfig, option_name
 from imnet64.train.eval_step import make_eval_step
 from imnet64.train.history import (
     CurvePlotter,
@@ -53,6 +53,8 @@ from imnet64.train.history import (
     write_history,
 )
 from imnet64.train.model import ARCHS, flops_per_image
+from imnet64.train.objective import HARD, Objective
+from imnet64.train.online_teacher import OnlineTeacher, load_online_teacher
 from imnet64.train.peak_flops import mfu, peak_per_rank
 from imnet64.train.run_dir import CLASSES, CONFIG, STATUS
 from imnet64.train.schedule import Schedule
@@ -67,12 +69,17 @@ log = logging.getLogger(__name__)
 RESUME_MUST_MATCH = (
     "arch", "repeats", "widths", "recompute", "epochs", "warmup_epochs", "batch_size",
     "lr_max", "init_scale", "final_scale", "lr_scaling", "precision", "seed", "augment",
-    "shuffle", "world_size", "steps_per_epoch", "num_classes",
+    "shuffle", "world_size", "steps_per_epoch", "num_classes", "targets", "temperature",
+    "mixup", "online_teacher_sha256",
 )
+# what a config.json written before distillation existed means by its missing keys
+MISSING_MEANS = {"targets": "hard", "temperature": 1.0, "mixup": 0.0,
+                 "online_teacher_sha256": None}
 # config.json key -> what the user changes to fix a difference (error messages)
 OPTION_NAMES = {
     **{key: option_name(key) for key in RESUME_MUST_MATCH if key in OPTIONS},
     "world_size": "number of ranks (--np)", "num_classes": "classes of the dataset",
+    "online_teacher_sha256": "the online teacher's weights (--teacher)",
 }
 
 
@@ -89,6 +96,17 @@ class TrainResult:
     @property
     def exit_code(self) -> int:
         return REQUEUE_EXIT_CODE if self.state in ("preempted", "stopped") else 0
+
+
+@dataclass(frozen=True)
+class ValScores:
+    """One validation pass, summed over ranks (NaN / None: no val split, no teacher
+    probabilities in its records)."""
+
+    loss: float = math.nan
+    accuracy: float = math.nan
+    kl: float | None = None  # KL(teacher || student) at T = 1
+    agreement: float | None = None  # top-1 agreement with the teacher
 
 
 # ---- setup ---------------------------------------------------------------------------------
@@ -123,6 +141,17 @@ def _check(cfg: TrainConfig) -> None:
     need(cfg.log_every >= 0, f"--log-every must be 0 or more seconds (got {cfg.log_every:g})")
     need(cfg.peak_flops is None or cfg.peak_flops > 0,
          f"--peak-flops must be above 0 (got {cfg.peak_flops})")
+    need(cfg.targets in TARGETS,
+         f"--targets must be one of {', '.join(TARGETS)} (got {cfg.targets!r})")
+    need(cfg.temperature > 0 and math.isfinite(cfg.temperature),
+         f"--temperature must be a number above 0 (got {cfg.temperature:g})")
+    need(cfg.targets != "hard" or cfg.temperature == 1,
+         f"--temperature {cfg.temperature:g} needs --targets soft or online (hard labels "
+         "have no temperature)")
+    need(cfg.mixup >= 0 and math.isfinite(cfg.mixup),
+         f"--mixup must be 0 (off) or an alpha above 0 (got {cfg.mixup:g})")
+    need(cfg.teacher is None or cfg.targets == "online",
+         "--teacher is the online teacher: it needs --targets online")
     need(cfg.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
     need(len(cfg.repeats) == len(cfg.widths) and len(cfg.repeats) > 0,
          f"--repeats and --widths need the same number of levels (got {len(cfg.repeats)} "
@@ -150,10 +179,11 @@ def _check_dataset(manifest: Manifest) -> None:
 
 
 def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
-              schedule: Schedule, flops: int) -> dict:
+              schedule: Schedule, flops: int, teacher: OnlineTeacher | None) -> dict:
     """The run's config.json: the options, plus everything derived from them."""
     d = asdict(cfg)
     d.pop("dump_weights")
+    d.pop("teacher")  # recorded as the teacher it resolved to (online_teacher)
     d.pop("restart_if_damaged")  # what this session does on damage, not what the run is
     d.update(
         repeats=list(cfg.repeats), widths=list(cfg.widths),
@@ -167,6 +197,9 @@ def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
         lr_scale=world.size if cfg.lr_scaling else 1,
         schedule=schedule.to_json(),
         flops_per_image=flops,
+        # --targets online: the frozen teacher in the step (not in checkpoints)
+        online_teacher=teacher.to_json() if teacher else None,
+        online_teacher_sha256=teacher.sha256 if teacher else None,
         model=cfg.model_config(manifest.num_classes).to_json(),
         versions={"imnet64": imnet64.__version__, "tensorflow": tf.__version__},
         # this session's code, host and job, and the teacher that labeled the dataset
@@ -208,8 +241,9 @@ def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> s
     path = run_dir / CONFIG
     if path.exists():
         old = atomic.read_json(path)
-        diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k)!r} -> {resolved[k]!r}"
-                 for k in RESUME_MUST_MATCH if old.get(k) != resolved[k]]
+        diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k, MISSING_MEANS.get(k))!r} -> "
+                 f"{resolved[k]!r}"
+                 for k in RESUME_MUST_MATCH if old.get(k, MISSING_MEANS.get(k)) != resolved[k]]
         if diffs:
             return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
                     "rerun with the same options to resume, or use a new RUN_DIR")
@@ -245,32 +279,38 @@ def _all_variables(*roots) -> list[tf.Variable]:
 # ---- steps ---------------------------------------------------------------------------------
 
 
-def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState, *,
-                    fp16: bool = False, xla: bool = False):
-    """A tf.function (images, labels, stop) -> (loss, stop on any rank).
+def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState,
+                    objective: Objective = HARD, *, fp16: bool = False, xla: bool = False):
+    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank):
+    a batch as the input pipeline yields it (with the soft targets also the kept-class
+    teacher mass [B, C]), and this rank's stop flag.
 
-    The loss is the fused sparse softmax cross-entropy on logits. With `xla` the forward and
-    backward computation is compiled by XLA; the allreduce and the update stay outside it
-    (Horovod's ops are not XLA ops).
+    The loss is `objective`'s (for hard targets the fused sparse softmax cross-entropy on
+    logits, as always); its targets (the online teacher's forward pass, mixup) are computed
+    before the tape. With `xla` the student's forward and backward computation is compiled
+    by XLA; the teacher, the allreduce and the update stay outside it (Horovod's ops are
+    not XLA ops).
     """
     variables = model.trainable_variables
 
-    def forward(images, labels):
+    def forward(images, labels, targets):
         logits = tf.cast(model(images, training=True), tf.float32)
-        loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        losses, kl = objective.losses(logits, labels, targets)
         hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-        return loss, tf.reduce_sum(tf.cast(hits, tf.float32))
+        kl_sum = tf.reduce_sum(kl) if kl is not None else tf.constant(0.0)
+        return tf.reduce_mean(losses), tf.reduce_sum(tf.cast(hits, tf.float32)), kl_sum
 
     if xla:
         forward = tf.function(forward, jit_compile=True)
 
     @tf.function
-    def step(images, labels, stop):
+    def step(images, labels, stop, teacher_mass=None):
+        images, labels, targets = objective.prepare((images, labels, teacher_mass),
+                                                    state.global_step)
         with tf.GradientTape() as tape:
-            loss, correct = forward(images, labels)
-            objective = optimizer.get_scaled_loss(loss) if fp16 else loss
-        grads = world.tape(tape).gradient(objective, variables)
+            loss, correct, kl_sum = forward(images, labels, targets)
+            objective_value = optimizer.get_scaled_loss(loss) if fp16 else loss
+        grads = world.tape(tape).gradient(objective_value, variables)
         if fp16:
             grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, variables))
@@ -278,6 +318,8 @@ def make_train_step(model: tf.keras.Model, optimizer, world: World, state: Train
         state.loss_sum.assign_add(tf.cast(loss, tf.float64) * n)
         state.correct.assign_add(tf.cast(correct, tf.float64))
         state.seen.assign_add(n)
+        if state.kl_sum is not None:
+            state.kl_sum.assign_add(tf.cast(kl_sum, tf.float64))
         state.global_step.assign_add(1)
         state.step_in_epoch.assign_add(1)
         return loss, world.any_in_graph(stop)
@@ -324,14 +366,21 @@ class _Trainer:
         self.flops = flops_per_image(self.model)
         self.optimizer = _make_optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
-        self.state = TrainState()
+        # each rank loads its own copy of the frozen teacher (never in a checkpoint)
+        self.teacher = load_online_teacher(cfg.teacher, self.manifest) \
+            if cfg.targets == "online" else None
+        self.objective = Objective(
+            cfg.targets, self.manifest.num_classes, cfg.temperature, cfg.mixup, cfg.seed,
+            *((self.teacher.teacher, self.teacher.teacher_ids) if self.teacher else ()))
+        self.state = TrainState(with_kl=self.objective.reports_kl)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               state=self.state)
 
     def _setup_run_dir(self) -> None:
         """Rank 0 checks or writes config.json and restores; then every rank has its state."""
         cfg, world, chief = self.cfg, self.world, self.world.is_chief
-        resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops)
+        resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops,
+                             self.teacher)
         error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names) \
             if chief else None
         error = world.broadcast_object(error, name="config_check")
@@ -367,7 +416,8 @@ class _Trainer:
         self.peak_total = peak.flops_per_s * world.size if peak.flops_per_s else None
         self.peak_source = peak.source
         self.train_step = make_train_step(self.model, self.optimizer, world, self.state,
-                                          fp16=cfg.precision == "fp16", xla=cfg.xla)
+                                          self.objective, fp16=cfg.precision == "fp16",
+                                          xla=cfg.xla)
         self.eval_step = make_eval_step(self.model)
         val = self.manifest.splits.get("val")
         self.has_val = val is not None and val.count > 0
@@ -418,26 +468,32 @@ class _Trainer:
     def epoch_batches(self, epoch: int, skip: int) -> tf.data.Dataset:
         cfg, w = self.cfg, self.world
         options = data.InputOptions(shuffle=cfg.shuffle, augment=cfg.augment,
-                                    seed=cfg.seed * 1000 + epoch, parallelism=self.data_threads)
+                                    seed=cfg.seed * 1000 + epoch, parallelism=self.data_threads,
+                                    with_soft_labels=self.objective.needs_soft_labels)
         ds = data.training_dataset(self.manifest, "train", cfg.batch_size, options,
                                    rank=w.rank, size=w.size)
         return ds.skip(skip).take(self.steps - skip)
 
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> ValScores:
         cfg, w = self.cfg, self.world
         if not self.has_val:
-            return math.nan, math.nan
-        options = dataclasses.replace(data.ONE_PASS, parallelism=self.data_threads)
+            return ValScores()
+        options = dataclasses.replace(data.ONE_PASS, parallelism=self.data_threads,
+                                      with_soft_labels=True)
         ds = data.training_dataset(self.manifest, "val", cfg.batch_size, options,
                                    rank=w.rank, size=w.size)
-        sums = np.zeros(3)
-        for images, labels in self.guarded(ds, "val"):
-            scores = self.eval_step(images, labels)
-            sums += [float(scores["loss_sum"]), float(scores["correct"]), len(labels)]
-        loss_sum, correct, count = w.sum(sums, name="val_sums")
+        sums = np.zeros(6)
+        for images, labels, teacher_mass in self.guarded(ds, "val"):
+            s = self.eval_step(images, labels, teacher_mass)
+            sums += [float(s["loss_sum"]), float(s["correct"]), len(labels),
+                     float(s["with_teacher"]), float(s["kl_sum"]), float(s["agreements"])]
+        loss_sum, correct, count, with_teacher, kl_sum, agreements = w.sum(sums, name="val_sums")
         if count == 0:
-            return math.nan, math.nan
-        return loss_sum / count, correct / count
+            return ValScores()
+        if not with_teacher:
+            return ValScores(loss_sum / count, correct / count)
+        return ValScores(loss_sum / count, correct / count, kl_sum / with_teacher,
+                         agreements / with_teacher)
 
     def set_status(self, state: str, **extra) -> None:
         if self.world.is_chief:
@@ -535,11 +591,13 @@ class _Trainer:
         batches = ahead[1] if ahead and ahead[0] == epoch and not start else \
             self.epoch_batches(epoch, start)
         t_begin = time.perf_counter()
-        for images, labels in waited.timed(self.guarded(batches, "train")):
+        for batch in waited.timed(self.guarded(batches, "train")):
             global_step = int(state.global_step.numpy())
             lr = self.schedule.at_step(global_step, self.steps)
             self.optimizer.learning_rate.assign(lr)
-            loss, stop_all = self.train_step(images, labels, tf.constant(stop.requested))
+            images, labels, *teacher_mass = batch  # (the mass with soft targets only)
+            loss, stop_all = self.train_step(images, labels, tf.constant(stop.requested),
+                                             *teacher_mass)
             if t_first is None:  # the first step of a session includes tracing: not timed
                 t_first = time.perf_counter()
             else:
@@ -579,14 +637,18 @@ class _Trainer:
     def end_epoch(self, epoch: int) -> None:
         w, state = self.world, self.state
         self.sync_batchnorm()
-        loss_sum, correct, seen = w.sum([v.numpy() for v in state.sums], name="train_sums")
-        val_loss, val_acc = self.validate()
+        loss_sum, correct, seen, *kl_sum = w.sum([v.numpy() for v in state.sums],
+                                                 name="train_sums")
+        val = self.validate()
+        val_loss, val_acc = val.loss, val.accuracy
         lr = self.schedule.at_step(int(state.global_step.numpy()), self.steps)
         record = EpochRecord(
             epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
             val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=self._rate,
             seconds=self._seconds, mfu=mfu(self._rate, self.flops, self.peak_total),
-            input_stall_pct=self._input_stall)
+            input_stall_pct=self._input_stall,
+            kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
+            val_agreement=val.agreement)
         state.epoch.assign(epoch + 1)
         state.step_in_epoch.assign(0)
         state.reset_sums()
@@ -609,10 +671,11 @@ class _Trainer:
         util = f" | MFU {100 * record.mfu:.2f}%" if record.mfu is not None else ""
         waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
             if record.rank0_wait_s is not None else ""
-        self.info("epoch %d/%d done: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.3g "
+        kl = f" kl {record.kl:.4f}" if record.kl is not None else ""
+        self.info("epoch %d/%d done: loss %.4f%s acc %.4f | val_loss %.4f val_acc %.4f | lr %.3g "
                   "| %.1f images/s%s | input stall %.1f%%%s", epoch + 1, self.cfg.epochs,
-                  record.loss, record.accuracy, val_loss, val_acc, lr, record.images_per_s, util,
-                  record.input_stall_pct, waits)
+                  record.loss, kl, record.accuracy, val_loss, val_acc, lr, record.images_per_s,
+                  util, record.input_stall_pct, waits)
 
     def _record_rank0_wait(self, record: EpochRecord, waited: float) -> EpochRecord:
         """`waited`: this rank's time in the barrier after rank 0's end-of-epoch writes. The

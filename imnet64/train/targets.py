@@ -24,12 +24,14 @@ from collections.abc import Sequence
 
 from imnet64.errors import UserError
 from imnet64.formats.manifest import Manifest
-from imnet64.teacher.images import to_teacher_input
+from imnet64.teacher.images import pixels_to_teacher_input
 from imnet64.teacher.loading import Teacher
+from imnet64.train.config import TARGETS
 
 import tensorflow as tf
 
-TARGETS = ("hard", "soft", "online")
+__all__ = ["TARGETS", "kept_teacher_ids", "online_targets", "soft_targets",
+           "teacher_pixels", "tempered_from_kept_mass"]
 
 
 def tempered_from_kept_mass(kept_probs: tf.Tensor, labels: tf.Tensor,
@@ -88,14 +90,9 @@ def kept_teacher_ids(manifest: Manifest) -> tuple[int, ...]:
 
 def teacher_pixels(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Student images [B, 64, 64, 3], uint8 or float with values 0..255 (mixed images are
-    float), -> the teacher's float32 [B, *size, 3] input in [0, 1].
-
-    The scaling is convert_image_dtype's for uint8 (cast, times 1/255: the same float for a
-    uint8 batch and for its float copy), then the bilinear resize of `imnet64 label` and
-    `imnet64 teacher classify` (teacher.images.to_teacher_input).
-    """
-    scaled = tf.cast(images, tf.float32) * (1.0 / 255.0)
-    return to_teacher_input(scaled, size)
+    float), -> the teacher's float32 [B, *size, 3] input in [0, 1], preprocessed as `imnet64
+    label` does (teacher.images.pixels_to_teacher_input)."""
+    return pixels_to_teacher_input(images, size)
 
 
 def online_targets(teacher: Teacher, teacher_ids: Sequence[int], images: tf.Tensor,
