@@ -191,26 +191,38 @@ class BatchReader:
     def _run(self) -> None:
         try:
             with ThreadPoolExecutor(self._threads, "imnet64-read") as pool:
-                indices: list[int] = []
-                images: list[np.ndarray] = []
-                for start in range(0, self._count, self._batch_size):
-                    chunk = range(start, min(start + self._batch_size, self._count))
-                    for i, image in zip(chunk, pool.map(self._load_one, chunk)):
-                        if image is None:
-                            continue
-                        indices.append(i)
-                        images.append(image)
-                        if len(indices) == self._batch_size:
-                            if not self._put(self._batch(indices, images)):
-                                return
-                            indices, images = [], []
-                    if self._stop.is_set():
-                        return
-                if indices and not self._put(self._batch(indices, images)):
-                    return
-            self._put(_DONE)
+                finished = self._put_batches(self._survivors(pool))
+            if finished:
+                self._put(_DONE)
         except BaseException as e:  # noqa: BLE001  (handed to the consumer, not lost)
             self._put(e)
+
+    def _survivors(self, pool: ThreadPoolExecutor) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, image) of every input not rejected, in input order, loaded one batch's
+        worth at a time; ends early (between batches' worth) when asked to stop."""
+        for start in range(0, self._count, self._batch_size):
+            chunk = range(start, min(start + self._batch_size, self._count))
+            for i, image in zip(chunk, pool.map(self._load_one, chunk)):
+                if image is not None:
+                    yield i, image
+            if self._stop.is_set():
+                return
+
+    def _put_batches(self, survivors: Iterator[tuple[int, np.ndarray]]) -> bool:
+        """Queue the survivors in batches of batch_size (the last may be smaller); False
+        when asked to stop."""
+        indices: list[int] = []
+        images: list[np.ndarray] = []
+        for i, image in survivors:
+            indices.append(i)
+            images.append(image)
+            if len(indices) == self._batch_size:
+                if not self._put(self._batch(indices, images)):
+                    return False
+                indices, images = [], []
+        if self._stop.is_set():
+            return False
+        return not indices or self._put(self._batch(indices, images))
 
     @staticmethod
     def _batch(indices: list[int], images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
