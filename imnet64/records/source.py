@@ -151,76 +151,106 @@ def source_fingerprint(source: Path, allow_partial: bool) -> str:
     return _folder_fingerprint(_list_class_folders(source))
 
 
-def scan_labels(folder: Path, allow_partial: bool) -> Source:
+_TOTALS = ("inputs", "labeled", "rejected")
+
+
+@dataclass
+class _PartSummaries:
+    """What the summaries of the label parts read so far say together."""
+
+    teachers: set[str] = field(default_factory=set)
+    teacher_weights: set[str] = field(default_factory=set)
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOTALS, 0))
+
+    def add(self, summary: dict[str, Any]) -> None:
+        teacher = _teacher_text(summary.get("teacher"))
+        if teacher is not None:
+            self.teachers.add(teacher)
+        weights = provenance.teacher_fields(summary)["teacher_sha256"]
+        if weights:  # parts written before provenance records have none
+            self.teacher_weights.add(weights)
+        for key in self.totals:
+            if isinstance(summary.get(key), int):
+                self.totals[key] += summary[key]
+
+    def check_one_teacher(self, folder: Path) -> None:
+        if len(self.teachers) > 1:
+            raise UserError(
+                f"label parts in {folder} come from different teachers: {sorted(self.teachers)}"
+            )
+        if len(self.teacher_weights) > 1:  # e.g. a TF Hub module updated between label tasks
+            shown = ", ".join(w[:12] for w in sorted(self.teacher_weights))
+            raise UserError(f"label parts in {folder} come from teachers with different weights "
+                            f"(sha256 {shown}): relabel the parts of one of them with --force")
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read label summary {path}: {e}") from None
+
+
+def _part_items(record_path: Path, part: int, class_names: dict[ClassKey, str]
+                ) -> list[SourceItem]:
+    """The items of label part `part`; adds the classes met to `class_names`."""
     from imnet64.formats.tfrecord_schema import (
         parse_labeled,  # TensorFlow only when really scanning
     )
 
+    items = []
+    try:
+        for offset, data in iter_records(record_path):
+            item = parse_labeled(data)
+            class_names.setdefault(item.label, item.class_name)
+            items.append(SourceItem(
+                item.filename, item.label, item.confidence, part, offset, len(item.encoded)
+            ))
+    except RecordFileError as e:
+        raise UserError(f"label part is damaged: {e}") from None
+    return items
+
+
+def _check_labeled_count(record_path: Path, summary: dict[str, Any], found: int) -> None:
+    if isinstance(summary.get("labeled"), int) and summary["labeled"] != found:
+        raise UserError(
+            f"{record_path} holds {found} records but its summary says {summary['labeled']} "
+            "labeled; re-run that label shard"
+        )
+
+
+def scan_labels(folder: Path, allow_partial: bool) -> Source:
     parts = find_parts(folder)
     _check_parts(parts, allow_partial)
     items: list[SourceItem] = []
     class_names: dict[ClassKey, str] = {}
-    teachers: set[str] = set()
-    teacher_weights: set[str] = set()
-    totals = {"inputs": 0, "labeled": 0, "rejected": 0}
+    summaries = _PartSummaries()
     part_files = [""] * parts.count
     for i in parts.done:
         record_path = folder / parts.name(i, "tfrecord")
-        summary_path = folder / parts.name(i, "json")
-        try:
-            summary = json.loads(summary_path.read_text("utf-8"))
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read label summary {summary_path}: {e}") from None
-        teacher = _teacher_text(summary.get("teacher"))
-        if teacher is not None:
-            teachers.add(teacher)
-        weights = provenance.teacher_fields(summary)["teacher_sha256"]
-        if weights:  # parts written before provenance records have none
-            teacher_weights.add(weights)
-        for key in totals:
-            if isinstance(summary.get(key), int):
-                totals[key] += summary[key]
+        summary = _read_summary(folder / parts.name(i, "json"))
+        summaries.add(summary)
         part_files[i] = record_path.name
-        before = len(items)
-        try:
-            for offset, data in iter_records(record_path):
-                item = parse_labeled(data)
-                class_names.setdefault(item.label, item.class_name)
-                items.append(
-                    SourceItem(
-                        item.filename, item.label, item.confidence, i, offset, len(item.encoded)
-                    )
-                )
-        except RecordFileError as e:
-            raise UserError(f"label part is damaged: {e}") from None
-        found = len(items) - before
-        if isinstance(summary.get("labeled"), int) and summary["labeled"] != found:
-            raise UserError(
-                f"{record_path} holds {found} records but its summary says {summary['labeled']} "
-                "labeled; re-run that label shard"
-            )
-    if len(teachers) > 1:
-        raise UserError(f"label parts in {folder} come from different teachers: {sorted(teachers)}")
-    if len(teacher_weights) > 1:  # e.g. a TF Hub module updated between label tasks
-        raise UserError(f"label parts in {folder} come from teachers with different weights "
-                        f"(sha256 {', '.join(w[:12] for w in sorted(teacher_weights))}): "
-                        "relabel the parts of one of them with --force")
+        part_items = _part_items(record_path, i, class_names)
+        _check_labeled_count(record_path, summary, len(part_items))
+        items.extend(part_items)
+    summaries.check_one_teacher(folder)
     return Source(
         kind="labels",
         root=folder,
         items=items,
         class_names=class_names,
         teacher_ids={k: int(k) for k in class_names},
-        teacher=next(iter(teachers), None),
+        teacher=next(iter(summaries.teachers), None),
         fingerprint=_parts_fingerprint(parts),
         info={
             "parts": parts.count,
             "parts_used": len(parts.done),
             "parts_not_done": [i for i, _, _ in parts.not_done],
-            **totals,
+            **summaries.totals,
         },
         part_files=part_files,
-        teacher_sha256=next(iter(teacher_weights), None),
+        teacher_sha256=next(iter(summaries.teacher_weights), None),
     )
 
 
@@ -231,26 +261,33 @@ def _list_class_folders(root: Path) -> list[tuple[str, list[tuple[str, int]]]]:
     """[(folder name, [(relative file name, size), ...])] sorted; hidden names skipped."""
     if not root.is_dir():
         raise UserError(f"SOURCE {root} is not a folder")
-    classes = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        files = []
-        for folder, dirs, names in os.walk(entry.path, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            rel_folder = Path(folder).relative_to(root).as_posix()
-            for name in sorted(names):
-                if name.startswith(".") or not is_image_name(name):
-                    continue
-                try:
-                    size = os.stat(os.path.join(folder, name)).st_size
-                except OSError as e:
-                    raise UserError(
-                        f"cannot read {os.path.join(folder, name)}: {e.strerror}"
-                    ) from None
-                files.append((f"{rel_folder}/{name}", size))
-        classes.append((entry.name, files))
-    return classes
+    return [
+        (entry.name, _image_files(root, entry.path))
+        for entry in sorted(os.scandir(root), key=lambda e: e.name)
+        if not entry.name.startswith(".") and entry.is_dir()
+    ]
+
+
+def _image_files(root: Path, class_folder: str) -> list[tuple[str, int]]:
+    """[(file name relative to root, size)] of the images anywhere under class_folder,
+    folder by folder and sorted in each; hidden names skipped, links followed."""
+    files = []
+    for folder, dirs, names in os.walk(class_folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel_folder = Path(folder).relative_to(root).as_posix()
+        files.extend(
+            (f"{rel_folder}/{name}", _file_size(os.path.join(folder, name)))
+            for name in sorted(names)
+            if not name.startswith(".") and is_image_name(name)
+        )
+    return files
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _folder_fingerprint(classes: list[tuple[str, list[tuple[str, int]]]]) -> str:
