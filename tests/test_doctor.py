@@ -5,18 +5,22 @@ records of real photos. tests/test_slurm_operator.py runs it inside real Slurm j
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from imnet64.pipeline import doctor
 from imnet64.teacher.offline import WEIGHTS_SHA256
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
-IMNET64 = REPO / ".venv" / "bin" / "imnet64"
+IMNET64 = Path(sys.executable).with_name("imnet64")  # this venv's, whichever stack
 LAUNCHER_VARS = ("SLURM", "OMPI_", "PMI", "HOROVOD_", "CUDA_VISIBLE_DEVICES",
                  "GPU_DEVICE_ORDINAL")
 
@@ -42,6 +46,7 @@ WRONG_LAYOUT = {
 }
 
 
+@pytest.mark.requires_horovod  # no PMI is a problem for Horovod only
 def test_a_planted_wrong_layout_exits_1_naming_each_problem(tmp_path):
     done = run_doctor("--quick", "--no-teacher", "--json", env=clean_env(**WRONG_LAYOUT))
     assert done.returncode == 1, done.stderr
@@ -174,6 +179,7 @@ def test_the_disk_estimate_matches_real_records_of_real_photos():
         assert abs(estimate - real) / real < 0.02, (stage, estimate, real)
 
 
+@pytest.mark.requires_horovod
 def test_doctor_on_this_machine_is_ok_and_says_what_it_saw(offline_teacher_dir, tmp_path):
     """The whole command (TensorFlow and Horovod imported) outside any launcher."""
     env = clean_env(IMNET64_HOME=str(offline_teacher_dir.parents[1]))
@@ -189,8 +195,32 @@ def test_doctor_on_this_machine_is_ok_and_says_what_it_saw(offline_teacher_dir, 
     assert report["teacher"]["present"] and report["teacher"]["sha256"] == WEIGHTS_SHA256
     assert report["disk"]["needed_bytes"] == 1000 * report["disk"]["bytes_per_image"]
     assert report["provenance"]["teacher_sha256"] == WEIGHTS_SHA256
+    assert report["engines"] == ["horovod", "tf"]
     text = run_doctor("--teacher", "offline", "--quick", env=env)
     assert text.returncode == 0 and "ok: nothing found" in text.stdout, text.stderr
+
+
+def test_doctor_says_which_engines_this_stack_has():
+    horovod = importlib.util.find_spec("horovod") is not None
+    done = run_doctor("--no-teacher", env=clean_env())
+    assert done.returncode == 0, done.stderr
+    engines = "horovod, tf" if horovod else "tf"
+    assert f"training engines on this stack: {engines} (imnet64 train --engine)" in done.stdout
+
+
+def test_without_horovod_a_step_without_pmi_is_fine_for_the_tf_engine():
+    """No Horovod (the current stack): PMI is nobody's business, and several ranks are a
+    job for --engine tf, not a refusal."""
+    no_horovod = doctor.HorovodBuild(None, False)
+    launcher = doctor.read_launcher(WRONG_LAYOUT)
+    problems, _ = doctor.launcher_problems(launcher, WRONG_LAYOUT, no_horovod)
+    assert not any("PMI" in p for p in problems), problems
+    tf_only = doctor.TensorFlowInfo("2.21.0", True)
+    assert doctor.installed_engines(no_horovod, tf_only) == ["tf"]
+    assert doctor.installed_engines(doctor.HorovodBuild("0.28.1", True), tf_only) == [
+        "horovod", "tf"]
+    broken = doctor.HorovodBuild("0.28.1", False, error="ImportError: undefined symbol")
+    assert doctor.installed_engines(broken, tf_only) == ["tf"]
 
 
 def test_bad_options_are_one_line_errors():

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from imnet64.quiet_tf_import import filtered_fd2
+from imnet64.quiet_tf_import import BENIGN, filtered_fd2
 
 # the import, then the first op: TensorFlow initialises its CUDA platform at first device use
 IMPORT_TF = ("import imnet64, tensorflow as tf, tf_keras; print(tf.keras.__name__); "
              "print(float(tf.constant(1.0) + 1))")
+TF_VERSION = tuple(int(p) for p in metadata.version("tensorflow").split(".")[:2])
 NO_GPU = not any(Path("/dev").glob("nvidia[0-9]*"))
 
 
@@ -28,9 +30,13 @@ def test_import_selects_keras_2_and_drops_only_the_plugin_lines():
     assert quiet.stdout.split() == ["tf_keras.api._v2.keras", "2.0"]
     assert "Unable to register" not in quiet.stderr
     assert "absl::InitializeLog" not in quiet.stderr
-    # the filter is what removed them: with it off, this TensorFlow wheel prints them
+    # the filter is what removed them: with it off, this TensorFlow wheel prints them (the
+    # plugin lines up to TF 2.18, absl's preamble on every stack)
     loud = _run(IMPORT_TF, IMNET64_TF_STARTUP_LOGS="1")
-    assert "Unable to register cuDNN factory" in loud.stderr
+    assert any(BENIGN.search(line) for line in loud.stderr.splitlines()), loud.stderr
+    assert not any(BENIGN.search(line) for line in quiet.stderr.splitlines()), quiet.stderr
+    if TF_VERSION < (2, 21):  # the stack Horovod pins: the plugins register twice
+        assert "Unable to register cuDNN factory" in loud.stderr
     if NO_GPU:  # no NVIDIA device here: CUDA's failed start-up is noise, not a diagnosis
         assert "failed call to cuInit" in loud.stderr
         assert "cuInit" not in quiet.stderr, quiet.stderr

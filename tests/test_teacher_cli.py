@@ -79,7 +79,7 @@ def test_build_offline_into_a_non_empty_folder_is_refused(tmp_path, capsys):
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     """The installed console script, as a user runs it."""
-    exe = REPO / ".venv" / "bin" / "imnet64"
+    exe = Path(sys.executable).with_name("imnet64")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "imnet64_cli.main"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**os.environ, "TFHUB_CACHE_DIR": "/nonexistent-cache"})

@@ -76,7 +76,8 @@ def serialize_labeled(item: LabeledImage) -> bytes:
         TOPK_IDS: _ints(item.topk_ids),
         TOPK_PROBS: _floats(item.topk_probs),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+        deterministic=True)
 
 
 def parse_labeled(serialized: bytes) -> LabeledImage:
@@ -128,7 +129,8 @@ def serialize_dataset_example(item: DatasetExample) -> bytes:
         TOPK_PROBS: _floats(item.topk_probs),
         TOPK_LABELS: _ints(item.topk_labels),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+        deterministic=True)
 
 
 _DATASET_SPEC = {

@@ -150,6 +150,7 @@ class Report:
     provenance: dict[str, Any]
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)  # what `train --engine` can use here
 
     @property
     def ok(self) -> bool:
@@ -279,7 +280,8 @@ def launcher_problems(launcher: Launcher, env: Mapping[str, str], horovod: Horov
     if ompi_size is not None and launcher.kind == "slurm" and ompi_size != launcher.size:
         problems.append(f"OMPI_COMM_WORLD_SIZE={ompi_size} but the srun step has "
                         f"{launcher.size} tasks: mpirun inside srun starts another world")
-    if launcher.kind == "slurm" and launcher.size > 1:
+    # PMI and an MPI build only matter to Horovod; the tf engine finds its peers itself
+    if launcher.kind == "slurm" and launcher.size > 1 and horovod.version is not None:
         if launcher.pmi is None:
             mpi_type = env.get("SLURM_MPI_TYPE") or "none"
             problems.append(
@@ -690,8 +692,8 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
         problems.append(f"Horovod {horovod.version} is installed but does not import: "
                         f"{horovod.error}")
     elif horovod.version is None and launcher.size > 1:
-        problems.append(f"{launcher.kind} started {launcher.size} ranks but Horovod is not "
-                        "installed: imnet64 train refuses to run as one of several ranks")
+        notes.append(f"{launcher.kind} started {launcher.size} ranks and Horovod is not "
+                     "installed: train them with --engine tf")
     if tf_info.error:
         problems.append(f"TensorFlow {tf_info.version} does not import: {tf_info.error}")
     teacher_check = None
@@ -705,5 +707,19 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
     made_by = provenance.collect(
         teacher_check.spec if teacher_check else None,
         teacher_check.sha256 if teacher_check else None, environment)
+    engines = installed_engines(horovod, tf_info)
+    notes.append("training engines on this stack: " + (", ".join(engines) or "none")
+                 + " (imnet64 train --engine)")
     return Report(launcher, gpu_info, horovod, tf_info, teacher_check, disk, made_by,
-                  problems, notes)
+                  problems, notes, engines)
+
+
+def installed_engines(horovod: HorovodBuild, tensorflow: TensorFlowInfo) -> list[str]:
+    """The `train --engine` values this installation can run: horovod when Horovod is
+    installed (and imports, unless not asked), tf whenever TensorFlow is there."""
+    engines = []
+    if horovod.version is not None and horovod.error is None:
+        engines.append("horovod")
+    if tensorflow.version is not None and tensorflow.error is None:
+        engines.append("tf")
+    return engines
