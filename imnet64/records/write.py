@@ -221,14 +221,16 @@ def _manifest_is_current(out_dir: Path, fingerprint: str, options: ShardOptions)
         return None
     if not isinstance(raw, dict) or not _same_dataset(raw, fingerprint, options):
         return None
+    return raw if _shards_as_listed(out_dir, raw) else None
+
+
+def _shards_as_listed(out_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Every shard file the manifest lists is there, of the size it lists."""
     try:
-        for split in raw["splits"].values():
-            for shard in split["shards"]:
-                if (out_dir / shard["file"]).stat().st_size != shard["bytes"]:
-                    return None
+        return all((out_dir / shard["file"]).stat().st_size == shard["bytes"]
+                   for split in manifest["splits"].values() for shard in split["shards"])
     except (OSError, KeyError, TypeError):
-        return None
-    return raw
+        return False
 
 
 def _write_manifest(
@@ -482,17 +484,21 @@ def _remove_temps(
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if not _is_own_temp(path.name, sidecar) or not path.is_file():
-                continue
-            target = atomic.temp_target(path.name) or ""
-            if target in (MANIFEST_NAME, RUN_SIDECAR):
-                if manifest_older_than is None or path.stat().st_mtime >= manifest_older_than:
-                    continue
-            elif shards is not None and target.removesuffix(".json") not in shards:
-                continue
-            path.unlink(missing_ok=True)
-            removed += 1
+            if _is_leftover_temp(path, sidecar, shards, manifest_older_than):
+                path.unlink(missing_ok=True)
+                removed += 1
     return removed
+
+
+def _is_leftover_temp(path: Path, sidecar: bool, shards: set[str] | None,
+                      manifest_older_than: float | None) -> bool:
+    """Whether `path` is a temporary `_remove_temps` is asked to remove (see there)."""
+    if not _is_own_temp(path.name, sidecar) or not path.is_file():
+        return False
+    target = atomic.temp_target(path.name) or ""
+    if target in (MANIFEST_NAME, RUN_SIDECAR):
+        return manifest_older_than is not None and path.stat().st_mtime < manifest_older_than
+    return shards is None or target.removesuffix(".json") in shards
 
 
 def _check_out_dir(source: Path, out_dir: Path) -> None:
@@ -594,6 +600,26 @@ def _finish(out_dir: Path, plan: _DatasetPlan, sidecars: dict[str, ShardSidecar]
     result.status, result.manifest = "complete", manifest
 
 
+def _check_arguments(source: Path, out_dir: Path, options: ShardOptions,
+                     num_workers: int) -> None:
+    options.check()
+    if num_workers < 1:
+        raise UserError(f"--num-workers must be at least 1, got {num_workers}")
+    if not source.exists():
+        raise UserError(f"SOURCE {source} does not exist")
+    _check_out_dir(source, out_dir)
+
+
+def _claim_out_dir(out_dir: Path, state: OutDirState) -> None:
+    """Mark OUT_DIR as this dataset's before its first shard is written."""
+    # .shards/ first: it marks the folder as shard-records' even before a shard is done
+    (out_dir / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
+    # an older manifest describes other shards: it must not outlive their replacement
+    if state.manifest is not None:
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        (out_dir / RUN_SIDECAR).unlink(missing_ok=True)
+
+
 def shard_records(
     source: str | Path,
     out_dir: str | Path,
@@ -613,15 +639,10 @@ def shard_records(
     waits for the other ranks' shards before returning. `force` replaces another dataset
     in OUT_DIR (its recorded files only) and writes beside files imnet64 did not write."""
     started_at = time.time()
-    options.check()
     source, out_dir = Path(source), Path(out_dir)
+    _check_arguments(source, out_dir, options, num_workers)
     slot = slot or ShardSlot(0, 1, "default")
-    if num_workers < 1:
-        raise UserError(f"--num-workers must be at least 1, got {num_workers}")
     log = log or (lambda message: None)
-    if not source.exists():
-        raise UserError(f"SOURCE {source} does not exist")
-    _check_out_dir(source, out_dir)
 
     fingerprint = source_fingerprint(source, allow_partial)
     current = _manifest_is_current(out_dir, fingerprint, options)
@@ -634,12 +655,7 @@ def shard_records(
     plan = _plan_dataset(source, options, allow_partial)
     check_plan_against(out_dir, state, plan.hashes, force)
 
-    # .shards/ first: it marks the folder as shard-records' even before a shard is done
-    (out_dir / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
-    # an older manifest describes other shards: it must not outlive their replacement
-    if state.manifest is not None:
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        (out_dir / RUN_SIDECAR).unlink(missing_ok=True)
+    _claim_out_dir(out_dir, state)
 
     started = time.monotonic()
     result = _write_my_shards(out_dir, plan, options, slot, num_workers, progress, log)
