@@ -13,85 +13,109 @@ def _yes_no(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[value]
 
 
-def _show(report) -> None:
-    from imnet64.formats import provenance
-    from imnet64.pipeline.doctor import _size
+Rows = list[tuple[str, str]]
 
-    from rich.console import Console
-    from rich.markup import escape
 
-    # soft_wrap: long paths stay on one line in batch logs (no wrapping at 80 columns)
-    console = Console(highlight=False, soft_wrap=True)
-
-    def section(title: str, rows: list[tuple[str, str]]) -> None:
-        console.print(f"[bold]{title}[/]")
-        for key, value in rows:
-            console.print(f"  [bold]{escape(key):<20}[/] {escape(value)}")
-        console.print()
-
-    la, g, h, tf = report.launcher, report.gpus, report.horovod, report.tensorflow
+def _launcher_rows(la) -> Rows:
     nodes = ", ".join(la.nodes) if la.nodes else "-"
-    section("launcher", [
+    return [
         ("kind", la.kind + (f" (PMI: {la.pmi})" if la.pmi else "")),
         ("rank", f"{la.rank} of size {la.size}"),
         ("local rank", f"{la.local_rank} of {la.local_size} on this node"),
         ("nodes", f"{len(la.nodes) or 1}: {nodes}"),
         ("this node", f"{la.node or '-'} (SLURMD_NODENAME), host {la.host}"),
-    ])
+    ]
+
+
+def _gpu_rows(g) -> Rows:
     slurm_gpus = " ".join(f"{k}={v}" for k, v in g.slurm.items()) or "-"
-    section("GPUs", [
+    return [
         ("TensorFlow", "not asked (--quick)" if g.tensorflow is None else str(g.tensorflow)),
         ("CUDA_VISIBLE_DEVICES", g.cuda_visible_devices if g.cuda_visible_devices is not None
          else "unset"),
         ("nvidia-smi", "not found" if g.nvidia_smi is None else str(g.nvidia_smi)),
         ("Slurm", slurm_gpus + (f" (granted here: {g.granted})" if g.granted else "")),
-    ])
+    ]
+
+
+def _horovod_rows(h) -> Rows:
     if h.version is None:
-        horovod_rows = [("version", "not installed")]
-    else:
-        build = ("not asked (--quick)" if not h.imported and not h.error else
-                 f"MPI {_yes_no(h.mpi)}, Gloo {_yes_no(h.gloo)}, NCCL {_yes_no(h.nccl)}")
-        horovod_rows = [("version", h.version), ("built with", h.error or build),
-                        ("controller", f"{h.controller or '-'} ({h.controller_why})"
-                         if h.controller_why else "-")]
-        if h.probe is not None:
-            probe = h.probe.get("error") or (f"rank {h.probe['rank']} of size "
-                                             f"{h.probe['size']}, local {h.probe['local_rank']}"
-                                             f" of {h.probe['local_size']}")
-            horovod_rows.append(("hvd.init()", probe))
-    section("Horovod", horovod_rows)
+        return [("version", "not installed")]
+    build = ("not asked (--quick)" if not h.imported and not h.error else
+             f"MPI {_yes_no(h.mpi)}, Gloo {_yes_no(h.gloo)}, NCCL {_yes_no(h.nccl)}")
+    rows = [("version", h.version), ("built with", h.error or build),
+            ("controller", f"{h.controller or '-'} ({h.controller_why})"
+             if h.controller_why else "-")]
+    if h.probe is not None:
+        probe = h.probe.get("error") or (f"rank {h.probe['rank']} of size {h.probe['size']}, "
+                                         f"local {h.probe['local_rank']} of "
+                                         f"{h.probe['local_size']}")
+        rows.append(("hvd.init()", probe))
+    return rows
+
+
+def _tensorflow_rows(tf) -> Rows:
     onednn = {True: "on", False: "off", None: "unknown"}[tf.onednn]
-    section("TensorFlow", [
+    return [
         ("version", tf.version or "not installed"),
         ("machine", tf.machine),
         ("built with CUDA", _yes_no(tf.built_with_cuda) if tf.imported else "not asked"),
         ("oneDNN", f"{onednn} ({tf.onednn_why})"),
         ("XLA", tf.error or tf.xla),
-    ])
+    ]
+
+
+def _teacher_rows(t) -> Rows:
+    state = "present" if t.present else "missing"
+    return [
+        ("spec", f"{t.spec} ({t.kind})"),
+        ("path", f"{t.path or '-'}: {state}"),
+        ("cache", t.cache_dir or "-"),
+        ("sha256", t.sha256 or "-"),
+        *([("note", t.note)] if t.note else []),
+    ]
+
+
+def _disk_rows(d) -> Rows:
+    from imnet64.pipeline.doctor import _size
+
+    measured = "" if d.folder == d.measured_at else f" (measured at {d.measured_at})"
+    inodes = f"{d.free_inodes} inodes" if d.free_inodes is not None else "inodes not reported"
+    rows = [("folder", d.folder + measured), ("free", f"{_size(d.free_bytes)}, {inodes}")]
+    if d.images is not None:
+        rows += [("planned", f"{d.images} images ({d.stage}): about "
+                             f"{_size(d.needed_bytes or 0)}, {d.needed_inodes} files"),
+                 ("estimate", d.estimate)]
+    return rows
+
+
+def _sections(report) -> list[tuple[str, Rows]]:
+    """(title, rows) of every section the report has, in the order shown."""
+    from imnet64.formats import provenance
+
+    sections = [("launcher", _launcher_rows(report.launcher)), ("GPUs", _gpu_rows(report.gpus)),
+                ("Horovod", _horovod_rows(report.horovod)),
+                ("TensorFlow", _tensorflow_rows(report.tensorflow))]
     if report.teacher is not None:
-        t = report.teacher
-        state = "present" if t.present else "missing"
-        section("teacher", [
-            ("spec", f"{t.spec} ({t.kind})"),
-            ("path", f"{t.path or '-'}: {state}"),
-            ("cache", t.cache_dir or "-"),
-            ("sha256", t.sha256 or "-"),
-            *([("note", t.note)] if t.note else []),
-        ])
+        sections.append(("teacher", _teacher_rows(report.teacher)))
     if report.disk is not None:
-        d = report.disk
-        rows = [("folder", d.folder + ("" if d.folder == d.measured_at
-                                       else f" (measured at {d.measured_at})")),
-                ("free", f"{_size(d.free_bytes)}, "
-                         + (f"{d.free_inodes} inodes" if d.free_inodes is not None
-                            else "inodes not reported"))]
-        if d.images is not None:
-            rows += [("planned", f"{d.images} images ({d.stage}): about "
-                                 f"{_size(d.needed_bytes or 0)}, {d.needed_inodes} files"),
-                     ("estimate", d.estimate)]
-        section("output folder", rows)
-    section("provenance", [("made by" if i == 0 else "", line)
-                           for i, line in enumerate(provenance.lines(report.provenance))])
+        sections.append(("output folder", _disk_rows(report.disk)))
+    sections.append(("provenance", [("made by" if i == 0 else "", line) for i, line
+                                    in enumerate(provenance.lines(report.provenance))]))
+    return sections
+
+
+def _show(report) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    # soft_wrap: long paths stay on one line in batch logs (no wrapping at 80 columns)
+    console = Console(highlight=False, soft_wrap=True)
+    for title, rows in _sections(report):
+        console.print(f"[bold]{title}[/]")
+        for key, value in rows:
+            console.print(f"  [bold]{escape(key):<20}[/] {escape(value)}")
+        console.print()
     for note in report.notes:
         console.print(f"note: {escape(note)}")
     if report.ok:
