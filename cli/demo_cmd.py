@@ -36,6 +36,11 @@ def _print_summary(s: dict) -> None:
     out(f"  student top-1 agreement with the teacher on val: "
         f"{s['student_teacher_agreement_val']:.1%} (top-5 {s['student_top5_val']:.1%}); "
         f"most frequent class share {s['majority_class_share_val']:.1%}")
+    if s.get("heldout"):
+        h = s["heldout"]
+        out(f"  student top-1 agreement with the teacher on held-out photos: {h['agreement']:.1%}"
+            f" (KL {h['kl']:.3f}; {h['count']} crops of {len(h['photos'])} photos that gave no "
+            "image to training)")
     rates = ", ".join(f"{k} {v if v is not None else 'reused'}"
                       for k, v in s["images_per_second"].items())
     out(f"  images/s per stage: {rates}   (train on {s['ranks']} Horovod rank(s))")

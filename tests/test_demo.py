@@ -121,3 +121,17 @@ def test_demo_cli_help_and_bad_option():
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1] == "error: --images must be at least 50"
+
+
+def test_heldout_photos_share_no_source_photo_with_training(small_demo):
+    """The held-out measure's crops come from photos that gave no crop to the dataset."""
+    from imnet64.pipeline.sample_images import photo_stem
+
+    cfg, s = small_demo
+    work = Path(cfg.workdir)
+    trained_on = {photo_stem(p.name) for p in (work / "images" / "photos").rglob("*.png")}
+    held_out = {photo_stem(p.name) for p in (work / "heldout").rglob("*.png")}
+    assert trained_on and held_out and not trained_on & held_out
+    assert sorted(held_out) == s["heldout"]["photos"]
+    assert s["heldout"]["count"] == cfg.heldout_images
+    assert 0 <= s["student_teacher_agreement_heldout"] <= 1 and s["heldout"]["kl"] >= 0

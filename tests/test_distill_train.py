@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE
+from imnet64.train.schedule import Schedule
 
 import numpy as np
 import pytest
 from distill_dataset import build_distill_dataset
-from train_helpers import TINY, assert_same_weights, cli, history, run, run_until, seed_lr, status
+from train_helpers import TINY, assert_same_weights, cli, history, run, run_until, status
 
 SMALL = [*TINY[:4], "--batch-size", "8", "--lr-max", "0.01", "--log-every", "0"]
 
@@ -79,7 +80,8 @@ def test_online_resume_mid_epoch_continues_at_the_same_step_and_lr(dataset, tmp_
     resumed = re.search(r"resumed from \S+: epoch (\d+), step (\d+), lr (\S+)", again.stdout)
     assert resumed, again.stdout[-3000:]
     assert (int(resumed.group(1)), int(resumed.group(2))) == (2, stopped["step_in_epoch"])
-    lr = seed_lr(1 + stopped["step_in_epoch"] / steps, 0.01, 1, 1)
+    # the schedule's LR at the global step it stopped at (one epoch of warmup, one of decay)
+    lr = Schedule(0.01, 0.01, 0.01, 1, 1).at_step(steps + stopped["step_in_epoch"], steps)
     assert float(resumed.group(3)) == pytest.approx(lr, rel=1e-5)
     for got, want in zip(history(run_dir), history(ref_dir)):
         for key in ("lr", "loss", "kl", "accuracy", "val_loss"):

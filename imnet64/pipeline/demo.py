@@ -3,6 +3,9 @@
 Stages (each reuses its finished output on a re-run, like the real pipeline):
 offline teacher -> sample images (+ a few broken files) -> label (N shards) ->
 shard-records -> train (Horovod ranks when horovodrun is there) -> evaluate -> export.
+Evaluate also measures the student against the teacher on held-out photos: crops of
+photos that gave no image to training (sample_images.HELDOUT_PHOTOS; the val split's crops
+come from the same photos as the training crops, so they read high).
 The summary says what happened and checks that the counts add up; it names the machine
 (CPU model and vector extensions, oneDNN, TensorFlow: imnet64.cluster.machine) and the wall time of
 this run and of each stage, as measured.
@@ -34,6 +37,7 @@ SUMMARY = "summary.json"
 class DemoConfig:
     workdir: str
     images: int = 2400
+    heldout_images: int = 400  # crops of HELDOUT_PHOTOS, never trained on
     shards: int = 2
     classes: int = 10  # keep the K most frequent teacher classes
     val_fraction: float = 0.2
@@ -55,7 +59,8 @@ class DemoConfig:
               ) -> DemoConfig:
         """The short setting of `imnet64 demo --quick` and the tests: fewer images and
         classes, a narrower and shallower encoder, about a minute of training here."""
-        return cls(workdir=workdir, images=800, shards=shards, classes=min(classes, 5),
+        return cls(workdir=workdir, images=800, heldout_images=200, shards=shards,
+                   classes=min(classes, 5),
                    epochs=16, warmup_epochs=2.0, batch_size=16, ranks=ranks,
                    widths=(16, 32, 64), repeats=(1, 1, 1))
 
@@ -118,6 +123,10 @@ class _Paths:
         return self.work / "images"
 
     @property
+    def heldout(self) -> Path:
+        return self.work / "heldout"
+
+    @property
     def labels(self) -> Path:
         return self.work / "labeling"
 
@@ -170,11 +179,14 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     ranks = _train(cfg, paths, log, clock)
     clock.done("train")
     evaluation = _evaluate(paths, log, clock)
+    heldout = _heldout(cfg, paths, teacher_spec, log)
     clock.done("evaluate")
     _export(paths, log)
     clock.done("export")
 
     summary = _summarise(cfg, status, manifest, evaluation, clock.rates, paths, ranks)
+    summary["heldout"] = heldout
+    summary["student_teacher_agreement_heldout"] = heldout["agreement"]
     # asked now: TensorFlow is loaded and says itself whether its oneDNN kernels ran
     summary["machine"] = machine_line()
     summary["stage_seconds"] = clock.stage_seconds
@@ -185,6 +197,25 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     return summary
 
 
+def build_dataset(cfg: DemoConfig, log: LogFn | None = None) -> tuple[Path, str]:
+    """The demo's stages 1-4 alone (teacher, images and held-out images, label,
+    shard-records), reusing finished ones: (dataset folder, teacher spec). For benchmarks
+    that train on the demo's data (bench/distill.py)."""
+    log = log or (lambda message: None)
+    paths, clock = _Paths(Path(cfg.workdir).resolve()), _Clock()
+    paths.work.mkdir(parents=True, exist_ok=True)
+    teacher_spec = _teacher(cfg, log)
+    _images(cfg, paths, log)
+    _label(cfg, paths, teacher_spec, log, clock)
+    _shard_records(cfg, paths, log, clock)
+    return paths.dataset, teacher_spec
+
+
+def heldout_dir(cfg: DemoConfig) -> Path:
+    """Where the demo writes its held-out photos' crops."""
+    return _Paths(Path(cfg.workdir).resolve()).heldout
+
+
 def _teacher(cfg: DemoConfig, log: LogFn) -> str:
     from imnet64.teacher.offline import ensure_offline_teacher
 
@@ -193,11 +224,13 @@ def _teacher(cfg: DemoConfig, log: LogFn) -> str:
 
 
 def _images(cfg: DemoConfig, paths: _Paths, log: LogFn) -> None:
-    from imnet64.pipeline.sample_images import write_sample
+    from imnet64.pipeline.sample_images import HELDOUT_PHOTOS, write_sample
 
-    log(f"2/7 images: {cfg.images} real 64x64 crops of photos shipped in packages + broken files")
+    log(f"2/7 images: {cfg.images} real 64x64 crops of photos shipped in packages + broken files"
+        f"; {cfg.heldout_images} crops of {len(HELDOUT_PHOTOS)} other photos held out")
     write_sample(paths.images / "photos", cfg.images)
     write_broken_files(paths.images / "broken")
+    write_sample(paths.heldout, cfg.heldout_images, photos=HELDOUT_PHOTOS)
 
 
 def _label(cfg: DemoConfig, paths: _Paths, teacher_spec: str, log: LogFn, clock: _Clock):
@@ -282,6 +315,21 @@ def _evaluate(paths: _Paths, log: LogFn, clock: _Clock):
     evaluation = evaluate_run(paths.run_dir, split="val")
     clock.rates["evaluate"] = evaluation.count / max(time.monotonic() - started, 1e-9)
     return evaluation
+
+
+def _heldout(cfg: DemoConfig, paths: _Paths, teacher_spec: str, log: LogFn) -> dict[str, Any]:
+    """The student against the teacher on the held-out photos' crops (part of evaluate)."""
+    from imnet64.pipeline.sample_images import photo_stem
+    from imnet64.teacher import load_teacher
+    from imnet64.train.heldout import read_images, score_run
+
+    files = sorted(paths.heldout.rglob("*.png"))
+    scores = score_run(paths.run_dir, read_images(files), load_teacher(teacher_spec))
+    photos = sorted({photo_stem(f.name) for f in files})
+    log(f"    held-out photos: top-1 agreement with the teacher {scores.agreement:.1%}, "
+        f"KL(teacher || student) {scores.kl:.3f} on {scores.count} crops of {len(photos)} "
+        "photos that gave no image to training")
+    return {**scores.to_json(), "photos": photos, "dir": str(paths.heldout)}
 
 
 def _export(paths: _Paths, log: LogFn) -> None:

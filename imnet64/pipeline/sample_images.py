@@ -3,6 +3,12 @@
 No download: scikit-image's `skimage.data` files (CC0 / public domain) and matplotlib's
 `grace_hopper.jpg` (public domain) are read straight from site-packages. The sample is a
 deterministic function of `count`: the same call gives the same files, byte for byte.
+
+`HELDOUT_PHOTOS` are other photos of the same packages, never cut into the training sample:
+crops of them measure how well a student matches its teacher on images from photos that
+gave no image to training (the demo's and bench/distill.py's held-out figure). They are not
+ImageNet-like scenes (a clock, a gift box, a microscope cell, text, a colour chart): what
+they test is that the student learned the teacher's function, not one photo's crops.
 """
 
 from __future__ import annotations
@@ -38,6 +44,25 @@ PHOTOS: tuple[tuple[str, str], ...] = (
     ("skimage", "data/horse.png"),
 )
 
+# Photos that are never in PHOTOS' sample (motorcycle_right.png is left out too: it is the
+# stereo twin of motorcycle_left.png)
+HELDOUT_PHOTOS: tuple[tuple[str, str], ...] = (
+    ("skimage", "data/clock_motion.png"),
+    ("matplotlib", "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
+    ("skimage", "data/cell.png"),
+    ("skimage", "data/color.png"),
+    ("skimage", "data/page.png"),
+    ("skimage", "data/text.png"),
+    ("skimage", "data/microaneurysms.png"),
+    ("skimage", "data/chessboard_RGB.png"),
+)
+
+
+def photo_stem(image_name: str) -> str:
+    """The source photo of a sample file name `<photo stem>_<round>.png`."""
+    return Path(image_name).stem.rsplit("_", 1)[0]
+
+
 # Crop side as a fraction of the photo's short side, largest first, so small samples
 # hold whole-object views (the crops a classifier recognises best).
 SCALES = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.22)
@@ -70,9 +95,10 @@ def _crop_boxes(width: int, height: int) -> Iterator[tuple[int, int, int, int, b
                 yield int(x), int(y), int(x) + side, int(y) + side, mirror
 
 
-def iter_sample(count: int) -> Iterator[tuple[str, Image.Image]]:
-    """(name, 64x64 RGB image) pairs, round-robin over the photos so any prefix is varied."""
-    photos = [(Path(name).stem, load_photo(pkg, name)) for pkg, name in PHOTOS]
+def iter_sample(count: int, photos: tuple[tuple[str, str], ...] = PHOTOS
+                ) -> Iterator[tuple[str, Image.Image]]:
+    """(name, 64x64 RGB image) pairs, round-robin over `photos` so any prefix is varied."""
+    photos = [(Path(name).stem, load_photo(pkg, name)) for pkg, name in photos]
 
     def stream_of(stem: str, im: Image.Image):
         # a function, not a nested generator expression: that one binds `stem`/`im` late
@@ -101,12 +127,14 @@ def iter_sample(count: int) -> Iterator[tuple[str, Image.Image]]:
             raise ValueError(f"only {produced} distinct crops available, asked for {count}")
 
 
-def write_sample(out_dir: str | Path, count: int, per_folder: int = 1000) -> list[Path]:
-    """Write `count` deterministic 64x64 PNGs under `out_dir` (sub-folders of `per_folder`
-    files, like a real extracted data set). Existing identical files are left alone."""
+def write_sample(out_dir: str | Path, count: int, per_folder: int = 1000,
+                 photos: tuple[tuple[str, str], ...] = PHOTOS) -> list[Path]:
+    """Write `count` deterministic 64x64 PNGs of `photos` under `out_dir` (sub-folders of
+    `per_folder` files, like a real extracted data set). Existing identical files are left
+    alone."""
     out_dir = Path(out_dir)
     paths = []
-    for i, (name, image) in enumerate(iter_sample(count)):
+    for i, (name, image) in enumerate(iter_sample(count, photos)):
         path = out_dir / f"{i // per_folder:03d}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
