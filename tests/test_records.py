@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -618,3 +619,24 @@ def test_shard_sidecars_are_their_typed_record_as_json(labeled, tmp_path):
     for path in sidecars:
         data = json.loads(path.read_text("utf-8"))
         assert ShardSidecar.from_json(data).to_json() == data
+
+
+@pytest.mark.parametrize("damage", ["image byte flipped", "record payload garbled"])
+def test_a_damaged_label_part_of_the_right_size_is_named_not_used(labeled, tmp_path, damage):
+    """label-status checks only sizes; shard-records checks each part against the sha256 its
+    summary recorded, so a flipped bit in a label part is an error naming the part (a
+    garbled record used to surface as protobuf's DecodeError), and nothing is written."""
+    out = tmp_path / "labels_out"
+    shutil.copytree(labeled[0], out)
+    record_path = next(out.rglob("part-00001-of-00002.tfrecord"))
+    data = bytearray(record_path.read_bytes())
+    if damage == "image byte flipped":
+        at = len(data) // 2  # inside some record's PNG bytes
+        data[at] ^= 0x01
+    else:
+        data[12:40] = b"\xff" * 28  # the first record's payload: not a tf.train.Example
+    record_path.write_bytes(bytes(data))
+    ds = tmp_path / "ds"
+    with pytest.raises(UserError, match=r"part-00001-of-00002\.tfrecord.*(sha256|damaged)"):
+        shard_records(out, ds, ShardOptions(shard_size_mb=0.25, seed=3))
+    assert not (ds / "dataset.json").exists()

@@ -32,6 +32,8 @@ from imnet64.formats.label_parts import LABELS_DIR, PART_RE, part_stem
 from imnet64.formats.label_status import label_status
 from imnet64.formats.tfrecord_file import RecordFileError, iter_records, read_record_at
 
+from google.protobuf.message import DecodeError
+
 # A 64x64 image never needs more than this in a shard (raw pixels + PNG overhead); used to
 # estimate shard sizes of sources holding bigger files that will be resized.
 MAX_IMAGE_ESTIMATE = image64.RAW_BYTES + 1024
@@ -208,7 +210,18 @@ def _part_items(record_path: Path, part: int, class_names: dict[ClassKey, str]
             ))
     except RecordFileError as e:
         raise UserError(f"label part is damaged: {e}") from None
+    except (DecodeError, KeyError, IndexError) as e:  # not a labeled-image tf.train.Example
+        raise UserError(f"label part is damaged: {record_path}: record {len(items)} does not "
+                        f"parse ({type(e).__name__}: {e})") from None
     return items
+
+
+def _check_part_sha256(record_path: Path, summary: dict[str, Any]) -> None:
+    """label-status checks only a part's size; a flipped bit must not reach the shards."""
+    recorded = summary.get("files", {}).get("tfrecord", {}).get("sha256")
+    if recorded and sha256_file(record_path) != recorded:
+        raise UserError(f"label part is damaged: {record_path} does not match the sha256 its "
+                        "summary recorded; re-run that label shard with --force")
 
 
 def _check_labeled_count(record_path: Path, summary: dict[str, Any], found: int) -> None:
@@ -231,6 +244,7 @@ def scan_labels(folder: Path, allow_partial: bool) -> Source:
         summary = _read_summary(folder / parts.name(i, "json"))
         summaries.add(summary)
         part_files[i] = record_path.name
+        _check_part_sha256(record_path, summary)
         part_items = _part_items(record_path, i, class_names)
         _check_labeled_count(record_path, summary, len(part_items))
         items.extend(part_items)
