@@ -43,6 +43,18 @@ def test_ranks_and_defaults():
     assert Environment.read({"CUDA_VISIBLE_DEVICES": ""}).cuda_visible_devices == ""
 
 
+def test_the_tf_distribute_cluster_facts_are_typed():
+    """What the tf engine reads (imnet64.cluster.tf_world): TF_CONFIG and the srun step."""
+    env = Environment.read({"TF_CONFIG": ' {"cluster": {}} ', "SLURM_STEP_NUM_TASKS": "2",
+                            "SLURMD_NODENAME": "node1"})
+    assert env.tf_config == '{"cluster": {}}'
+    assert (env.slurm.step_num_tasks, env.slurm.node_name) == (2, "node1")
+    assert env.under_launcher  # whoever set TF_CONFIG started this process as a rank
+    empty = Environment.read({"TF_CONFIG": " "})
+    assert empty.tf_config is None and not empty.under_launcher
+    assert (empty.slurm.step_num_tasks, empty.slurm.node_name) == (None, None)
+
+
 def test_a_variable_is_set_for_a_block_only():
     name = "IMNET64_TEST_VARIABLE_SET"
     assert name not in os.environ

@@ -80,6 +80,8 @@ class Slurm:
     array_task_min: int | None = None
     array_task_count: int | None = None
     step_id: str | None = None
+    step_num_tasks: int | None = None  # SLURM_STEP_NUM_TASKS: the tasks of this srun step
+    node_name: str | None = None  # SLURMD_NODENAME: the node this task runs on
     ntasks: int | None = None
     procid: int | None = None
     localid: int | None = None
@@ -95,6 +97,8 @@ class Slurm:
             array_task_min=_int(env, "SLURM_ARRAY_TASK_MIN"),
             array_task_count=_int(env, "SLURM_ARRAY_TASK_COUNT"),
             step_id=_text(env, "SLURM_STEP_ID"),
+            step_num_tasks=_int(env, "SLURM_STEP_NUM_TASKS"),
+            node_name=_text(env, "SLURMD_NODENAME"),
             ntasks=_int(env, "SLURM_NTASKS"),
             procid=_int(env, "SLURM_PROCID"),
             localid=_int(env, "SLURM_LOCALID"),
@@ -134,6 +138,7 @@ class Environment:
     tf_cpp_min_log_level: str  # "0" when not set
     tf_enable_onednn_opts: str | None
     tfhub_cache_dir: str | None
+    tf_config: str | None  # TF_CONFIG, stripped: a tf.distribute cluster and this task in it
     variables: Mapping[str, str]
 
     @classmethod
@@ -154,14 +159,15 @@ class Environment:
             tf_cpp_min_log_level=env.get("TF_CPP_MIN_LOG_LEVEL", "0"),
             tf_enable_onednn_opts=env.get("TF_ENABLE_ONEDNN_OPTS"),
             tfhub_cache_dir=_text(env, TFHUB_CACHE_VAR),
+            tf_config=env.get("TF_CONFIG", "").strip() or None,
             variables=MappingProxyType(env),
         )
 
     @property
     def under_launcher(self) -> bool:
-        """True when a Horovod/MPI/Slurm launcher started this process as one of several
-        ranks."""
-        if self.rank_vars:
+        """True when a Horovod/MPI/Slurm launcher (or whoever set TF_CONFIG) started this
+        process as one of several ranks."""
+        if self.rank_vars or self.tf_config:
             return True
         return (self.slurm.ntasks or 1) > 1 and "SLURM_PROCID" in self.variables
 

@@ -1,11 +1,16 @@
-"""`imnet64 train --np N|auto`: start the Horovod ranks ourselves when no launcher did.
+"""`imnet64 train --np N|auto`: start the ranks ourselves when no launcher did.
 
-Under horovodrun, mpirun or a multi-task srun the process already is one rank, and `--np`
-is ignored. Otherwise, with N > 1, this process runs
+Under horovodrun, mpirun, a multi-task srun or a TF_CONFIG the process already is one rank,
+and `--np` is ignored. Otherwise, with N > 1, this process starts the ranks for the engine
+and waits:
 
-    horovodrun --gloo -np N -H localhost:N <python> -m imnet64_cli.main train <same options>
+- horovod: one child, `horovodrun --gloo -np N -H localhost:N <python> -m imnet64_cli.main
+  train <same options>` (Gloo is only the control plane: on GPUs the allreduce still goes
+  through NCCL);
+- tf: N children `<python> -m imnet64_cli.main train <same options>`, each with a TF_CONFIG
+  naming N free localhost ports and its own index (tf.distribute's cluster; no launcher
+  program exists for it).
 
-and waits. Gloo is only the control plane: on GPUs the allreduce still goes through NCCL.
 `auto` is one rank per visible GPU (nvidia-smi), or 1 without GPUs.
 
 Signals: the chosen stop signal (and SIGTERM/SIGINT) received by this launching process is
@@ -13,26 +18,34 @@ turned into RUN_DIR/stop-request, which the ranks act on (checkpoint, then exit)
 itself does not forward USR1/USR2 to its ranks. The command installs the handler before it
 does anything else, and the ranks take a stop file written after this process started as
 a fresh request even if it appeared while they were still starting (only an older one is
-stale). horovodrun is started with the stop signal ignored (unless it is TERM or INT,
-which it handles itself), so a signal sent to the whole process group does not kill it.
-A signal before the ranks were started: nothing is started, exit 75.
+stale). The children are started with the stop signal ignored (unless it is TERM or INT:
+horovodrun handles those itself, and a tf rank installs its own handlers first thing), so a
+signal sent to the whole process group does not kill one that is still starting. Every child
+gets SIGTERM when this process dies, even by SIGKILL. A signal before the ranks were started:
+nothing is started, exit 75.
 
 Exit code: the ranks exit 0 after a preemption checkpoint when we launched them
 (horovodrun turns any other code into 1 and a traceback); this process exits with the
 requeue code when it was signalled itself (whatever the ranks did: the rerun resumes, or
 finds the run finished), or when RUN_DIR/status.json says the run was preempted or
-stopped during this launch.
+stopped during this launch. A tf rank that fails ends its peers (which would otherwise wait
+for it in their next collective forever) and gives the exit code; horovodrun does the same
+for its ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +55,8 @@ from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE
 from imnet64.errors import UserError
 
 LAUNCHED_ENV = SELF_LAUNCHED_VAR
+# after a tf rank failed: how long its peers get to end on SIGTERM before SIGKILL
+PEER_GRACE_S = 10.0
 
 
 def rank_exit_code(code: int) -> int:
@@ -97,22 +112,62 @@ def find_horovodrun() -> str | None:
 def horovodrun_command(np_: int, child_args: list[str]) -> list[str]:
     runner = find_horovodrun()
     if not runner:
-        raise UserError("--np needs horovodrun (install Horovod), or start the ranks with "
-                        "mpirun/srun yourself")
+        raise UserError("--np needs horovodrun (install Horovod), or --engine tf, or start "
+                        "the ranks with mpirun/srun yourself")
     if importlib.util.find_spec("horovod") is not None:
         # horovodrun, with its own TensorFlow import (a build check) through imnet64's filter
         runner_cmd = [sys.executable, "-m", "imnet64.cluster.horovodrun"]
     else:
         runner_cmd = [runner]
     return [*runner_cmd, "--gloo", "-np", str(np_), "-H", f"localhost:{np_}",
-            sys.executable, "-m", "imnet64_cli.main", "train", *child_args]
+            *train_command(child_args)]
+
+
+def train_command(child_args: list[str]) -> list[str]:
+    """`imnet64 train ARGS` with this Python."""
+    return [sys.executable, "-m", "imnet64_cli.main", "train", *child_args]
+
+
+def free_local_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on localhost now (the kernel's picks; all held open
+    until every one is chosen, so none repeats)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("localhost", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def local_tf_configs(np_: int) -> list[str]:
+    """One TF_CONFIG per rank for `np_` tf.distribute workers on this machine."""
+    workers = [f"localhost:{port}" for port in free_local_ports(np_)]
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                  "index": rank}})
+            for rank in range(np_)]
+
+
+@dataclass(frozen=True)
+class Child:
+    """One process the launcher starts: its command and what it adds to the environment."""
+
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def rank_children(engine: str, np_: int, child_args: list[str]) -> list[Child]:
+    """What to start for `np_` local ranks of `engine`: horovodrun once, or each tf rank."""
+    if engine == "tf":
+        return [Child(train_command(child_args), {"TF_CONFIG": config})
+                for config in local_tf_configs(np_)]
+    return [Child(horovodrun_command(np_, child_args))]
 
 
 def _child_setup(ignore: Iterable[signal.Signals]) -> None:
-    """In the child, before it runs horovodrun: get SIGTERM when this launching process dies,
-    even by SIGKILL (Linux), so horovodrun (which then stops its ranks) is not left behind
-    as an orphan; and ignore the stop signals horovodrun does not handle (USR1 would kill
-    it: the ranks get the request from the stop file instead)."""
+    """In a child, before it runs horovodrun or a tf rank: get SIGTERM when this launching
+    process dies, even by SIGKILL (Linux), so no child is left behind as an orphan
+    (horovodrun then stops its ranks; a tf rank checkpoints and exits); and ignore the stop
+    signals horovodrun does not handle (USR1 would kill it, or a tf rank still starting: the
+    ranks get the request from the stop file instead)."""
     for sig in ignore:
         signal.signal(sig, signal.SIG_IGN)
     try:
@@ -123,9 +178,38 @@ def _child_setup(ignore: Iterable[signal.Signals]) -> None:
         pass
 
 
+def _end(procs: Sequence[subprocess.Popen], grace_s: float = PEER_GRACE_S) -> None:
+    """SIGTERM to the children still running, SIGKILL to those not gone after `grace_s`."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_all(procs: Sequence[subprocess.Popen], poll_s: float = 0.2) -> int:
+    """Wait for every child: 0 when all exit 0, else the first failure's code (its peers are
+    ended then: they would wait for the failed one in their next collective forever)."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failure = next((c for c in codes if c), 0)  # None (running) and 0 are not
+        if failure:
+            _end(procs)
+            return failure
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(poll_s)
+
+
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
-              stop: StopRequest | Iterable[signal.Signals]) -> int:
-    """Run the ranks under horovodrun; returns the exit code this command should give.
+              stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod") -> int:
+    """Run the ranks of `engine` (horovodrun, or one process per tf rank); returns the exit
+    code this command should give.
 
     `stop` is the command's stop request, installed before anything else: a signal it
     received (before or while the ranks run) becomes RUN_DIR/stop-request for them. Given
@@ -136,7 +220,7 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
         own = StopRequest(dict.fromkeys([*signals, signal.SIGTERM, signal.SIGINT]),
                           requeue_signal=signals[0] if signals else None)
         with own:
-            return run_ranks(np_, child_args, run_dir, own)
+            return run_ranks(np_, child_args, run_dir, own, engine)
     started = time.time()
     run_dir = Path(run_dir)
 
@@ -153,14 +237,18 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
     # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
     # for any other code); status.json or our own signal tell this process to exit 75.
     # STARTED_ENV: a stop file we write from now on is a request for them, not a stale one.
-    env = with_variables({LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started)})
+    launched = {LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started)}
     ignore = [s for s in stop.signals if s not in (signal.SIGTERM, signal.SIGINT)]
+    procs: list[subprocess.Popen] = []
     try:
-        proc = subprocess.Popen(horovodrun_command(np_, child_args), env=env,
-                                preexec_fn=partial(_child_setup, ignore))
-        code = proc.wait()
+        for child in rank_children(engine, np_, child_args):
+            procs.append(subprocess.Popen(child.command,
+                                          env=with_variables({**launched, **child.env}),
+                                          preexec_fn=partial(_child_setup, ignore)))
+        code = wait_all(procs)
     finally:
         stop.on_signal = None
+        _end(procs)  # nothing outlives the launch (an exception or a second Ctrl-C included)
     if stop.received is not None:
         return REQUEUE_EXIT_CODE
     status_path = run_dir / "status.json"

@@ -51,8 +51,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imnet64.cluster.devices import pin_gpu, set_cpu_threads
 from imnet64.cluster.environment import Environment
-from imnet64.cluster.world import _pin_gpu, _set_cpu_threads
 from imnet64.errors import UserError
 
 import numpy as np
@@ -124,16 +124,16 @@ def slurm_port_base(job_id: str, size: int) -> int:
 def placement_from_slurm(env: Environment) -> Placement:
     """The cluster of this srun step, by SlurmClusterResolver (which reads SLURM_PROCID,
     SLURM_STEP_NUM_TASKS, SLURM_STEP_NODELIST and SLURM_STEP_TASKS_PER_NODE itself)."""
-    size = int(env.variables["SLURM_STEP_NUM_TASKS"])
+    size = env.slurm.step_num_tasks or 1
     # gpus_per_node/gpus_per_task are only the resolver's bookkeeping here (one "slot" per
-    # task, so that it lists every task): the GPUs are Slurm's and _pin_gpu's business.
+    # task, so that it lists every task): the GPUs are Slurm's and pin_gpu's business.
     resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
         gpus_per_node=size, gpus_per_task=1, auto_set_gpu=False)
     hosts = [a.rsplit(":", 1)[0] for a in resolver.cluster_spec().job_tasks("worker")]
     base = slurm_port_base(env.slurm.job_id or "0", size)
     placement = Placement(tuple(f"{h}:{base + r}" for r, h in enumerate(hosts)),
                           resolver.task_id, "slurm")
-    node = env.variables.get("SLURMD_NODENAME")
+    node = env.slurm.node_name
     mine = hosts[placement.rank]
     if node and mine != node:
         raise UserError(
@@ -145,10 +145,9 @@ def placement_from_slurm(env: Environment) -> Placement:
 
 def placement(env: Environment) -> Placement:
     """TF_CONFIG, else a Slurm step of several tasks, else alone."""
-    tf_config = env.variables.get("TF_CONFIG", "").strip()
-    if tf_config:
-        return placement_from_tf_config(tf_config)
-    if int(env.variables.get("SLURM_STEP_NUM_TASKS") or 1) > 1:
+    if env.tf_config:
+        return placement_from_tf_config(env.tf_config)
+    if (env.slurm.step_num_tasks or 1) > 1:
         return placement_from_slurm(env)
     return ALONE
 
@@ -256,8 +255,8 @@ class TFWorld:
 def init_tf_world(env: Mapping[str, str] | None = None) -> TFWorld:
     """This process's place, devices and threads, then the strategy when there are peers."""
     where = placement(Environment.read(env))
-    _pin_gpu(where.local_rank)
-    _set_cpu_threads(where.local_size)
+    pin_gpu(where.local_rank)
+    set_cpu_threads(where.local_size)
     if where.size == 1:
         log.debug("tf.distribute world: one process")
         return TFWorld(0, 1, 0, 1, None)

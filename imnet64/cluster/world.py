@@ -8,10 +8,11 @@ is used (and asking for more ranks is a clear error).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from imnet64.cluster.devices import pin_gpu, set_cpu_threads
+from imnet64.cluster.engines import check_engine
 from imnet64.cluster.environment import under_launcher
 from imnet64.errors import UserError
 
@@ -80,52 +81,24 @@ class World:
             self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier").numpy()
 
 
-def _set_cpu_threads(local_size: int) -> None:
-    """Several ranks on one CPU-only host would each start one thread per core and fight
-    over them: give each rank its share of the cores instead (before TF starts its pools)."""
-    if local_size <= 1 or tf.config.list_physical_devices("GPU"):
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    share = max(1, (cores or 1) // local_size)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(share)
-        tf.config.threading.set_inter_op_parallelism_threads(max(2, share))
-    except RuntimeError:  # TF already initialised (e.g. a second call in one process)
-        pass
-
-
-def _pin_gpu(local_rank: int) -> None:
-    """One GPU per rank (Horovod's convention), memory grown as needed."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return
-    try:
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
-    except RuntimeError:
-        pass
-
-
 def init_world(engine: str = "horovod") -> World:
     """Initialise the engine (size 1 without a launcher) and this rank's devices and threads.
 
     `engine` "horovod" (the default) or "tf" (tf.distribute; imnet64.cluster.tf_world)."""
-    if engine == "tf":
+    if check_engine("--engine", engine) == "tf":
         from imnet64.cluster.tf_world import init_tf_world
 
         return init_tf_world()
-    if engine != "horovod":
-        raise UserError(f"--engine {engine!r}: choose horovod or tf")
     try:
         import horovod.tensorflow as hvd
     except ImportError as e:
         if under_launcher():
-            raise UserError(f"started by a launcher but Horovod is not importable: {e}") from e
+            raise UserError(f"started by a launcher but Horovod is not importable: {e} "
+                            "(--engine tf needs no Horovod)") from e
         log.debug("Horovod not installed: running as a single process")
         return World(0, 1, 0, 1, None)
     hvd.init()
     world = World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), hvd)
-    _pin_gpu(world.local_rank)
-    _set_cpu_threads(world.local_size)
+    pin_gpu(world.local_rank)
+    set_cpu_threads(world.local_size)
     return world

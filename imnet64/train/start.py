@@ -1,6 +1,6 @@
 """Where a training runs: in this process (one rank of whatever started it), or as N ranks
-this process starts itself under horovodrun. One decision for `imnet64 train --np` and the
-demo."""
+this process starts itself (under horovodrun, or as tf.distribute workers, by the config's
+engine). One decision for `imnet64 train --np` and the demo."""
 
 from __future__ import annotations
 
@@ -23,6 +23,6 @@ def ranks_to_start(np: str | int | None) -> int:
 
 def start_ranks(cfg: TrainConfig, ranks: int,
                 stop: StopRequest | Iterable[signal.Signals]) -> int:
-    """Run `imnet64 train` with `cfg`'s options on `ranks` ranks under horovodrun; the exit
-    code this command should give (see imnet64.cluster.launch.run_ranks for `stop`)."""
-    return launch.run_ranks(ranks, cfg.to_argv(), Path(cfg.run_dir), stop)
+    """Run `imnet64 train` with `cfg`'s options on `ranks` local ranks of `cfg.engine`; the
+    exit code this command should give (see imnet64.cluster.launch.run_ranks for `stop`)."""
+    return launch.run_ranks(ranks, cfg.to_argv(), Path(cfg.run_dir), stop, cfg.engine)

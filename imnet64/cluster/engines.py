@@ -1,0 +1,16 @@
+"""The training engines: who runs the collectives between ranks (`imnet64 train --engine`,
+IMNET64_ENGINE in slurm/train.sh). Horovod is the default; tf is TensorFlow's own
+tf.distribute (imnet64.cluster.tf_world), for stacks without Horovod."""
+
+from __future__ import annotations
+
+from imnet64.errors import UserError
+
+ENGINES = ("horovod", "tf")
+
+
+def check_engine(option: str, value: str) -> str:
+    """`value` if it names an engine, else a one-line error naming `option`."""
+    if value not in ENGINES:
+        raise UserError(f"{option} {value!r}: choose {' or '.join(ENGINES)}")
+    return value
