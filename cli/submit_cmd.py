@@ -150,6 +150,9 @@ def submit_shard(dry_run, **kw) -> None:
 def train_options(f):
     f = click.option("--train-args", default=None, metavar="ARGS",
                      help='More `imnet64 train` options, e.g. "--epochs 40".')(f)
+    f = click.option("--engine", default=None, metavar="ENGINE",
+                     help="Training engine: horovod (srun --mpi=pmix) or tf (tf.distribute, "
+                          "one srun task per rank) [horovod].")(f)
     f = click.option("--max-restarts", type=COUNT, default=None, metavar="N",
                      help="Stop requeueing after N reruns (0: never requeue) [50].")(f)
     f = click.option("--signal-time", type=COUNT, default=None, metavar="S",
@@ -171,7 +174,7 @@ def _train_settings(kw: dict) -> TrainSettings:
                          ntasks_per_node=kw["ntasks_per_node"],
                          gpus_per_node=kw["gpus_per_node"], signal=kw["signal"],
                          signal_time=kw["signal_time"], args=kw["train_args"],
-                         max_restarts=kw["max_restarts"])
+                         max_restarts=kw["max_restarts"], engine=kw["engine"])
 
 
 @submit.command("train")
@@ -180,8 +183,8 @@ def _train_settings(kw: dict) -> TrainSettings:
 @train_options
 @common_options
 def submit_train(dry_run, **kw) -> None:
-    """The training job (slurm/train.sh): Horovod ranks via srun --mpi=pmix, requeued on
-    the time-limit signal."""
+    """The training job (slurm/train.sh): Horovod ranks via srun --mpi=pmix (or tf.distribute
+    ranks with --engine tf), requeued on the time-limit signal."""
     _run(_train_settings(kw).job(_common(kw)), dry_run)
 
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# imnet64 step 3 of 3: train the encoder with Horovod, one rank per GPU, on one or more nodes.
+# imnet64 step 3 of 3: train the encoder, one rank per GPU, on one or more nodes.
 #
 #   sbatch slurm/train.sh                                       # 1 node x 1 GPU
 #   sbatch --nodes=4 --ntasks-per-node=4 --gpus-per-node=4 slurm/train.sh
 #   IMNET64_TRAIN_ARGS="--epochs 40 --batch-size 256" sbatch slurm/train.sh
+#   IMNET64_ENGINE=tf sbatch --nodes=2 slurm/train.sh           # tf.distribute, no Horovod
 #
-# `srun --mpi=pmix` starts the ranks (Horovod built with MPI reads its rank from MPI).
+# The launcher line depends on the engine (IMNET64_ENGINE): for horovod, `srun --mpi=pmix`
+# starts the ranks (Horovod built with MPI reads its rank from MPI); for tf, `srun` starts
+# one task per rank with block distribution and each finds the cluster from Slurm's
+# variables (SlurmClusterResolver; docs/slurm.md: its traps and how they are handled).
 # Time limits and preemption: Slurm sends this script SIGUSR1 120 s before the end
 # (--signal=B:USR1@120); the trap below forwards IMNET64_SIGNAL to the ranks, they
 # finish the step, checkpoint and exit 75; this script then requeues the job, and the
@@ -24,7 +28,9 @@
 #   IMNET64_REQUEUE_EXIT  the trainer's "requeue me" exit code  [75]
 #   IMNET64_MAX_RESTARTS  stop requeueing after this many reruns [50; docs/slurm.md:
 #                         why] (`imnet64 submit train --max-restarts N`)
-#   IMNET64_SRUN_MPI      srun --mpi plugin                      [pmix]
+#   IMNET64_ENGINE        the trainer's --engine: horovod or tf  [horovod]
+#                         (`imnet64 submit train --engine tf`)
+#   IMNET64_SRUN_MPI      srun --mpi plugin of the horovod engine [pmix]
 #   How to run imnet64 (first that applies):
 #   IMNET64_CMD           the command, e.g. "/opt/venvs/imnet64/bin/imnet64"
 #   IMNET64_IMAGE         an Apptainer image: runs "apptainer exec --nv IMAGE imnet64"
@@ -77,11 +83,21 @@ restart=${SLURM_RESTART_COUNT:-0}
 # task's own id, which `scontrol requeue` below uses: it requeues this task only).
 job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}
 job=${job:-${SLURM_JOB_ID:-?}}
+engine=${IMNET64_ENGINE:-horovod}
 resolve_imnet64
 read -r -a extra <<<"${IMNET64_TRAIN_ARGS:-}"
 
+# The launcher line for the engine: MPI (PMIx) wires Horovod's ranks together; tf.distribute
+# needs no MPI, its ranks take the cluster from the step's SLURM_* variables, which
+# SlurmClusterResolver reads as block distribution.
+case $engine in
+  horovod) launch=(srun --mpi="${IMNET64_SRUN_MPI:-pmix}") ;;
+  tf) launch=(srun --mpi=none --distribution=block) ;;
+  *) die "IMNET64_ENGINE=$engine: horovod or tf" ;;
+esac
+
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-echo "train.sh: $(date '+%F %T') job $job restart $restart on ${SLURM_JOB_NODELIST:-$(hostname)}: ${SLURM_NTASKS:-1} ranks, $dataset -> $run_dir (requeued at most $max_restarts times)"
+echo "train.sh: $(date '+%F %T') job $job restart $restart on ${SLURM_JOB_NODELIST:-$(hostname)}: ${SLURM_NTASKS:-1} ranks ($engine), $dataset -> $run_dir (requeued at most $max_restarts times)"
 
 # The warning signal reaches only this shell (B:); pass IMNET64_SIGNAL on to every rank
 # (srun relays it to its tasks). A signal that comes before srun started is passed on
@@ -96,7 +112,7 @@ forward() {
 trap 'forward USR1' USR1
 trap 'forward USR2' USR2
 
-srun --mpi="${IMNET64_SRUN_MPI:-pmix}" "${imnet64[@]}" train "$dataset" "$run_dir" \
+"${launch[@]}" "${imnet64[@]}" train "$dataset" "$run_dir" --engine "$engine" \
   --signal "$sig" "${extra[@]}" &
 srun_pid=$!
 [ "$pending" -eq 0 ] || kill -s "$sig" "$srun_pid" 2>/dev/null || true

@@ -205,3 +205,21 @@ def test_a_failed_rank_ends_its_peers_and_gives_the_exit_code():
     assert time.monotonic() - started < 60
     ok = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
     assert launch.wait_all(ok) == 0
+
+
+def test_submit_passes_the_engine_to_train_sh(capsys):
+    """`imnet64 submit train|pipeline --engine tf` sets IMNET64_ENGINE, which train.sh reads
+    to pick its launcher line; anything else is a one-line error."""
+    from imnet64_cli.main import main
+
+    for command in ("train", "pipeline"):
+        assert main(["submit", command, "--engine", "tf", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "export IMNET64_ENGINE=tf" in out
+        assert "engine=${IMNET64_ENGINE:-horovod}" in out  # what train.sh reads
+        assert 'tf) launch=(srun --mpi=none --distribution=block) ;;' in out
+    assert main(["submit", "train", "--dry-run"]) == 0
+    assert "export IMNET64_ENGINE" not in capsys.readouterr().out  # the template's default
+    assert main(["submit", "train", "--engine", "mpi", "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: --engine 'mpi': choose horovod or tf\n", err

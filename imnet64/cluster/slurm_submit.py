@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imnet64 import atomic
+from imnet64.cluster.engines import check_engine
 from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
 
@@ -570,7 +571,7 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
               nodes: int | None = None, ntasks_per_node: int | None = None,
               gpus_per_node: int | None = None, signal: str | None = None,
               signal_time: int | None = None, args: str | None = None,
-              max_restarts: int | None = None) -> Job:
+              max_restarts: int | None = None, engine: str | None = None) -> Job:
     job = _base("train", common)
     for name, value in (("--nodes", nodes), ("--ntasks-per-node", ntasks_per_node)):
         if value is not None:
@@ -599,6 +600,8 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
                         ("IMNET64_RUN_DIR", "--run-dir", run_dir)))
     if max_restarts is not None:
         job.env["IMNET64_MAX_RESTARTS"] = str(check_count("--max-restarts", max_restarts))
+    if engine is not None:
+        job.env["IMNET64_ENGINE"] = check_engine("--engine", check_text("--engine", engine))
     if args:
         job.env["IMNET64_TRAIN_ARGS"] = check_text("--train-args", args)
     return job

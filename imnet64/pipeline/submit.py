@@ -57,6 +57,7 @@ class TrainSettings:
     signal_time: int | None = None
     args: str | None = None
     max_restarts: int | None = None
+    engine: str | None = None  # IMNET64_ENGINE: horovod (the template's default) or tf
 
     def job(self, common: sb.Common) -> sb.Job:
         return sb.train_job(common, **dataclasses.asdict(self))
