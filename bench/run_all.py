@@ -27,6 +27,7 @@ BENCHES = {
     "train": ["bench/train.py"],
     "memory": ["bench/memory.py"],
     "onednn": ["bench/onednn.py"],
+    "distill": ["bench/distill.py"],
 }
 
 
@@ -63,6 +64,11 @@ HEADLINES = [
     ("onednn", "on_over_off.train_step", "training step, oneDNN on / off (images/s)", ">= 1"),
     ("onednn", "cpu_off_over_on.label", "`imnet64 label`, CPU time per image off / on", ""),
     ("onednn", "cpu_off_over_on.train_step", "training step, CPU time per image off / on", ""),
+    *((("distill", f"targets.{t}.heldout_agreement",
+        f"`train --targets {t}`: held-out top-1 agreement with the teacher", ""),
+       ("distill", f"targets.{t}.heldout_kl", f"`train --targets {t}`: held-out KL", ""),
+       ("distill", f"targets.{t}.images_per_s", f"`train --targets {t}`: train images/s", ""))
+      [i] for t in ("hard", "soft", "online") for i in range(3)),
 ]
 
 
