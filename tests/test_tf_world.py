@@ -118,7 +118,32 @@ SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "2", "SLURM_LOCALID": "0",
               "SLURM_STEP_TASKS_PER_NODE": "2,1", "SLURMD_NODENAME": "node2"}
 
 
-def _slurm_env(monkeypatch: pytest.MonkeyPatch, **changes: str) -> Environment:
+@pytest.fixture
+def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An `scontrol` on PATH that shows node<N> with NodeAddr=10.0.0.<N> (as
+    scripts/slurm-local.sh's nodes, whose names are not host names)."""
+    exe = tmp_path / "bin" / "scontrol"
+    exe.parent.mkdir()
+    exe.write_text('#!/bin/sh\necho "NodeName=$4 Arch=x86_64 NodeAddr=10.0.0.${4#node} '
+                   'NodeHostName=vm"\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}:{os.environ['PATH']}")
+    return exe
+
+
+def _slurm_env(monkeypatch: pytest.MonkeyPatch, resolvable: bool = True,
+               **changes: str) -> Environment:
+    # Node names resolve as host names (the usual cluster), unless told otherwise.
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host.startswith("node"):
+            if resolvable:
+                return []
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     # SlurmClusterResolver reads os.environ itself.
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -135,6 +160,16 @@ def test_a_slurm_step_gets_one_port_per_rank_from_the_job_id(monkeypatch) -> Non
     assert where.addresses == (f"node1:{base}", f"node1:{base + 1}", f"node2:{base + 2}")
     assert (where.rank, where.size, where.local_rank, where.local_size) == (2, 3, 0, 1)
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # auto_set_gpu is off
+
+
+def test_slurm_node_names_that_are_not_host_names_become_their_node_addr(
+        monkeypatch, fake_scontrol) -> None:
+    env = _slurm_env(monkeypatch, resolvable=False)
+    where = placement(env)
+    base = slurm_port_base("4242", 3)
+    assert where.addresses == (f"10.0.0.1:{base}", f"10.0.0.1:{base + 1}",
+                               f"10.0.0.2:{base + 2}")
+    assert (where.rank, where.local_rank, where.local_size) == (2, 0, 1)
 
 
 def test_slurm_ports_differ_between_jobs_and_stay_below_the_ephemeral_range() -> None:

@@ -14,7 +14,9 @@ Where the cluster comes from, in this order:
   per task: auto_set_gpu=False; without `gpus_per_node` it runs nvidia-smi, absent in a CPU
   container: GPUs are never asked of it (TensorFlow's own count is handed to the strategy);
   it sorts host names as strings (node10 before node2) while Slurm numbers ranks in node-list
-  order: a rank whose address is not on its own node is refused with the cause;
+  order: a rank whose address is not on its own node is refused with the cause; and it takes
+  Slurm's node names for host names, which they need not be (NodeName=node1 NodeAddr=...):
+  a name that does not resolve is replaced by its NodeAddr from `scontrol show node`;
 - otherwise one process (size 1): no strategy, every collective a no-op.
 
 How the collectives are issued (the same on TF 2.18 and 2.21, public API only):
@@ -47,6 +49,9 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
+import socket
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,17 +135,37 @@ def placement_from_slurm(env: Environment) -> Placement:
     resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
         gpus_per_node=size, gpus_per_task=1, auto_set_gpu=False)
     hosts = [a.rsplit(":", 1)[0] for a in resolver.cluster_spec().job_tasks("worker")]
-    base = slurm_port_base(env.slurm.job_id or "0", size)
-    placement = Placement(tuple(f"{h}:{base + r}" for r, h in enumerate(hosts)),
-                          resolver.task_id, "slurm")
-    node = env.slurm.node_name
-    mine = hosts[placement.rank]
-    if node and mine != node:
+    rank, node = resolver.task_id, env.slurm.node_name
+    if node and hosts[rank] != node:
         raise UserError(
-            f"Slurm runs rank {placement.rank} on {node} but SlurmClusterResolver places it on "
-            f"{mine} (it sorts node names as text and assumes block distribution): use node "
-            "names that sort the same as text, or srun --distribution=block")
-    return placement
+            f"Slurm runs rank {rank} on {node} but SlurmClusterResolver places it on "
+            f"{hosts[rank]} (it sorts node names as text and assumes block distribution): use "
+            "node names that sort the same as text, or srun --distribution=block")
+    base = slurm_port_base(env.slurm.job_id or "0", size)
+    address = {h: node_address(h) for h in set(hosts)}
+    return Placement(tuple(f"{address[h]}:{base + r}" for r, h in enumerate(hosts)), rank,
+                     "slurm")
+
+
+def node_address(node: str) -> str:
+    """Where a Slurm node is reached: its name when that resolves (the usual case), else its
+    NodeAddr (`scontrol show node`), as with NodeName=node1 NodeAddr=10.0.0.7."""
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except socket.gaierror:
+        pass
+    try:
+        shown = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True,
+                               text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UserError(f"Slurm node {node} does not resolve and scontrol cannot say its "
+                        f"address: {e}") from e
+    found = re.search(r"\bNodeAddr=(\S+)", shown)
+    if not found:
+        raise UserError(f"Slurm node {node} does not resolve and `scontrol show node {node}` "
+                        "names no NodeAddr")
+    return found.group(1)
 
 
 def placement(env: Environment) -> Placement:
