@@ -1,10 +1,11 @@
 """The slurm/ templates on a real Slurm: two virtual nodes on this host (slurm-local.sh).
 
 label.sh as a 2-task array (one task killed, then the array resubmitted), shard.sh with
-2 tasks, train.sh with 2 Horovod ranks on 2 nodes via `srun --mpi=pmix`, and train.sh
-getting its warning signal mid-run: checkpoint, requeue, resume, finish. Real photos, the
-real offline teacher, real TensorFlow and Horovod; the outputs are checked, not only the
-exit codes.
+2 tasks, train.sh with 2 ranks on 2 nodes, and train.sh getting its warning signal mid-run:
+checkpoint, requeue, resume at the same step and LR, finish. Both training engines:
+horovod (`srun --mpi=pmix`; skipped on a stack without Horovod) and tf (one srun task per
+rank, the cluster from SlurmClusterResolver). Real photos, the real offline teacher, real
+TensorFlow (and Horovod); the outputs are checked, not only the exit codes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SLURM = REPO / "slurm"
 IMAGES = 24
 SHARDS = 2
 SMALL_MODEL = "--widths 8,16,16 --repeats 1,1,1 --batch-size 4 --warmup-epochs 1"
+ENGINES = [pytest.param("horovod", marks=pytest.mark.requires_horovod), "tf"]
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +165,10 @@ def test_shard_records_with_two_tasks(dataset, labeled):
         assert re.search(rf"^{rank}: wrote [1-9]\d* shard", dataset["log"], re.M), dataset["log"]
 
 
-def train_job(cluster: Cluster, work: Path, name: str, epochs: int, extra: str = "") -> str:
+def train_job(cluster: Cluster, work: Path, name: str, epochs: int, engine: str,
+              extra: str = "") -> str:
     env = job_env(IMNET64_WORK=str(work), IMNET64_RUN_DIR=str(work / name),
+                  IMNET64_ENGINE=engine,
                   IMNET64_TRAIN_ARGS=f"--epochs {epochs} {SMALL_MODEL} "
                                      f"--dump-weights {work}/{name}-w{{rank}}.npz {extra}")
     return cluster.sbatch("--nodes=2", f"--job-name={name}", f"--output={work}/%x-%j.log",
@@ -182,37 +186,44 @@ def assert_same_weights(work: Path, name: str) -> None:
         np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
 
 
-def test_train_two_ranks_on_two_nodes(slurm_cluster: Cluster, work: Path, dataset):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_train_two_ranks_on_two_nodes(slurm_cluster: Cluster, work: Path, dataset, engine):
     assert dataset["state"] == "COMPLETED"
-    job = train_job(slurm_cluster, work, "train2", epochs=2)
+    name = f"train2-{engine}"
+    job = train_job(slurm_cluster, work, name, epochs=2, engine=engine)
     (record,) = slurm_cluster.wait(job)
-    log = (work / f"train2-{job}.log").read_text()
+    log = (work / f"{name}-{job}.log").read_text()
     assert record["JobState"] == "COMPLETED", log
     assert record["NodeList"] == "node[1-2]"
-    run = work / "train2"
+    assert f"2 ranks ({engine})" in log
+    run = work / name
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     history = json.loads((run / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2]
     assert "training exited with code 0" in log
     # both ranks ran to the end, in step: equal final weights
-    assert_same_weights(work, "train2")
+    assert_same_weights(work, name)
 
 
-def test_train_requeue_on_warning_signal(slurm_cluster: Cluster, work: Path, dataset):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_train_requeue_on_warning_signal(slurm_cluster: Cluster, work: Path, dataset, engine):
     """USR1 to the batch shell (what --signal=B:USR1@120 does) mid-run: the ranks
-    checkpoint and exit 75, the job requeues itself and the rerun finishes the epochs."""
+    checkpoint and exit 75, the job requeues itself and the rerun resumes at the step and
+    LR of the checkpoint and finishes the epochs."""
+    from imnet64.train.schedule import Schedule
+
     assert dataset["state"] == "COMPLETED"
-    epochs = 6
-    job = train_job(slurm_cluster, work, "requeue", epochs=epochs)
-    run = work / "requeue"
+    epochs, name = 6, f"requeue-{engine}"
+    job = train_job(slurm_cluster, work, name, epochs=epochs, engine=engine)
+    run = work / name
     history = run / "history.json"
     slurm_cluster.wait_for(
         "the first epoch", lambda: history.exists() and json.loads(history.read_text())["epochs"],
         timeout=240, every=0.25)
     slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)
     (record,) = slurm_cluster.wait(job, timeout=300)
-    log = (work / f"requeue-{job}.log").read_text()
+    log = (work / f"{name}-{job}.log").read_text()
     assert record["JobState"] == "COMPLETED", log
     assert record["Restarts"] == "1", log
     runs = re.findall(r"train\.sh: .* job \d+ restart (\d+) on (\S+):", log)
@@ -220,7 +231,16 @@ def test_train_requeue_on_warning_signal(slurm_cluster: Cluster, work: Path, dat
     assert "got SIGUSR1: asking the ranks to checkpoint" in log
     assert "stop requested (signal SIGUSR1)" in log
     assert f"requeueing job {job}" in log
-    assert re.search(r"resumed from \S+: epoch \d+, step \d+", log), log
+    stopped = re.search(r"stop requested \(signal SIGUSR1\): checkpoint (\S+) at epoch (\d+) "
+                        r"step (\d+)", log)
+    resumed = re.search(r"resumed from (\S+): epoch (\d+), step (\d+), lr (\S+)", log)
+    assert stopped and resumed, log
+    assert resumed.groups()[:3] == stopped.groups(), log  # the checkpoint, epoch and step
+    config = json.loads((run / "config.json").read_text())
+    steps = config["steps_per_epoch"]
+    global_step = (int(stopped.group(2)) - 1) * steps + int(stopped.group(3))
+    assert float(resumed.group(4)) == pytest.approx(
+        Schedule(**config["schedule"]).at_step(global_step, steps), rel=1e-5)
     first, second = log.split("restart 1 on", 1)
     done_first, done_second = epochs_done(first), epochs_done(second)
     assert done_first and done_second, log  # stopped mid-run, continued after the requeue
@@ -228,4 +248,4 @@ def test_train_requeue_on_warning_signal(slurm_cluster: Cluster, work: Path, dat
     rows = json.loads(history.read_text())["epochs"]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    assert_same_weights(work, "requeue")
+    assert_same_weights(work, name)
