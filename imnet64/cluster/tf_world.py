@@ -212,9 +212,13 @@ class TFWorld:
         """All-reduce each tensor over the workers (in graph or eagerly)."""
         if not tensors:
             return []
-        # The destination is this worker's device: a tensor in a tf.function has none yet.
+        # The destination is this worker's device, and the values are placed there too: a
+        # tensor in a tf.function has no device yet, and unless every value's device is the
+        # destination, MWMS all-reduces them one by one instead of in one batch.
         device = self.strategy.extended.worker_devices[0]
-        reduced = self.strategy.extended.batch_reduce_to(op, [(t, device) for t in tensors])
+        with tf.device(device):
+            placed = [tf.identity(t) for t in tensors]
+        reduced = self.strategy.extended.batch_reduce_to(op, [(t, device) for t in placed])
         # A one-device worker gets plain tensors back; unwrap a Mirrored should one come.
         return [self.strategy.experimental_local_results(r)[0] for r in reduced]
 
