@@ -68,18 +68,23 @@ lint: install
 	$(BIN)/ruff check .
 	shellcheck slurm/*.sh scripts/*.sh
 
-# Every tier: unit, slow, slurm in pytest; the unit tier once more with TensorFlow's oneDNN
-# kernels off (TF 2.18's own default on CPUs without AVX-512 VNNI/BF16, AVX-VNNI or AMX;
-# imnet64 turns them on unless TF_ENABLE_ONEDNN_OPTS says otherwise), so that a machine that
-# has them still runs the suite the way such a CPU would; then the container tier through
-# scripts/container-test.sh, which also lints the Dockerfile and the translated apptainer.def
-# and builds the image from that translation before it runs tests/test_container.py.
+# Every tier: unit, slow, slurm in pytest; then the current stack (make install
+# STACK=current: the newest TF, no Horovod) runs the unit and slow tiers again, with
+# TensorFlow's oneDNN kernels off (TF's own default on CPUs without AVX-512 VNNI/BF16,
+# AVX-VNNI or AMX; imnet64 turns them on unless TF_ENABLE_ONEDNN_OPTS says otherwise), so that
+# a machine that has them still runs the suite the way such a CPU would; there the
+# Horovod-only tests skip with a reason and --engine tf runs everything else. Then the
+# container tier through scripts/container-test.sh, which also lints the Dockerfile and the
+# translated apptainer.def and builds the image from that translation before it runs
+# tests/test_container.py.
+CURRENT_BIN  := .venv-current/bin
 test: install
 	scripts/install-system-deps.sh shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -m "not container"
-	TF_ENABLE_ONEDNN_OPTS=0 $(BIN)/pytest -q -m "not slow and not slurm and not container"
+	$(MAKE) install STACK=current
+	TF_ENABLE_ONEDNN_OPTS=0 $(CURRENT_BIN)/pytest -q -m "not slurm and not container"
 	scripts/container-test.sh
 
 test-fast: install
