@@ -66,6 +66,7 @@ import imnet64
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
+from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.image_names import escape_name, unescape_name
 from imnet64.formats.label_parts import CSV_HEADER, PartPaths, part_paths, read_summary
 from imnet64.formats.label_summary import LabelSummary, LabelTiming, PartFile, Reject
@@ -146,11 +147,9 @@ def _check_request(input_path: Path, out_dir: Path, index: int, count: int,
 def _why_not_writable(folder: Path, error: OSError) -> str:
     """A short reason, naming the regular file that stands where a folder is needed."""
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
-        for p in (folder, *folder.parents):
-            if p.exists():
-                if not p.is_dir():
-                    return f"{p} is a file, not a folder"
-                break
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            return f"{existing} is a file, not a folder"
     return error.strerror or str(error)
 
 
@@ -374,12 +373,12 @@ def _write_parts(plan: LabelPlan, teacher, options: LabelOptions,
         csv_file.write(",".join(CSV_HEADER).encode() + b"\n")
         for indices, images in batches:
             top_ids, top_probs = (t.numpy() for t in predict(images))
-            for row, i in enumerate(indices.tolist()):
-                item = _labeled_image(inputs, side, i, top_ids[row], top_probs[row], class_names)
-                if item is not None:
-                    writer.write(serialize_labeled(item))
-                    csv_file.write(_csv_line(item))
-                    labeled += 1
+            items = [_labeled_image(inputs, side, i, top_ids[row], top_probs[row], class_names)
+                     for row, i in enumerate(indices.tolist())]
+            for item in filter(None, items):  # None: rejected (the reason is in `side`)
+                writer.write(serialize_labeled(item))
+                csv_file.write(_csv_line(item))
+            labeled += sum(item is not None for item in items)
             progress(int(indices[-1]) + 1, total)
     return labeled, dict(side.rejects)
 
@@ -439,14 +438,15 @@ def label_shard(
         # what made it: code and teacher in the summary (the same on a re-run); host and job
         # ids go to the .timing.json, which may differ between runs
         made_by = provenance.of_teacher(teacher)
-        summary = _summary(plan, teacher, options, labeled, rejects, provenance.stable(made_by))
+        summary = _summary(plan, teacher, options, labeled, rejects,
+                           provenance_schema.stable(made_by))
         atomic.write_json(plan.paths.summary, summary.to_json())  # marks the shard done
         # timings vary from run to run: kept out of the part files, which must not
         timing = LabelTiming.measured(plan.fingerprint, total, seconds,
-                                      provenance.run_part(made_by))
+                                      provenance_schema.run_part(made_by))
         atomic.write_json(plan.paths.timing, timing.to_json())
     return {**summary.to_json(), "seconds": timing.seconds,
-            "images_per_second": timing.images_per_second, provenance.KEY: made_by}
+            "images_per_second": timing.images_per_second, provenance_schema.KEY: made_by}
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:

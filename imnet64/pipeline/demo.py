@@ -25,6 +25,7 @@ from imnet64 import atomic
 from imnet64.cluster import launch, provenance
 from imnet64.cluster.machine import machine_line
 from imnet64.errors import UserError
+from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import MANIFEST_NAME
 from imnet64.progress import LogFn
 from imnet64.train.config import TrainConfig
@@ -192,7 +193,8 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     summary["stage_seconds"] = clock.stage_seconds
     summary["seconds"] = clock.total()
     # code, host, job, and the teacher (with its weights' sha256) the labels came from
-    summary[provenance.KEY] = provenance.collect(**provenance.teacher_fields(manifest))
+    teacher = provenance_schema.teacher_fields(manifest)
+    summary[provenance_schema.KEY] = provenance.collect(**teacher)
     atomic.write_json(paths.work / SUMMARY, summary)
     return summary
 
@@ -235,9 +237,9 @@ def _images(cfg: DemoConfig, paths: _Paths, log: LogFn) -> None:
 
 def _label(cfg: DemoConfig, paths: _Paths, teacher_spec: str, log: LogFn, clock: _Clock):
     """Every label shard, the teacher loaded once for all that have work; their status."""
+    from imnet64.formats.label_status import label_status
     from imnet64.label import run as label
     from imnet64.label.options import LabelOptions
-    from imnet64.label.status import label_status
 
     log(f"3/7 label: {cfg.shards} shards with the teacher")
     paths.labels.mkdir(parents=True, exist_ok=True)
