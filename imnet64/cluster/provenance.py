@@ -19,21 +19,6 @@ from typing import Any
 import imnet64
 from imnet64.cluster.environment import IMAGE_ID_VAR, Environment, with_variables
 
-# Until every caller imports the block's schema from imnet64.formats.provenance (issue 14),
-# it is re-exported here; this is the one import of formats by cluster and goes with them.
-from imnet64.formats.provenance import (  # noqa: F401
-    FIELDS,
-    KEY,
-    RUN_FIELDS,
-    STABLE_FIELDS,
-    TEACHER_FIELDS,
-    lines,
-    merge,
-    run_part,
-    stable,
-    teacher_fields,
-)
-
 IMAGE_ID_ENV = IMAGE_ID_VAR
 GIT_TIMEOUT_S = 5.0
 CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout root when run from one
