@@ -28,6 +28,7 @@ BENCHES = {
     "memory": ["bench/memory.py"],
     "onednn": ["bench/onednn.py"],
     "distill": ["bench/distill.py"],
+    "engines": ["bench/engines.py"],
 }
 
 
@@ -69,6 +70,8 @@ HEADLINES = [
        ("distill", f"targets.{t}.heldout_kl", f"`train --targets {t}`: held-out KL", ""),
        ("distill", f"targets.{t}.images_per_s", f"`train --targets {t}`: train images/s", ""))
       [i] for t in ("hard", "soft", "online") for i in range(3)),
+    ("engines", "tf_over_horovod",
+     "`train --np 2 --engine tf` / `--engine horovod` (images/s, median round)", ""),
 ]
 
 
