@@ -7,12 +7,18 @@ without hiding real errors too. They come from C++ writing to file descriptor 2,
 `sys.stderr` cannot catch them either: while TensorFlow's top-level module executes, fd 2
 goes to a temporary file; afterwards every line but those known ones is written back.
 
+TensorFlow >= 2.19 logs through absl before TF_CPP_MIN_LOG_LEVEL applies, so two INFO
+lines that TF 2.18 hides at imnet64's level 2 come through there: "oneDNN custom operations
+are on ..." is dropped too (whether oneDNN ran is in imnet64.cluster.machine's line), and
+"Could not find cuda drivers on your machine ..." is treated like cuInit's line below.
+
 A machine without an NVIDIA device adds one more at the first device use, not at import:
 "failed call to cuInit: ... UNKNOWN ERROR (303)". There, still inside the filter, the import
-lists the physical devices (which starts the CUDA platform and prints it) and drops it too.
-With an NVIDIA device present that line is a real diagnosis and stays, and CUDA is left to
-start when TensorFlow first needs it (a CUDA context made before a fork is unusable in the
-child). Set IMNET64_TF_STARTUP_LOGS=1 to keep everything.
+lists the physical devices (which starts the CUDA platform and prints it) and drops it too,
+with the "no cuda drivers" line. With an NVIDIA device present those lines are a real
+diagnosis and stay, and CUDA is left to start when TensorFlow first needs it (a CUDA context
+made before a fork is unusable in the child). Set IMNET64_TF_STARTUP_LOGS=1 to keep
+everything.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ BENIGN = re.compile(
     r"plugin cu\w+ when one has already been registered"
     r"|^WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
     r"STDERR$"
+    r"|\] oneDNN custom operations are on\. "
 )
 # Only dropped where no NVIDIA device exists (see the module's docstring).
-CUINIT_WITHOUT_GPU = re.compile(r"failed call to cuInit")
+CUINIT_WITHOUT_GPU = re.compile(
+    r"failed call to cuInit|Could not find cuda drivers on your machine, GPU will not be used")
 
 
 def nvidia_device_present(dev: Path = Path("/dev")) -> bool:

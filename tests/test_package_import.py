@@ -37,9 +37,12 @@ def test_import_selects_keras_2_and_drops_only_the_plugin_lines():
     assert not any(BENIGN.search(line) for line in quiet.stderr.splitlines()), quiet.stderr
     if TF_VERSION < (2, 21):  # the stack Horovod pins: the plugins register twice
         assert "Unable to register cuDNN factory" in loud.stderr
+    # INFO lines TF >= 2.19 prints before TF_CPP_MIN_LOG_LEVEL applies (TF 2.18 hides them)
+    assert "oneDNN custom operations are on" not in quiet.stderr, quiet.stderr
     if NO_GPU:  # no NVIDIA device here: CUDA's failed start-up is noise, not a diagnosis
         assert "failed call to cuInit" in loud.stderr
         assert "cuInit" not in quiet.stderr, quiet.stderr
+        assert "Could not find cuda drivers" not in quiet.stderr, quiet.stderr
 
 
 ONEDNN = ("import os, imnet64, tensorflow as tf; "
