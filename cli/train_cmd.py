@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from imnet64.cluster.engines import ENGINES
 from imnet64.errors import UserError
-from imnet64.train.config import ENGINES, PRECISIONS, TARGETS, TrainConfig
+from imnet64.train.config import PRECISIONS, TARGETS, TrainConfig
 from imnet64.train.model_config import ARCHS
 
 import click
@@ -124,8 +125,8 @@ def model_options(f):
 @click.option("--log-every", default=DEFAULTS.log_every, show_default=True,
               help="Seconds between progress lines.")
 @click.option("--np", "np_", default=None,
-              help="Start N Horovod ranks on this machine ('auto': one per GPU) when not "
-                   "already under horovodrun/mpirun/srun.")
+              help="Start N ranks of --engine on this machine ('auto': one per GPU) when "
+                   "not already under horovodrun/mpirun/srun.")
 @click.option("--dump-weights", default=DEFAULTS.dump_weights, hidden=True,
               help="Write each rank's final weights to this path ({rank} is replaced).")
 @click.pass_context

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from imnet64.cluster.engines import ENGINES
 from imnet64.formats.image64 import SIZE
 from imnet64.train.model_config import ModelConfig
 from imnet64.train.schedule import Schedule
-
-# --engine: who runs the collectives between ranks (imnet64.cluster.world.init_world)
-ENGINES = ("horovod", "tf")
 
 # --targets: what the student learns from (imnet64.train.targets says what each one is)
 TARGETS = ("hard", "soft", "online")
