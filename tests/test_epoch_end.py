@@ -13,6 +13,8 @@ import pytest
 from tiny_dataset import build_tiny_dataset
 from train_helpers import TINY, cli, history, run
 
+ENGINES = [pytest.param("horovod", marks=pytest.mark.requires_horovod), "tf"]
+
 
 def _records(n: int) -> list[EpochRecord]:
     return [EpochRecord(epoch=e, loss=1 / e, accuracy=0.5, val_loss=1.2 / e, val_accuracy=0.4,
@@ -38,11 +40,13 @@ def test_curves_are_drawn_in_the_background_and_finished_on_close(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_log_and_record_their_wait_for_rank_0(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_ranks_log_and_record_their_wait_for_rank_0(engine, tmp_path):
     dataset = build_tiny_dataset(tmp_path / "data", per_class=40)
     run_dir = tmp_path / "run"
     result = run(cli("train", dataset, run_dir, *TINY, "--epochs", 3, "--warmup-epochs", 1,
-                     "--steps-per-epoch", 8, "--log-every", 0, "--np", 2), timeout=900)
+                     "--steps-per-epoch", 8, "--log-every", 0, "--np", 2, "--engine", engine),
+                 timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
     rows = history(run_dir)
     waits = [row["rank0_wait_s"] for row in rows]

@@ -1,23 +1,19 @@
 """End to end: `imnet64 train` as real processes on real (tiny) records.
 
-- 2 Horovod ranks (horovodrun --gloo) train: loss goes down, equal final weights, only rank 0
-  writes (each rank runs in its own folder with a relative RUN_DIR, as on nodes without a
-  shared filesystem: rank 1's RUN_DIR must stay absent).
 - SIGKILL after epoch 1, restart: resumes at epoch 2, step 0, with the reference run's LR,
   and ends with bit-identical weights and history to an uninterrupted run (--no-shuffle).
 - A signal mid-epoch: checkpoint + exit 75; the restart continues at that step, same result.
-- `--np 2` self-launch: a signal to the launching process stops both ranks at the same step
-  (stop file), exit 75; the rerun finishes with equal weights on both ranks.
 - `--arch residual` trains, resumes after a preemption, evaluates and exports.
+
+2 ranks of each engine (equal weights, rank-0-only writes, `--np 2` stop and resume):
+tests/test_engines.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
 import signal
-import sys
 from pathlib import Path
 
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE
@@ -132,60 +128,6 @@ def test_signal_mid_epoch_checkpoints_exits_75_and_the_rerun_continues(
             assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-9), (g["epoch"], key)
     assert_same_weights(dump, ref_weights)
     assert status(run_dir)["state"] == "finished"
-
-
-def _horovodrun() -> str:
-    return str(Path(sys.executable).with_name("horovodrun"))
-
-
-def test_two_horovod_ranks_train_agree_and_only_rank_0_writes(dataset, tmp_path):
-    """horovodrun -np 2 --gloo on CPU, 2 epochs, shuffled, LR scaled by 2."""
-    inner = " ".join(shlex.quote(str(a)) for a in cli(
-        "train", dataset, "run", *TINY, "--epochs", 2, "--warmup-epochs", 1, "--log-every", 0,
-        "--dump-weights", tmp_path / "weights-{rank}.npz"))
-    # each rank in its own folder: a relative RUN_DIR lands in rank0/ or rank1/
-    script = f"mkdir -p rank$HOROVOD_RANK && cd rank$HOROVOD_RANK && exec {inner}"
-    result = run([_horovodrun(), "--gloo", "-np", "2", "-H", "localhost:2", "sh", "-c", script],
-                 cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:]
-    run0, run1 = tmp_path / "rank0" / "run", tmp_path / "rank1" / "run"
-    assert (tmp_path / "rank1").is_dir()  # rank 1 did run there ...
-    assert not run1.exists()  # ... and wrote nothing of the run
-    config = json.loads((run0 / "config.json").read_text())
-    assert config["world_size"] == 2 and config["global_batch_size"] == 32
-    # 180 train examples in 2 shards of 90, one per rank: 90 // 16 = 5 steps
-    assert config["steps_per_epoch"] == 5
-    hist = history(run0)
-    assert [h["epoch"] for h in hist] == [1, 2]
-    assert hist[1]["loss"] < hist[0]["loss"]
-    # the LR scales with the 2 workers: lr_max x 2 after the warmup epoch, then the one
-    # epoch after warmup decays to lr_final x 2
-    assert [h["lr"] for h in hist] == pytest.approx([2 * 0.01, 2 * 0.01 * 0.01], rel=1e-9)
-    assert_same_weights(tmp_path / "weights-0.npz", tmp_path / "weights-1.npz")
-    assert list((run0 / "checkpoints").glob("ckpt-10.index"))
-
-
-def test_np_2_self_launch_stops_both_ranks_on_a_signal_and_resumes(dataset, tmp_path):
-    run_dir = tmp_path / "run"
-    args = cli("train", dataset, run_dir, *TINY, "--epochs", 3, "--warmup-epochs", 1,
-               "--steps-per-epoch", 15, "--log-every", 0, "--np", 2,
-               "--dump-weights", tmp_path / "weights-{rank}.npz")
-    code, out = run_until(args, lambda line: "epoch 1/3 step 3/15" in line,
-                          lambda proc: proc.send_signal(signal.SIGUSR1))
-    assert code == REQUEUE_EXIT_CODE, out[-4000:]
-    st = status(run_dir)
-    assert st["state"] == "preempted" and st["epoch"] == 0 and 3 <= st["step_in_epoch"] < 15
-    assert "stop requested (stop file" in out
-    assert not (run_dir / "stop-request").exists()  # consumed
-    # both ranks stopped after the same step with the same weights
-    assert_same_weights(tmp_path / "weights-0.npz", tmp_path / "weights-1.npz")
-
-    again = run(args)
-    assert again.returncode == 0, again.stdout[-4000:]
-    assert f"epoch 1: resuming at step {st['step_in_epoch']}/15" in again.stdout
-    assert [h["epoch"] for h in history(run_dir)] == [1, 2, 3]
-    assert status(run_dir)["global_step"] == 45
-    assert_same_weights(tmp_path / "weights-0.npz", tmp_path / "weights-1.npz")
 
 
 def test_residual_trains_resumes_evaluates_and_exports(dataset, tmp_path):

@@ -83,18 +83,6 @@ def test_resolve_np(monkeypatch):
             launch.resolve_np(bad)
 
 
-def test_self_launch_only_outside_a_launcher(monkeypatch):
-    for key in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_NTASKS"):
-        monkeypatch.delenv(key, raising=False)
-    assert launch.should_self_launch(2) and not launch.should_self_launch(1)
-    monkeypatch.setenv("HOROVOD_RANK", "0")
-    assert not launch.should_self_launch(2)
-    cmd = launch.horovodrun_command(2, ["data", "run", "--epochs", "3"])
-    assert cmd[:3] == [sys.executable, "-m", "imnet64.cluster.horovodrun"]  # horovodrun, filtered
-    assert cmd[3:8] == ["--gloo", "-np", "2", "-H", "localhost:2"]
-    assert cmd[-6:] == ["imnet64_cli.main", "train", "data", "run", "--epochs", "3"]
-
-
 def test_ranks_get_the_same_options_back():
     from imnet64_cli.train_cmd import train, train_config
 

@@ -334,40 +334,6 @@ def test_sigterm_and_sigint_checkpoint_and_say_stopped(dataset, tmp_path, sig):
     assert Path(st["checkpoint"] + ".index").is_file()
 
 
-def test_np_launcher_signalled_before_starting_the_ranks_starts_nothing(tmp_path):
-    from imnet64.cluster import launch
-    from imnet64.cluster.preemption import StopRequest, stop_signals
-
-    with StopRequest(stop_signals(signal.SIGUSR1)) as stop:
-        os.kill(os.getpid(), signal.SIGUSR1)
-        code = launch.run_ranks(2, ["data", str(tmp_path / "run")], tmp_path / "run", stop)
-    assert code == REQUEUE_EXIT_CODE
-    assert not (tmp_path / "run").exists()  # nothing started, nothing written
-
-
-@pytest.mark.slow
-def test_np_2_signalled_during_startup_exits_75_and_the_rerun_trains(dataset, tmp_path):
-    run_dir = tmp_path / "run"
-    args = cli("train", dataset, run_dir, *TINY, "--epochs", 2, "--warmup-epochs", 1,
-               "--steps-per-epoch", 4, "--log-every", 0, "--np", 2)
-    proc = subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        time.sleep(3)  # horovodrun has started the ranks; they are importing TensorFlow
-        os.kill(proc.pid, signal.SIGUSR1)
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == REQUEUE_EXIT_CODE, out[-4000:]
-    assert "done:" not in out
-    if (run_dir / "status.json").exists():
-        assert status(run_dir)["state"] != "finished"
-    again = run(args)
-    assert again.returncode == 0, again.stdout[-4000:]
-    assert [h["epoch"] for h in history(run_dir)] == [1, 2]
-
-
 def test_a_crash_is_recorded_as_failed_with_its_reason(dataset, tmp_path):
     from imnet64.train.loop import train
 
