@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from imnet64.cluster.engines import ENGINE_NAMES
 from imnet64.errors import UserError
 from imnet64.pipeline.demo import DemoConfig
 
@@ -43,7 +44,8 @@ def _print_summary(s: dict) -> None:
             "image to training)")
     rates = ", ".join(f"{k} {v if v is not None else 'reused'}"
                       for k, v in s["images_per_second"].items())
-    out(f"  images/s per stage: {rates}   (train on {s['ranks']} Horovod rank(s))")
+    out(f"  images/s per stage: {rates}   "
+        f"(train on {s['ranks']} {ENGINE_NAMES[s['engine']]} rank(s))")
     stages = ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())
     out(f"  wall time: {s['seconds']:.1f} s (per stage, s: {stages})")
     out(f"  machine: {s['machine']}")
@@ -64,7 +66,8 @@ def _print_summary(s: dict) -> None:
               help="Keep the K most frequent teacher classes for training.")
 @click.option("--epochs", default=_DEFAULTS.epochs, show_default=True, help="Training epochs.")
 @click.option("--ranks", default=_DEFAULTS.ranks, show_default=True,
-              help="Horovod ranks for training (1 when horovodrun is missing).")
+              help="Ranks for training: Horovod's, or tf.distribute's when horovodrun is "
+                   "missing.")
 @click.option("--quick", is_flag=True,
               help="A short setting (800 images, 5 classes, 16 epochs, a narrower encoder) for "
                    "smoke tests.")
@@ -72,7 +75,8 @@ def _print_summary(s: dict) -> None:
 def demo(workdir, images, shards, classes, epochs, ranks, quick, as_json) -> None:
     """Run the whole mission on this machine with no internet and no GPU: build the offline
     teacher, cut real 64x64 photos (plus a few broken files), label them in SHARDS shards,
-    write TFRecord shards, train the encoder with Horovod, evaluate and export it.
+    write TFRecord shards, train the encoder with Horovod (tf.distribute without it),
+    evaluate and export it.
     """
     from imnet64.pipeline.demo import run_demo
 

@@ -1,7 +1,8 @@
 """The demo end to end on a small setting: real photos, the real offline teacher, label in
-2 shards, shard-records, Horovod training on 2 ranks, evaluate, export. Everything the run
-writes to file descriptors 1 and 2 (this process, horovodrun and the ranks) is kept, to check
-that TensorFlow's CUDA start-up lines stay out of it."""
+2 shards, shard-records, training on 2 ranks (Horovod's, or tf.distribute's on a stack
+without it), evaluate, export. Everything the run writes to file descriptors 1 and 2 (this
+process, horovodrun and the ranks) is kept, to check that TensorFlow's CUDA start-up lines
+stay out of it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from imnet64.cluster.machine import describe
-from imnet64.pipeline.demo import DemoConfig, run_demo
+from imnet64.pipeline.demo import DemoConfig, run_demo, training_engine
 
 import pytest
 
@@ -22,6 +23,10 @@ pytestmark = pytest.mark.slow
 
 OUTPUT = "demo-output.txt"  # in the demo's workdir: all it printed, ranks included
 NO_GPU = not any(Path("/dev").glob("nvidia[0-9]*"))
+# what shows that the ranks' own output is in there: horovodrun prefixes every rank's line;
+# tf ranks write theirs as they are (rank 0 logs the last epoch)
+RANK_OUTPUT = {"horovod": lambda epochs: "[0]<stderr>:",
+               "tf": lambda epochs: f"epoch {epochs}/{epochs} done: loss"}
 
 
 @contextlib.contextmanager
@@ -63,14 +68,15 @@ def test_demo_counts_add_up(small_demo):
     assert s["after_filters"] + sum(s["dropped_by_filters"].values()) == s["labeled"]
     assert len(s["classes_kept"]) == cfg.classes
     assert s["ranks"] == 2
+    assert s["engine"] == training_engine()  # horovod where horovodrun is, else tf
 
 
 def test_demo_output_has_no_tensorflow_cuda_start_up_lines(small_demo):
     """Neither horovodrun's own TensorFlow import (its build check) nor the 2 ranks print
     TensorFlow's CUDA-plugin lines; without an NVIDIA device, nor CUDA's failed cuInit."""
-    cfg, _ = small_demo
+    cfg, s = small_demo
     out = (Path(cfg.workdir) / OUTPUT).read_text(errors="replace")
-    assert "[0]<stderr>:" in out  # the ranks' output is in there (rank 0 logs training)
+    assert RANK_OUTPUT[s["engine"]](cfg.epochs) in out  # the ranks' output is in there
     noise = ["Unable to register cu", "absl::InitializeLog", "oneDNN custom operations are on"]
     if NO_GPU:
         noise += ["failed call to cuInit", "Could not find cuda drivers"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 from imnet64.errors import UserError
 
 ENGINES = ("horovod", "tf")
+# how summaries and logs name them
+ENGINE_NAMES = {"horovod": "Horovod", "tf": "tf.distribute"}
 
 
 def check_engine(option: str, value: str) -> str:

@@ -2,7 +2,8 @@
 
 Stages (each reuses its finished output on a re-run, like the real pipeline):
 offline teacher -> sample images (+ a few broken files) -> label (N shards) ->
-shard-records -> train (Horovod ranks when horovodrun is there) -> evaluate -> export.
+shard-records -> train (Horovod ranks when horovodrun is there, else tf.distribute's) ->
+evaluate -> export.
 Evaluate also measures the student against the teacher on held-out photos: crops of
 photos that gave no image to training (sample_images.HELDOUT_PHOTOS; the val split's crops
 come from the same photos as the training crops, so they read high).
@@ -17,12 +18,13 @@ import collections
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic
 from imnet64.cluster import launch, provenance
+from imnet64.cluster.engines import ENGINE_NAMES
 from imnet64.cluster.machine import machine_line
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
@@ -49,7 +51,7 @@ class DemoConfig:
     warmup_epochs: float = 2.0
     batch_size: int = 16
     lr_max: float = 2e-3
-    ranks: int = 2  # Horovod ranks when horovodrun is available
+    ranks: int = 2  # of training_engine()
     widths: tuple[int, ...] = (32, 64, 128)
     repeats: tuple[int, ...] = (2, 2, 2)
     teacher: str = "offline"
@@ -101,6 +103,12 @@ def write_broken_files(folder: Path) -> list[Path]:
         link.symlink_to("does-not-exist.png")
     made.append(link)
     return made
+
+
+def training_engine() -> str:
+    """Horovod when horovodrun is there, else TensorFlow's own tf.distribute: a stack without
+    Horovod still trains on several ranks."""
+    return "horovod" if launch.find_horovodrun() else "tf"
 
 
 def _train_finished(run_dir: Path, epochs: int) -> bool:
@@ -177,7 +185,8 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     clock.done("label")
     manifest = _shard_records(cfg, paths, log, clock)
     clock.done("shard-records")
-    ranks = _train(cfg, paths, log, clock)
+    engine = training_engine()
+    ranks = _train(cfg, paths, engine, log, clock)
     clock.done("train")
     evaluation = _evaluate(paths, log, clock)
     heldout = _heldout(cfg, paths, teacher_spec, log)
@@ -186,6 +195,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     clock.done("export")
 
     summary = _summarise(cfg, status, manifest, evaluation, clock.rates, paths, ranks)
+    summary["engine"] = engine
     summary["heldout"] = heldout
     summary["student_teacher_agreement_heldout"] = heldout["agreement"]
     # asked now: TensorFlow is loaded and says itself whether its oneDNN kernels ran
@@ -277,15 +287,15 @@ def _shard_records(cfg: DemoConfig, paths: _Paths, log: LogFn, clock: _Clock) ->
     return manifest
 
 
-def _train(cfg: DemoConfig, paths: _Paths, log: LogFn, clock: _Clock) -> int:
-    """Train (or resume, or reuse) the run, on Horovod ranks when horovodrun is there, as
-    `imnet64 train --np` would; returns the number of ranks."""
+def _train(cfg: DemoConfig, paths: _Paths, engine: str, log: LogFn, clock: _Clock) -> int:
+    """Train (or resume, or reuse) the run on ranks of `engine`, as `imnet64 train --np
+    --engine` would; returns the number of ranks."""
     from imnet64.train.start import ranks_to_start, start_ranks
 
-    train_cfg = cfg.train_config(paths.dataset, paths.run_dir)
-    launched = ranks_to_start(cfg.ranks if launch.find_horovodrun() else 1)
+    train_cfg = replace(cfg.train_config(paths.dataset, paths.run_dir), engine=engine)
+    launched = ranks_to_start(cfg.ranks)
     ranks = launched or 1
-    log(f"5/7 train: {cfg.epochs} epochs on {ranks} Horovod rank(s)")
+    log(f"5/7 train: {cfg.epochs} epochs on {ranks} {ENGINE_NAMES[engine]} rank(s)")
     if not _train_finished(paths.run_dir, cfg.epochs):
         if launched:
             code = start_ranks(train_cfg, launched, [signal.SIGUSR1])
