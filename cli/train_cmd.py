@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from imnet64.cluster.engines import ENGINES
+from imnet64.cluster.engines import ENGINES, importable_engines
 from imnet64.errors import UserError
 from imnet64.train.config import PRECISIONS, TARGETS, TrainConfig
 from imnet64.train.model_config import ARCHS
@@ -88,7 +88,8 @@ def model_options(f):
               show_default=True, help="Mixed precision policy (fp16 uses loss scaling).")
 @click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True,
               help="Who runs the collectives between ranks: Horovod, or TensorFlow's own "
-                   "tf.distribute (MultiWorkerMirroredStrategy; no Horovod needed).")
+                   "tf.distribute (MultiWorkerMirroredStrategy; no Horovod needed). Installed "
+                   f"here: {', '.join(importable_engines())}; the default is the first.")
 @click.option("--xla", is_flag=True, help="Compile the forward/backward step with XLA.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True,
               help="Initial weights and data order.")

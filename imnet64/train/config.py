@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from imnet64.cluster.engines import ENGINES
+from imnet64.cluster.engines import importable_engines
 from imnet64.formats.image64 import SIZE
 from imnet64.train.model_config import ModelConfig
 from imnet64.train.schedule import Schedule
@@ -44,7 +44,8 @@ class TrainConfig:
     lr_scaling: bool = True
     steps_per_epoch: int | None = None  # default: one pass over the train split
     precision: str = "fp32"
-    engine: str = ENGINES[0]
+    # horovod where it is installed (the pinned stack), else tf (the current stack)
+    engine: str = importable_engines()[0]
     xla: bool = False
     seed: int = 0
     targets: str = TARGETS[0]
