@@ -168,25 +168,27 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
     return int(value) if re.fullmatch(r"-?[0-9]+", value) else None
 
 
+def _bracket_choices(group: str) -> list[str]:
+    """"[1-2,05]" -> 1 2 05 (a range keeps the zero padding of its first number)."""
+    choices = []
+    for rng in group[1:-1].split(","):
+        lo, _, hi = rng.partition("-")
+        if hi and lo.isdigit() and hi.isdigit():
+            choices += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+        else:
+            choices.append(rng)
+    return choices
+
+
 def expand_hostlist(text: str) -> list[str]:
     """Slurm's compressed host list -> names: "node[1-2,05],login" -> node1 node2 node05
     login (zero padding kept; several bracket groups in one name multiply)."""
     names: list[str] = []
     for item in re.findall(r"(?:[^,\[]+|\[[^\]]*\])+", text or ""):
-        parts = re.split(r"(\[[^\]]*\])", item)
         expanded = [""]
-        for part in parts:
-            if part.startswith("["):
-                choices = []
-                for rng in part[1:-1].split(","):
-                    lo, _, hi = rng.partition("-")
-                    if hi and lo.isdigit() and hi.isdigit():
-                        choices += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
-                    else:
-                        choices.append(rng)
-                expanded = [e + c for e in expanded for c in choices]
-            else:
-                expanded = [e + part for e in expanded]
+        for part in re.split(r"(\[[^\]]*\])", item):
+            choices = _bracket_choices(part) if part.startswith("[") else [part]
+            expanded = [e + c for e in expanded for c in choices]
         names += [n for n in expanded if n]
     return names
 
