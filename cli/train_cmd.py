@@ -97,7 +97,9 @@ def model_options(f):
               show_default=True,
               help="What the student learns: the teacher's top-1 (hard), its stored top-k "
                    "probabilities on the kept classes (soft), or the frozen teacher run on the "
-                   "very batch the student sees (online: KL, slower; see docs/training.md).")
+                   "very batch the student sees (online: KL, slower). Measured in "
+                   "docs/training.md; records without teacher probabilities give one-hot "
+                   "targets.")
 @click.option("--temperature", default=DEFAULTS.temperature, show_default=True,
               help="Softmax temperature of the soft/online targets and the student (the loss "
                    "is scaled by T^2).")

@@ -30,10 +30,10 @@ def _with_a_slow_stage(monkeypatch) -> None:
     epoch_batches = _Trainer.epoch_batches
 
     def slow(self, epoch, skip):
-        def nap(images, labels):
+        def nap(*batch):  # (images, labels) or, with soft targets, also their mass
             slept = tf.py_function(lambda: time.sleep(NAP) or 0, [], tf.int32)
             with tf.control_dependencies([slept]):
-                return tf.identity(images), tf.identity(labels)
+                return tuple(tf.identity(t) for t in batch)
 
         return epoch_batches(self, epoch, skip).map(nap)
 
