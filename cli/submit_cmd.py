@@ -87,6 +87,14 @@ def submit() -> None:
 
 
 def label_options(f):
+    f = click.option("--mem-per-task", default=None, metavar="SIZE",
+                     help="Memory of each label task, e.g. 8G [the template's: 3G, from the "
+                          "measured 1.86 GB peak; see slurm/label.sh].")(f)
+    f = click.option("--cpus-per-task", type=COUNT, default=None, metavar="N",
+                     help="CPUs of each label task [the template's: 2, as measured].")(f)
+    f = click.option("--gpus-per-task", type=COUNT, default=None, metavar="N",
+                     help="GPUs of each label task for the teacher [none: CPU partitions "
+                          "refuse any GPU request].")(f)
     f = click.option("--label-args", default=None, metavar="ARGS",
                      help='More `imnet64 label` options, e.g. "--batch-size 128".')(f)
     f = click.option("--teacher", default=None,
@@ -105,7 +113,9 @@ def label_options(f):
 def _label_settings(kw: dict) -> LabelSettings:
     return LabelSettings(input_path=kw["input_path"], label_dir=kw["label_dir"],
                          teacher=kw["teacher"], shards=kw["shards"],
-                         max_parallel=kw["max_parallel"], args=kw["label_args"])
+                         max_parallel=kw["max_parallel"], args=kw["label_args"],
+                         gpus_per_task=kw["gpus_per_task"], cpus_per_task=kw["cpus_per_task"],
+                         mem_per_task=kw["mem_per_task"])
 
 
 @submit.command("label")
@@ -161,8 +171,11 @@ def train_options(f):
                      help="Signal passed to the ranks to checkpoint [USR1; NCCL users: USR2].")(f)
     f = click.option("--gpus-per-node", type=COUNT, default=None,
                      help="GPUs per node, 0 for none [1].")(f)
+    f = click.option("--allow-gpu-mismatch", is_flag=True,
+                     help="Accept --ntasks-per-node other than --gpus-per-node (idle or "
+                          "shared GPUs).")(f)
     f = click.option("--ntasks-per-node", type=COUNT, default=None,
-                     help="Ranks per node: one per GPU [1].")(f)
+                     help="Ranks per node [one per GPU: --gpus-per-node's].")(f)
     f = click.option("--nodes", "-N", type=COUNT, default=None, help="Nodes [1].")(f)
     f = click.option("--run-dir", default=None, metavar="DIR",
                      help="Run folder; an existing one resumes [WORK/runs/<name>-<job id>].")(f)
@@ -174,7 +187,8 @@ def _train_settings(kw: dict) -> TrainSettings:
                          ntasks_per_node=kw["ntasks_per_node"],
                          gpus_per_node=kw["gpus_per_node"], signal=kw["signal"],
                          signal_time=kw["signal_time"], args=kw["train_args"],
-                         max_restarts=kw["max_restarts"], engine=kw["engine"])
+                         max_restarts=kw["max_restarts"], engine=kw["engine"],
+                         allow_gpu_mismatch=kw["allow_gpu_mismatch"])
 
 
 @submit.command("train")

@@ -28,12 +28,21 @@
 #                       else `imnet64` on PATH, else $SLURM_SUBMIT_DIR/.venv/bin/imnet64,
 #                       else $SLURM_SUBMIT_DIR/imnet64.sif with Apptainer.
 #
+# Resources per task (`imnet64 submit label --cpus-per-task N --mem-per-task SIZE
+# --gpus-per-task N`): 2 CPUs and 3G by default, from bench/results.md (MobileNet V2
+# labeling on a 2-core AMD EPYC): 262 images/s on 2 CPUs, and a peak RSS of 1,858 MB that
+# stays flat from 1,000 to 20,000 files per shard; 3G leaves ~60% for a larger --batch-size
+# or the TF Hub teacher's graph. No GPU by default (a CPU partition refuses any GPU
+# request); with one, the teacher's forward pass (the ceiling on CPU) moves to it.
+#
 # Logs: one per task, <job name>-<array job id>_<task id>.log in the submit folder,
 # appended to when Slurm requeues the task (node failure, `scontrol requeue A_T`); each
 # line names the task as <array job id>_<task id> (never the whole array) and its restart.
 #SBATCH --job-name=imnet64-label
 #SBATCH --array=0-7
 #SBATCH --ntasks=1
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=3G
 #SBATCH --time=04:00:00
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%A_%a.log

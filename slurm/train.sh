@@ -84,6 +84,11 @@ restart=${SLURM_RESTART_COUNT:-0}
 job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}
 job=${job:-${SLURM_JOB_ID:-?}}
 engine=${IMNET64_ENGINE:-horovod}
+# compared with `[ -ge ]` after the run: a value bash cannot compare would requeue for ever
+case $max_restarts in
+  ''|*[!0-9]*) die "IMNET64_MAX_RESTARTS=$max_restarts: a whole number of 0 or more" ;;
+esac
+[ "${#max_restarts}" -le 18 ] || die "IMNET64_MAX_RESTARTS=$max_restarts: at most 18 digits"
 resolve_imnet64
 read -r -a extra <<<"${IMNET64_TRAIN_ARGS:-}"
 

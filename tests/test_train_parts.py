@@ -191,3 +191,18 @@ def test_a_dataset_without_val_split_trains_and_exports(dataset, tmp_path):
     assert not (run_dir / "checkpoints" / "best").exists()
     exported = export_run(run_dir, tmp_path / "model")  # falls back to the latest checkpoint
     assert exported.checkpoint.endswith("ckpt-4") and exported.max_abs_diff <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["KILL", "SIGSTOP", str(int(signal.SIGKILL))])
+def test_an_uncatchable_signal_is_a_one_line_error(name, tmp_path):
+    """KILL and STOP cannot be caught: `train --signal KILL` ended in a traceback (OSError:
+    Invalid argument) when it installed its handler (issue 24)."""
+    with pytest.raises(UserError, match="cannot be caught"):
+        parse_signal(name)
+    done = subprocess.run([sys.executable, "-m", "imnet64_cli.main", "train", str(tmp_path),
+                           str(tmp_path / "run"), "--signal", name],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("error: --signal: SIG") and done.stderr.count("\n") == 1, \
+        done.stderr
+    assert not (tmp_path / "run").exists()

@@ -42,15 +42,31 @@ STARTED_ENV = STARTED_AT_VAR
 STALE_MARGIN_S = 1.0
 
 
+# SIGKILL and SIGSTOP cannot be caught, blocked or ignored (signal(7)): no rank could
+# checkpoint on them, and Python refuses a handler for them (OSError: Invalid argument).
+UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
+
+
 def parse_signal(name: str | int) -> signal.Signals:
-    """"USR1", "SIGUSR1", "usr1" or "10" -> signal.SIGUSR1."""
+    """"USR1", "SIGUSR1", "usr1" or "10" -> signal.SIGUSR1 (never KILL or STOP)."""
     text = str(name).strip().upper()
     try:
         if text.isdigit():
-            return signal.Signals(int(text))
-        return signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
+            sig = signal.Signals(int(text))
+        else:
+            sig = signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
     except (KeyError, ValueError) as e:
         raise UserError(f"unknown signal {name!r} (e.g. USR1, USR2, TERM)") from e
+    return check_catchable(sig)
+
+
+def check_catchable(sig: signal.Signals) -> signal.Signals:
+    """`sig` unless it is one no process can catch."""
+    if sig in UNCATCHABLE:
+        raise UserError(f"{sig.name} cannot be caught (the kernel ends or stops the process "
+                        "without telling it, so nothing could checkpoint): choose USR1, USR2 "
+                        "or TERM")
+    return sig
 
 
 def stop_signals(requeue: signal.Signals) -> list[signal.Signals]:

@@ -22,16 +22,20 @@ import shutil
 import subprocess
 import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from imnet64 import atomic
+from imnet64.cluster import job_consistency
 from imnet64.cluster.engines import check_engine
 from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
 
 STAGES = ("label", "shard", "train")
+# the largest --max-restarts train.sh can compare: bash's integers are signed 64-bit ones
+MAX_RESTARTS_LIMIT = 2**63 - 1
 TEMPLATE_FILES = {"label": "label.sh", "shard": "shard.sh", "train": "train.sh"}
 # Per-task log names: an array job has one log per task; train's log spans requeues.
 LOG_PATTERNS = {"label": "%x-%A_%a.log", "shard": "%x-%j.log", "train": "%x-%j.log"}
@@ -142,11 +146,20 @@ def check_job_name(option: str, value: str) -> str:
 
 
 def check_signal_spec(option: str, value: str) -> str:
-    """sbatch --signal: [{R|B}:]<sig_num|name>[@sig_time]."""
-    return _check_grammar(option, value,
-                          re.compile(r"(?:[RB]{1,2}:)?(?:[0-9]+|(?:SIG)?[A-Z][A-Z0-9]*)"
-                                     r"(?:@[0-9]+)?", re.IGNORECASE),
-                          "expected [B:]SIGNAL[@SECONDS], e.g. B:USR1@120")
+    """sbatch --signal: [{R|B}:]<sig_num|name>[@sig_time], of a signal that can be caught."""
+    _check_grammar(option, value,
+                   re.compile(r"(?:[RB]{1,2}:)?(?:[0-9]+|(?:SIG)?[A-Z][A-Z0-9]*)"
+                              r"(?:@[0-9]+)?", re.IGNORECASE),
+                   "expected [B:]SIGNAL[@SECONDS], e.g. B:USR1@120")
+    sig = job_consistency.signal_spec_signal(value)
+    if sig is not None:
+        from imnet64.cluster.preemption import check_catchable
+
+        try:
+            check_catchable(sig)
+        except UserError as e:
+            raise UserError(f"{option} {value!r}: {e}") from None
+    return value
 
 
 # sbatch options whose values have a grammar of their own (also via --sbatch-arg)
@@ -245,15 +258,20 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)  # "IMNET64_INPUT" -> "/data"
     template: str | None = None
     log_dir: str | None = None  # the folder of --output, made before submitting
+    # checks of the rendered script as a whole (values that contradict each other)
+    checks: list[Callable[[str], None]] = field(default_factory=list)
 
     def render(self) -> str:
         text = template_text(self.stage, self.template)
         try:
-            return render(text, self.sbatch, self.env)
+            script = render(text, self.sbatch, self.env)
         except TemplateError as e:
             if self.template:
                 raise TemplateError(f"--template {os.fspath(self.template)!r}: {e}") from None
             raise
+        for check in self.checks:
+            check(script)
+        return script
 
 
 def _check_settings(sbatch: dict[str, str | None], env: dict[str, str]) -> None:
@@ -527,9 +545,21 @@ def _base(stage: str, common: Common) -> Job:
 def label_job(common: Common, *, input_path: str | None = None, label_dir: str | None = None,
               teacher: str | None = None, shards: int | None = None,
               only: list[int] | None = None, max_parallel: int | None = None,
-              args: str | None = None) -> Job:
-    """The label array: shards 0..N-1, or only the shard indexes in `only`."""
+              args: str | None = None, gpus_per_task: int | None = None,
+              cpus_per_task: int | None = None, mem_per_task: str | None = None) -> Job:
+    """The label array: shards 0..N-1, or only the shard indexes in `only`; each task with
+    the GPUs, CPUs and memory asked for (else the template's, see slurm/label.sh)."""
     job = _base("label", common)
+    if gpus_per_task is not None:  # 0: drop the request (a CPU partition refuses any)
+        job.sbatch["--gpus-per-task"] = str(check_count("--gpus-per-task", gpus_per_task)) \
+            if gpus_per_task else None
+    if cpus_per_task is not None:
+        job.sbatch["--cpus-per-task"] = str(check_count("--cpus-per-task", cpus_per_task, 1))
+    if mem_per_task is not None:
+        job.sbatch["--mem"] = job_consistency.check_memory(
+            "--mem-per-task", check_directive("--mem-per-task", mem_per_task))
+    if any(k in job.sbatch for k in ("--mem-per-cpu", "--mem-per-gpu")):
+        job.sbatch.setdefault("--mem", None)  # sbatch takes only one of them
     if shards is not None and shards < 1:
         raise UserError(f"--shards must be at least 1 (got {shards})")
     if only is not None:
@@ -571,7 +601,8 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
               nodes: int | None = None, ntasks_per_node: int | None = None,
               gpus_per_node: int | None = None, signal: str | None = None,
               signal_time: int | None = None, args: str | None = None,
-              max_restarts: int | None = None, engine: str | None = None) -> Job:
+              max_restarts: int | None = None, engine: str | None = None,
+              allow_gpu_mismatch: bool = False) -> Job:
     job = _base("train", common)
     for name, value in (("--nodes", nodes), ("--ntasks-per-node", ntasks_per_node)):
         if value is not None:
@@ -583,6 +614,11 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
             raise UserError(f"--gpus-per-node must be 0 or more (got {gpus_per_node})")
         # 0: a CPU-only cluster, where any GPU request would be refused
         job.sbatch["--gpus-per-node"] = str(gpus_per_node) if gpus_per_node else None
+    gpus = job_consistency.gpu_count(job.sbatch.get("--gpus-per-node"))
+    if gpus and "--ntasks-per-node" not in job.sbatch:
+        job.sbatch["--ntasks-per-node"] = str(gpus)  # one rank per GPU
+    job.checks.append(partial(job_consistency.check_ranks_match_gpus,
+                              allowed=allow_gpu_mismatch))
     if signal is not None:
         from imnet64.cluster.preemption import parse_signal
 
@@ -596,10 +632,18 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
         if signal_time < 1:
             raise UserError(f"--signal-time must be at least 1 second (got {signal_time})")
         job.sbatch["--signal"] = f"B:USR1@{signal_time}"
+    job.checks.append(partial(
+        job_consistency.check_signal_before_time_limit,
+        signal_option="--signal-time" if signal_time is not None else
+        "--sbatch-arg --signal" if "--signal" in job.sbatch else "the template's signal time"))
     _export_paths(job, (("IMNET64_DATASET", "--dataset", dataset),
                         ("IMNET64_RUN_DIR", "--run-dir", run_dir)))
     if max_restarts is not None:
-        job.env["IMNET64_MAX_RESTARTS"] = str(check_count("--max-restarts", max_restarts))
+        check_count("--max-restarts", max_restarts)
+        if max_restarts > MAX_RESTARTS_LIMIT:  # train.sh compares it with bash's `[ -ge ]`
+            raise UserError(f"--max-restarts must be at most {MAX_RESTARTS_LIMIT} (a number "
+                            f"bash can compare; got {max_restarts})")
+        job.env["IMNET64_MAX_RESTARTS"] = str(max_restarts)
     if engine is not None:
         job.env["IMNET64_ENGINE"] = check_engine("--engine", check_text("--engine", engine))
     if args:

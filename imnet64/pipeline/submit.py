@@ -7,6 +7,7 @@ the CLI (imnet64_cli.submit_cmd) only parses options and shows what this returns
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator, Mapping
@@ -27,11 +28,16 @@ class LabelSettings:
     shards: int | None = None
     max_parallel: int | None = None
     args: str | None = None
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem_per_task: str | None = None
 
     def job(self, common: sb.Common, only: list[int] | None = None) -> sb.Job:
         return sb.label_job(common, input_path=self.input_path, label_dir=self.label_dir,
                             teacher=self.teacher, shards=self.shards, only=only,
-                            max_parallel=self.max_parallel, args=self.args)
+                            max_parallel=self.max_parallel, args=self.args,
+                            gpus_per_task=self.gpus_per_task,
+                            cpus_per_task=self.cpus_per_task, mem_per_task=self.mem_per_task)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class TrainSettings:
     args: str | None = None
     max_restarts: int | None = None
     engine: str | None = None  # IMNET64_ENGINE: horovod (the template's default) or tf
+    allow_gpu_mismatch: bool = False  # ranks per node other than GPUs per node
 
     def job(self, common: sb.Common) -> sb.Job:
         return sb.train_job(common, **dataclasses.asdict(self))
@@ -106,9 +113,15 @@ def pipeline_jobs(common: sb.Common, label: LabelSettings, shard: ShardSettings,
         sb.check_text("--template", common.template)
         raise UserError("--template names one file; the pipeline uses the three templates")
     times = {stage: stage_times.get(stage) for stage in sb.STAGES}
-    return [label.job(_with_time(common, "label", times["label"])),
+    jobs = [label.job(_with_time(common, "label", times["label"])),
             shard.job(_with_time(common, "shard", times["shard"])),
             train.job(_with_time(common, "train", times["train"]))]
+    # values of the training job that contradict each other (--signal-time and
+    # --train-time, ranks and GPUs) are refused before any job is shown or submitted; a
+    # broken template still comes out in order, after the scripts before it
+    with contextlib.suppress(sb.TemplateError):
+        jobs[-1].render()
+    return jobs
 
 
 def dry_run_scripts(jobs: list[sb.Job]) -> Iterator[tuple[str, str]]:
