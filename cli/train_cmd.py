@@ -42,8 +42,9 @@ def _csv(values: tuple[int, ...]) -> str:
 
 
 def train_config(params: dict) -> TrainConfig:
-    """The TrainConfig of `imnet64 train`'s parsed parameters (all but --np)."""
-    options = {k: v for k, v in params.items() if k not in ("dataset_dir", "run_dir", "np_")}
+    """The TrainConfig of `imnet64 train`'s parsed parameters (all but --np and --oversubscribe)."""
+    options = {k: v for k, v in params.items()
+               if k not in ("dataset_dir", "run_dir", "np_", "oversubscribe")}
     return TrainConfig(
         run_dir=params["run_dir"], dataset=params["dataset_dir"],
         **{**options, "repeats": _ints(options["repeats"], "--repeats"),
@@ -129,7 +130,10 @@ def model_options(f):
               help="Seconds between progress lines.")
 @click.option("--np", "np_", default=None,
               help="Start N ranks of --engine on this machine ('auto': one per GPU) when "
-                   "not already under horovodrun/mpirun/srun.")
+                   "not already under horovodrun/mpirun/srun; at most one per GPU, else "
+                   "per core, and ~1 GiB of memory each.")
+@click.option("--oversubscribe", is_flag=True,
+              help="Let --np start more ranks than this machine holds (see --np).")
 @click.option("--dump-weights", default=DEFAULTS.dump_weights, hidden=True,
               help="Write each rank's final weights to this path ({rank} is replaced).")
 @click.pass_context
@@ -153,7 +157,7 @@ def train(ctx: click.Context, **params) -> None:
         from imnet64.train.start import ranks_to_start, start_ranks
 
         cfg = train_config(params)
-        ranks = ranks_to_start(params["np_"])
+        ranks = ranks_to_start(params["np_"], params["oversubscribe"])
         if ranks:
             code = start_ranks(cfg, ranks, stop)
             if code:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+
+from imnet64.errors import UserError
 
 # the variables imnet64 itself defines
 TEACHER_VAR = "IMNET64_TEACHER"  # the teacher when none is given
@@ -23,19 +26,40 @@ IMAGE_ID_VAR = "IMNET64_IMAGE_ID"  # set by our Dockerfile: the container image'
 TF_STARTUP_LOGS_VAR = "IMNET64_TF_STARTUP_LOGS"  # "1": keep TensorFlow's start-up chatter
 SELF_LAUNCHED_VAR = "IMNET64_SELF_LAUNCHED"  # "1" in ranks `train --np N` started
 STARTED_AT_VAR = "IMNET64_STARTED_AT"  # the launching process's start time, for its ranks
+LAUNCH_ID_VAR = "IMNET64_LAUNCH_ID"  # marks every process `train --np N` started, at any depth
 SLURM_TEMPLATES_VAR = "IMNET64_SLURM_TEMPLATES"  # the slurm/ folder of a checkout
 TFHUB_CACHE_VAR = "TFHUB_CACHE_DIR"
+ENGINE_VAR = "IMNET64_ENGINE"  # slurm/train.sh's --engine
 
 # what a launcher sets in each rank it starts
 RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 # the Slurm variables a shard slot is taken from, in the order they are read
 SLURM_SHARD_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT",
                     "SLURM_PROCID", "SLURM_NTASKS")
+# Variables that pick this process's shard or rank, or count its peers: set but not a whole
+# number, they are an error naming the variable, never a silent fallback to shard 0 of 1
+# (`SLURM_ARRAY_TASK_ID=abc` labeled everything as one shard, issue 24).
+NUMBER_VARS = (*SLURM_SHARD_VARS, "SLURM_ARRAY_TASK_MAX", "SLURM_LOCALID",
+               "SLURM_STEP_NUM_TASKS", "SLURM_NODEID", "SLURM_JOB_NUM_NODES",
+               "SLURM_RESTART_COUNT", *RANK_VARS, "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK",
+               "HOROVOD_LOCAL_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+               "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE")
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name, "").strip()
     return int(value) if value.lstrip("-").isdigit() else None
+
+
+def malformed_numbers(env: Mapping[str, str]) -> dict[str, str]:
+    """The NUMBER_VARS set in `env` to anything but a whole number of 0 or more."""
+    return {k: env[k] for k in NUMBER_VARS
+            if k in env and not re.fullmatch(r"\s*[0-9]+\s*", env[k])}
+
+
+def malformed_message(name: str, value: str) -> str:
+    return (f"{name}={value!r} is not a whole number: cannot tell this process's shard or "
+            "rank (Slurm and the MPI launchers set numbers; an edited or copied environment?)")
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -87,10 +111,14 @@ class Slurm:
     localid: int | None = None
     nodes: int | None = None  # SLURM_JOB_NUM_NODES
     restart_count: int = 0
+    # the SLURM_ variables of NUMBER_VARS that are set but not numbers
+    malformed: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def read(cls, env: Mapping[str, str]) -> Slurm:
         return cls(
+            malformed=MappingProxyType({k: v for k, v in malformed_numbers(env).items()
+                                        if k.startswith("SLURM_")}),
             job_id=_text(env, "SLURM_JOB_ID"),
             array_job_id=_text(env, "SLURM_ARRAY_JOB_ID"),
             array_task_id=_int(env, "SLURM_ARRAY_TASK_ID"),
@@ -110,7 +138,16 @@ class Slurm:
         """The Slurm array task, else the Slurm rank, else 0 of 1.
 
         Slurm array ids need not start at 0 (`--array=1-4`): the index is taken relative to
-        SLURM_ARRAY_TASK_MIN when that is set."""
+        SLURM_ARRAY_TASK_MIN when that is set. A variable of these that is set but not a
+        whole number, or an array task id without the task count, is a UserError naming it
+        (never a fallback to 0 of 1)."""
+        for name in SLURM_SHARD_VARS:
+            if name in self.malformed:
+                raise UserError(malformed_message(name, self.malformed[name]))
+        if self.array_task_id is not None and self.array_task_count is None:
+            raise UserError(f"SLURM_ARRAY_TASK_ID={self.array_task_id} without "
+                            "SLURM_ARRAY_TASK_COUNT: the shard count is unknown; pass "
+                            "--num-shards")
         if self.array_task_id is not None and self.array_task_count is not None:
             return ShardSlot(self.array_task_id - (self.array_task_min or 0),
                              self.array_task_count, "slurm-array")
@@ -139,6 +176,7 @@ class Environment:
     tf_enable_onednn_opts: str | None
     tfhub_cache_dir: str | None
     tf_config: str | None  # TF_CONFIG, stripped: a tf.distribute cluster and this task in it
+    engine: str | None  # IMNET64_ENGINE (slurm/train.sh's --engine), stripped
     variables: Mapping[str, str]
 
     @classmethod
@@ -160,6 +198,7 @@ class Environment:
             tf_enable_onednn_opts=env.get("TF_ENABLE_ONEDNN_OPTS"),
             tfhub_cache_dir=_text(env, TFHUB_CACHE_VAR),
             tf_config=env.get("TF_CONFIG", "").strip() or None,
+            engine=env.get(ENGINE_VAR, "").strip() or None,
             variables=MappingProxyType(env),
         )
 
@@ -170,6 +209,15 @@ class Environment:
         if self.rank_vars or self.tf_config:
             return True
         return (self.slurm.ntasks or 1) > 1 and "SLURM_PROCID" in self.variables
+
+    def malformed(self) -> dict[str, str]:
+        """The NUMBER_VARS set to anything but a whole number (`imnet64 doctor` lists them)."""
+        return malformed_numbers(self.variables)
+
+    def check_rank_variables(self) -> None:
+        """A UserError naming the first rank or shard variable that is not a number."""
+        for name, value in self.malformed().items():
+            raise UserError(malformed_message(name, value))
 
     def shard_slot(self, index: int | None = None, count: int | None = None) -> ShardSlot:
         """Shard index/count: the options when either is given, else Slurm's (see

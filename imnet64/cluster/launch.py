@@ -15,7 +15,13 @@ and waits:
 
 Signals: the chosen stop signal (and SIGTERM/SIGINT) received by this launching process is
 turned into RUN_DIR/stop-request, which the ranks act on (checkpoint, then exit); horovodrun
-itself does not forward USR1/USR2 to its ranks. The command installs the handler before it
+itself does not forward USR1/USR2 to its ranks. A signal while the ranks are still starting
+(before rank 0 says "running" in RUN_DIR/status.json, so nothing is trained yet and nothing
+to checkpoint) instead stops starting ranks and ends every process of the launch within
+seconds (SIGTERM, then SIGKILL after STARTUP_GRACE_S): with many ranks, their start-up alone
+takes minutes on a small machine. Every process of the launch, at any depth (horovodrun's
+ranks are in sessions of their own), carries IMNET64_LAUNCH_ID in its environment, and none
+outlives the launch (imnet64.cluster.launch_tree). The command installs the handler before it
 does anything else, and the ranks take a stop file written after this process started as
 a fresh request even if it appeared while they were still starting (only an older one is
 stale). The children are started with the stop signal ignored (unless it is TERM or INT:
@@ -44,19 +50,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from imnet64 import atomic
-from imnet64.cluster.environment import SELF_LAUNCHED_VAR, Environment, with_variables
+from imnet64.cluster import launch_tree
+from imnet64.cluster.environment import (
+    LAUNCH_ID_VAR,
+    SELF_LAUNCHED_VAR,
+    Environment,
+    with_variables,
+)
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
 from imnet64.errors import UserError
 
 LAUNCHED_ENV = SELF_LAUNCHED_VAR
 # after a tf rank failed: how long its peers get to end on SIGTERM before SIGKILL
 PEER_GRACE_S = 10.0
+# after a signal during the ranks' start-up: how long they get to end on SIGTERM (horovodrun
+# ends its own ranks in this time) before SIGKILL; they hold nothing to save yet
+STARTUP_GRACE_S = 3.0
 
 
 def rank_exit_code(code: int) -> int:
@@ -192,9 +207,11 @@ def _end(procs: Sequence[subprocess.Popen], grace_s: float = PEER_GRACE_S) -> No
             proc.wait()
 
 
-def wait_all(procs: Sequence[subprocess.Popen], poll_s: float = 0.2) -> int:
+def wait_all(procs: Sequence[subprocess.Popen], poll_s: float = 0.2,
+             give_up: Callable[[], bool] | None = None) -> int | None:
     """Wait for every child: 0 when all exit 0, else the first failure's code (its peers are
-    ended then: they would wait for the failed one in their next collective forever)."""
+    ended then: they would wait for the failed one in their next collective forever).
+    None as soon as `give_up()` says so (the children are left to the caller)."""
     while True:
         codes = [p.poll() for p in procs]
         failure = next((c for c in codes if c), 0)  # None (running) and 0 are not
@@ -203,7 +220,19 @@ def wait_all(procs: Sequence[subprocess.Popen], poll_s: float = 0.2) -> int:
             return failure
         if all(c == 0 for c in codes):
             return 0
+        if give_up is not None and give_up():
+            return None
         time.sleep(poll_s)
+
+
+def training_started(run_dir: Path, since: float) -> bool:
+    """Rank 0 has said "running" (or ended) in RUN_DIR/status.json since `since`: every rank
+    is past its start-up, and a stop request from now on is answered with a checkpoint."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text("utf-8"))
+        return float(status.get("time", 0)) >= since
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
@@ -237,18 +266,34 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
     # the ranks exit 0 after a preemption checkpoint (horovodrun would print a traceback
     # for any other code); status.json or our own signal tell this process to exit 75.
     # STARTED_ENV: a stop file we write from now on is a request for them, not a stale one.
-    launched = {LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started)}
+    launch_id = launch_tree.new_launch_id()
+    launched = {LAUNCHED_ENV: "1", STARTED_ENV: repr(stop.started), LAUNCH_ID_VAR: launch_id}
     ignore = [s for s in stop.signals if s not in (signal.SIGTERM, signal.SIGINT)]
     procs: list[subprocess.Popen] = []
+
+    def stopped_while_starting() -> bool:
+        return stop.received is not None and not training_started(run_dir, started)
+
     try:
         for child in rank_children(engine, np_, child_args):
+            if stop.received is not None:
+                break  # a signal while starting them: start no more
             procs.append(subprocess.Popen(child.command,
                                           env=with_variables({**launched, **child.env}),
                                           preexec_fn=partial(_child_setup, ignore)))
-        code = wait_all(procs)
+        code = wait_all(procs, give_up=stopped_while_starting)
+        if code is None:
+            received = stop.received.name if stop.received else "?"
+            print(f"stop requested (signal {received}) while the ranks were starting: "
+                  f"ending them (nothing trained yet); exit {REQUEUE_EXIT_CODE} to requeue",
+                  file=sys.stderr, flush=True)
+            _end(procs, STARTUP_GRACE_S)
+            launch_tree.end(launch_id, STARTUP_GRACE_S)
+            return REQUEUE_EXIT_CODE
     finally:
         stop.on_signal = None
         _end(procs)  # nothing outlives the launch (an exception or a second Ctrl-C included)
+        launch_tree.end(launch_id)  # nor what the children started (horovodrun's ranks)
     if stop.received is not None:
         return REQUEUE_EXIT_CODE
     status_path = run_dir / "status.json"

@@ -293,7 +293,8 @@ def _train(cfg: DemoConfig, paths: _Paths, engine: str, log: LogFn, clock: _Cloc
     from imnet64.train.start import ranks_to_start, start_ranks
 
     train_cfg = replace(cfg.train_config(paths.dataset, paths.run_dir), engine=engine)
-    launched = ranks_to_start(cfg.ranks)
+    # the demo's 2 tiny ranks fit any machine that runs it (even a 1-core one, slowly)
+    launched = ranks_to_start(cfg.ranks, oversubscribe=True)
     ranks = launched or 1
     log(f"5/7 train: {cfg.epochs} epochs on {ranks} {ENGINE_NAMES[engine]} rank(s)")
     if not _train_finished(paths.run_dir, cfg.epochs):

@@ -8,17 +8,21 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
-from imnet64.cluster import launch
+from imnet64.cluster import launch, rank_limits
 from imnet64.cluster.preemption import StopRequest
 from imnet64.train.config import TrainConfig
 
 
-def ranks_to_start(np: str | int | None) -> int:
+def ranks_to_start(np: str | int | None, oversubscribe: bool = False) -> int:
     """How many ranks this process must start itself: N for `--np N` (or 'auto': one per
     GPU) when no launcher (horovodrun, mpirun, srun) started it as a rank; 0 when it trains
-    here."""
+    here. More than this machine holds is an error unless `oversubscribe`
+    (imnet64.cluster.rank_limits)."""
     count = launch.resolve_np(np)
-    return count if launch.should_self_launch(count) else 0
+    if not launch.should_self_launch(count):
+        return 0
+    capacity = rank_limits.this_machine(launch.visible_gpus())
+    return rank_limits.check_local_ranks(count, capacity, oversubscribe)
 
 
 def start_ranks(cfg: TrainConfig, ranks: int,
