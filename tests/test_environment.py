@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from imnet64.cluster.environment import Environment, variable_set
+from imnet64.cluster.environment import Environment, ShardSlot, variable_set
+from imnet64.errors import UserError
+
+import pytest
 
 
 def test_the_slurm_array_task_relative_to_its_first_id_is_the_shard():
@@ -61,3 +66,56 @@ def test_a_variable_is_set_for_a_block_only():
     with variable_set(name, "x"):
         assert Environment.read().variables[name] == "x"
     assert name not in os.environ
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"SLURM_ARRAY_TASK_ID": "abc", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "four"}, "SLURM_ARRAY_TASK_COUNT"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "-4"}, "SLURM_ARRAY_TASK_COUNT"),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "4",
+      "SLURM_ARRAY_TASK_MIN": "1.5"}, "SLURM_ARRAY_TASK_MIN"),
+    ({"SLURM_PROCID": "x", "SLURM_NTASKS": "2"}, "SLURM_PROCID"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": ""}, "SLURM_NTASKS"),
+    ({"SLURM_ARRAY_TASK_ID": "3"}, "SLURM_ARRAY_TASK_COUNT"),  # an id without the count
+])
+def test_a_malformed_shard_variable_is_an_error_naming_it(env, name):
+    """Issue 24: `SLURM_ARRAY_TASK_ID=abc` made `label` label everything as shard 0 of 1."""
+    environment = Environment.read(env)
+    with pytest.raises(UserError, match=name) as refused:
+        environment.shard_slot()
+    assert "\n" not in str(refused.value)
+    # options override Slurm's variables, as before
+    assert environment.shard_slot(1, 2) == ShardSlot(1, 2, "options")
+
+
+@pytest.mark.parametrize("name", ["HOROVOD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_LOCALID",
+                                  "PMI_RANK", "SLURM_NTASKS"])
+def test_a_malformed_rank_variable_is_named(name):
+    environment = Environment.read({name: "1e3"})
+    assert environment.malformed() == {name: "1e3"}
+    with pytest.raises(UserError, match=f"{name}='1e3' is not a whole number"):
+        environment.check_rank_variables()
+    Environment.read({name: " 3 "}).check_rank_variables()  # Slurm's numbers pass
+
+
+def test_label_with_a_bad_array_id_labels_nothing(tmp_path):
+    (tmp_path / "images").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI", "OMPI_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "imnet64_cli.main", "label", str(tmp_path / "images"),
+         str(tmp_path / "out"), "--teacher", "offline"], capture_output=True, text=True,
+        timeout=300, env={**env, "SLURM_ARRAY_TASK_ID": "abc", "SLURM_ARRAY_TASK_COUNT": "4"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: SLURM_ARRAY_TASK_ID='abc' is not a whole number")
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "out" / "labels").exists()
+
+
+def test_train_with_a_bad_rank_variable_trains_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI", "OMPI_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "imnet64_cli.main", "train", str(tmp_path / "data"),
+         str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+        env={**env, "SLURM_PROCID": "one", "SLURM_NTASKS": "2"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: SLURM_PROCID='one' is not a whole number")
+    assert not (tmp_path / "run").exists()

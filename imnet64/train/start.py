@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from imnet64.cluster import launch, rank_limits
+from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import StopRequest
 from imnet64.train.config import TrainConfig
 
@@ -18,6 +19,7 @@ def ranks_to_start(np: str | int | None, oversubscribe: bool = False) -> int:
     GPU) when no launcher (horovodrun, mpirun, srun) started it as a rank; 0 when it trains
     here. More than this machine holds is an error unless `oversubscribe`
     (imnet64.cluster.rank_limits)."""
+    Environment.read().check_rank_variables()  # a malformed rank variable: never rank 0 of 1
     count = launch.resolve_np(np)
     if not launch.should_self_launch(count):
         return 0
