@@ -231,3 +231,145 @@ def test_bad_options_are_one_line_errors():
         done = run_doctor(*args, env=env)
         assert done.returncode == 2 and done.stderr.startswith("error: "), (args, done.stderr)
         assert message in done.stderr and done.stderr.count("\n") == 1
+
+
+# -- issue 24: what used to pass as "ok" ----------------------------------------------------------
+
+
+def _problems(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("problem: ") for line in lines), lines
+    assert "ok: nothing found" not in done.stdout
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only mount (what a read-only --out is on a cluster); root ignores chmod."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_out_is_a_problem(read_only_folder):
+    for out in (read_only_folder, read_only_folder / "run" / "deeper"):
+        text = _problems(run_doctor("--quick", "--no-teacher", "--out", str(out),
+                                    env=clean_env()))
+        assert f"{out}: cannot write here" in text and "read-only" in text, text
+
+
+def _saved_model(folder: Path, outputs: int) -> Path:
+    code = f"""
+import imnet64, tensorflow as tf
+class M(tf.Module):
+    def __init__(self):
+        self.w = tf.Variable(tf.ones([3, {outputs}]))
+    @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)])
+    def __call__(self, x):
+        return tf.matmul(tf.reduce_mean(x, axis=[1, 2]), self.w)
+m = M()
+tf.saved_model.save(m, {str(folder)!r}, signatures=m.__call__)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    return folder
+
+
+def test_a_teacher_with_10_outputs_is_a_problem(tmp_path):
+    teacher = _saved_model(tmp_path / "ten", 10)
+    text = _problems(run_doctor("--teacher", str(teacher), env=clean_env()))
+    assert f"teacher {teacher}" in text and "[1, 10]" in text and "1001" in text, text
+
+
+def test_a_teacher_with_bit_flipped_variables_is_a_problem(offline_teacher_dir, tmp_path):
+    teacher = tmp_path / "flipped"
+    shutil.copytree(offline_teacher_dir, teacher)
+    data = teacher / "variables" / "variables.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    text = _problems(run_doctor("--teacher", str(teacher), env=clean_env()))
+    assert f"teacher {teacher}" in text and "DataLossError" in text, text
+
+
+def test_a_tf_config_naming_workers_that_will_not_come_is_a_problem():
+    """Two workers, this one index 0, the other never started: `train --engine tf` would wait
+    for it. Checked cheaply (no wait for peers): the peer's port does not answer."""
+    from imnet64.cluster.launch import free_local_ports
+
+    mine, other = free_local_ports(2)
+    config = {"cluster": {"worker": [f"localhost:{mine}", f"localhost:{other}"]},
+              "task": {"type": "worker", "index": 0}}
+    text = _problems(run_doctor("--quick", "--no-teacher",
+                                env=clean_env(TF_CONFIG=json.dumps(config))))
+    assert f"TF_CONFIG: worker 1 (localhost:{other}) does not answer" in text, text
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('["a"]', "TF_CONFIG is not an object with 'cluster' and 'task'"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
+     "task index 3 is not one of the 1 worker entries"),
+    ('{"cluster": {"worker": ["localhost:x"]}, "task": {"type": "worker", "index": 0}}',
+     "'localhost:x' is not host:port"),
+    ('{"cluster": {"worker": ["nosuchhost.invalid:2222"]}, "task": {"type": "worker", '
+     '"index": 0}}', "its own entry names host 'nosuchhost.invalid', not this machine"),
+    ('{"cluster": {"chief": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}',
+     "task type 'worker' has no entry in the cluster"),
+])
+def test_a_malformed_tf_config_is_a_problem(config, message):
+    text = _problems(run_doctor("--quick", "--no-teacher", env=clean_env(TF_CONFIG=config)))
+    assert message in text, text
+
+
+def test_a_tf_config_whose_own_port_is_taken_is_a_problem():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("localhost", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = {"cluster": {"worker": [f"localhost:{port}"]},
+                  "task": {"type": "worker", "index": 0}}
+        text = _problems(run_doctor("--quick", "--no-teacher",
+                                    env=clean_env(TF_CONFIG=json.dumps(config))))
+    assert f"its own port {port} is in use" in text, text
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SLURM_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "abc", "SLURM_ARRAY_TASK_COUNT": "4"},
+     "SLURM_ARRAY_TASK_ID='abc' is not a whole number"),
+    ({"SLURM_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "x"},
+     "SLURM_ARRAY_TASK_COUNT='x' is not a whole number"),
+    ({"IMNET64_ENGINE": "bogus"}, "IMNET64_ENGINE 'bogus': choose horovod or tf"),
+])
+def test_bad_launch_variables_are_problems(env, message):
+    text = _problems(run_doctor("--quick", "--no-teacher", env=clean_env(**env)))
+    assert message in text, text
+
+
+def test_gpus_no_rank_will_use_inside_a_job_are_a_problem():
+    """The README's example before issue 24: 4 GPUs granted per node, 1 task per node."""
+    job = {"SLURM_JOB_ID": "9", "SLURM_NTASKS": "4", "SLURM_TASKS_PER_NODE": "1(x4)",
+           "SLURM_JOB_NODELIST": "node[1-4]", "SLURM_NODEID": "0", "SLURMD_NODENAME": "node1",
+           "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_GPUS": "0,1,2,3",
+           "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    text = _problems(run_doctor("--quick", "--no-teacher", env=clean_env(**job)))
+    assert "4 GPU(s) on this node but 1 rank(s) here: 3 GPU(s) no rank will use" in text, text
+    # the same inside the srun step's task
+    step = {**job, "SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+            "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "1(x4)",
+            "SLURM_STEP_NODELIST": "node[1-4]", "PMIX_RANK": "0"}
+    text = _problems(run_doctor("--quick", "--no-teacher", env=clean_env(**step)))
+    assert "3 GPU(s) no rank will use" in text, text
+    # one rank per GPU: no such problem
+    fine = {**job, "SLURM_NTASKS": "16", "SLURM_TASKS_PER_NODE": "4(x4)"}
+    done = run_doctor("--quick", "--no-teacher", env=clean_env(**fine))
+    assert "no rank will use" not in done.stderr, done.stderr

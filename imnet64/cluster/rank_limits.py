@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from imnet64.errors import UserError
 
 # One rank's peak resident memory, measured by bench/rank_memory.py (`train --np 2`, the
-# default model and batch size, a few steps) on an AMD EPYC (family 25 model 17), 2 cores,
-# TensorFlow 2.18.1, under other users' load: 914 and 949 MiB per tf.distribute rank, 534 MiB
-# per Horovod rank. The larger, rounded up: a wider model or batch needs more, never less.
+# default model and batch size, 6 steps) on an AMD EPYC (family 25 model 17), 2 cores,
+# TensorFlow 2.18.1, 2026-12-04, with other users loading the cores (load average 25):
+# 962 and 981 MiB per Horovod rank, 912 and 948 MiB per tf.distribute rank (horovodrun
+# itself 534 MiB, the launcher 38). Rounded up to 1 GiB; a wider model or batch needs more.
 RANK_RSS_BYTES = 1 << 30
 OVERSUBSCRIBE_FLAG = "--oversubscribe"
 

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from imnet64.cluster import provenance
+from imnet64.cluster import launch_checks, provenance
 from imnet64.cluster.environment import Environment
+from imnet64.pipeline import doctor_probes
 
 # -- disk estimate -----------------------------------------------------------------------------
 # Bytes per image, measured by serializing imnet64's own records (records.py) for an image
@@ -357,6 +358,12 @@ def gpu_problems(gpus: Gpus, launcher: Launcher, np_text: str | None) -> list[st
                         "(CUDA_VISIBLE_DEVICES unset, no nvidia-smi)")
     in_play = asked or visible > 0 or bool(gpus.tensorflow)
     ranks = launcher.local_size
+    here = gpus.granted or visible
+    if launcher.kind in ("slurm", "slurm-batch") and not gpus.per_task and here > ranks >= 1:
+        # a rank uses one GPU (Horovod pins local rank % GPUs; one per tf.distribute worker)
+        problems.append(f"{here} GPU(s) on this node but {ranks} rank(s) here: {here - ranks} "
+                        "GPU(s) no rank will use for the whole job; one rank per GPU "
+                        f"(--ntasks-per-node {here}, which `imnet64 submit train` now sets)")
     if in_play and ranks > 1:
         if gpus.per_task:
             if visible < 1:
@@ -698,14 +705,17 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
                      "installed: train them with --engine tf")
     if tf_info.error:
         problems.append(f"TensorFlow {tf_info.version} does not import: {tf_info.error}")
+    problems += launch_checks.environment_problems(environment)
     teacher_check = None
     if check_teacher_:
         teacher_check, teacher_problems = check_teacher(teacher, environment, network)
         problems += teacher_problems
+        if teacher_check.present and not quick and tf_info.imported:
+            problems += doctor_probes.teacher_problems(teacher_check.spec)
     disk = None
     if out is not None:
         disk, disk_problems = check_disk(out, images, stage, image_bytes, shards)
-        problems += disk_problems
+        problems += doctor_probes.output_problems(out) + disk_problems
     made_by = provenance.collect(
         teacher_check.spec if teacher_check else None,
         teacher_check.sha256 if teacher_check else None, environment)
