@@ -373,3 +373,11 @@ def test_gpus_no_rank_will_use_inside_a_job_are_a_problem():
     fine = {**job, "SLURM_NTASKS": "16", "SLURM_TASKS_PER_NODE": "4(x4)"}
     done = run_doctor("--quick", "--no-teacher", env=clean_env(**fine))
     assert "no rank will use" not in done.stderr, done.stderr
+
+
+def test_np_above_what_this_machine_holds_is_a_problem():
+    done = run_doctor("--quick", "--no-teacher", "--np", "1000",
+                      env=clean_env(CUDA_VISIBLE_DEVICES=""))
+    assert "--np 1000: this machine holds at most" in _problems(done)
+    done = run_doctor("--quick", "--no-teacher", "--np", "1", env=clean_env())
+    assert "holds at most" not in done.stderr, done.stderr

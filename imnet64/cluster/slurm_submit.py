@@ -34,8 +34,9 @@ from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
 
 STAGES = ("label", "shard", "train")
-# the largest --max-restarts train.sh can compare: bash's integers are signed 64-bit ones
-MAX_RESTARTS_LIMIT = 2**63 - 1
+# the largest --max-restarts train.sh takes (18 digits: bash compares signed 64-bit integers
+# and reports larger ones as "integer expression expected", then requeued anyway)
+MAX_RESTARTS_LIMIT = 10**18 - 1
 TEMPLATE_FILES = {"label": "label.sh", "shard": "shard.sh", "train": "train.sh"}
 # Per-task log names: an array job has one log per task; train's log spans requeues.
 LOG_PATTERNS = {"label": "%x-%A_%a.log", "shard": "%x-%j.log", "train": "%x-%j.log"}
@@ -641,8 +642,8 @@ def train_job(common: Common, *, dataset: str | None = None, run_dir: str | None
     if max_restarts is not None:
         check_count("--max-restarts", max_restarts)
         if max_restarts > MAX_RESTARTS_LIMIT:  # train.sh compares it with bash's `[ -ge ]`
-            raise UserError(f"--max-restarts must be at most {MAX_RESTARTS_LIMIT} (a number "
-                            f"bash can compare; got {max_restarts})")
+            raise UserError(f"--max-restarts must be at most {MAX_RESTARTS_LIMIT} (what "
+                            f"slurm/train.sh can compare; got {max_restarts})")
         job.env["IMNET64_MAX_RESTARTS"] = str(max_restarts)
     if engine is not None:
         job.env["IMNET64_ENGINE"] = check_engine("--engine", check_text("--engine", engine))

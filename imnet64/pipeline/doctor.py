@@ -706,6 +706,14 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
     if tf_info.error:
         problems.append(f"TensorFlow {tf_info.version} does not import: {tf_info.error}")
     problems += launch_checks.environment_problems(environment)
+    if np_ and launcher.kind == "none":  # what `train --np N` would refuse here
+        from imnet64.cluster import rank_limits
+        from imnet64.errors import UserError
+
+        try:
+            rank_limits.check_local_ranks(np_, rank_limits.this_machine(gpu_info.visible or 0))
+        except UserError as e:
+            problems.append(str(e))
     teacher_check = None
     if check_teacher_:
         teacher_check, teacher_problems = check_teacher(teacher, environment, network)
