@@ -42,6 +42,7 @@ from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
+from imnet64.train import run_files
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
 from imnet64.train.config import OPTIONS, PRECISIONS, TARGETS, TrainConfig, option_name
 from imnet64.train.eval_step import make_eval_step
@@ -212,8 +213,7 @@ def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[s
     """Why a resumed run's dataset is not the one it was trained on (None if it is): other
     class names (class ids would change meaning under the trained head) or other shards
     (another dataset's fingerprint). A moved or copied dataset is the same dataset."""
-    classes_path = run_dir / CLASSES
-    old_names = atomic.read_json(classes_path) if classes_path.exists() else None
+    old_names = run_files.read_classes(run_dir, old["num_classes"])
     if old_names is not None and list(old_names) != list(class_names):
         first = next((i for i, (a, b) in enumerate(zip(old_names, class_names)) if a != b),
                      min(len(old_names), len(class_names)))
@@ -238,16 +238,21 @@ def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[s
 def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> str | None:
     """Rank 0: write config.json for a new run, or check a resumed run's. Returns an error
     message (to be raised on every rank) or None."""
+    try:  # a damaged file of the run: one line naming it, nothing changed
+        run_files.check_layout(run_dir)
+        old = run_files.read_config(run_dir) if (run_dir / CONFIG).exists() else None
+        run_files.read_history_rows(run_dir, EpochRecord)
+        other = _other_dataset(run_dir, old, resolved, class_names) if old else None
+    except UserError as e:
+        return str(e)
     path = run_dir / CONFIG
-    if path.exists():
-        old = atomic.read_json(path)
+    if old is not None:
         diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k, MISSING_MEANS.get(k))!r} -> "
                  f"{resolved[k]!r}"
                  for k in RESUME_MUST_MATCH if old.get(k, MISSING_MEANS.get(k)) != resolved[k]]
         if diffs:
             return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
                     "rerun with the same options to resume, or use a new RUN_DIR")
-        other = _other_dataset(run_dir, old, resolved, class_names)
         if other:
             return other
     run_dir.mkdir(parents=True, exist_ok=True)
