@@ -159,9 +159,12 @@ def _convert(value: Any, hint: Any) -> Any:
             return _convert(value, option)
     if dataclasses.is_dataclass(hint):
         return build(hint, value)
-    if origin is tuple:
+    if origin in (tuple, list):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return tuple(_convert(v, args[0]) if args else v for v in value)
+        items = [_convert(v, args[0]) if args else v for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) and len(typing.get_args(hint)) == 2:
+        return {k: _convert(v, typing.get_args(hint)[1]) for k, v in value.items()}
     if hint is float:
         return float(value)
     return value

@@ -113,6 +113,7 @@ class LabelPlan:
     fingerprint: str
     paths: PartPaths
     existing: dict[str, Any] | None  # the summary on disk, if any
+    summary_problem: str | None = None  # what is wrong with a damaged summary on disk
 
     @property
     def done(self) -> bool:
@@ -194,8 +195,17 @@ def plan_shard(
         total_inputs=len(all_inputs),
         fingerprint=names_fingerprint(inputs.names),
         paths=paths,
-        existing=read_summary(paths.summary),
+        **_existing_summary(paths),
     )
+
+
+def _existing_summary(paths: PartPaths) -> dict[str, Any]:
+    """The shard's summary on disk, or why it cannot be trusted (then --force is needed to
+    write it anew: the user's file is never silently replaced)."""
+    try:
+        return {"existing": read_summary(paths.summary)}
+    except UserError as e:
+        return {"existing": None, "summary_problem": str(e)}
 
 
 @contextlib.contextmanager
@@ -493,6 +503,8 @@ def _relabel(plan: LabelPlan, options: LabelOptions, teacher: Any, problem: str 
              progress: ProgressFn | None, log: LogFn) -> dict[str, Any]:
     """Label the shard (loading the teacher if none is given); returns the run summary."""
     old = plan.existing
+    if plan.summary_problem and not options.force:
+        raise UserError(plan.summary_problem)
     if old is not None and not options.force and old.get("inputs_sha256") != plan.fingerprint:
         raise UserError(
             f"{plan.paths.summary} was written for other inputs "

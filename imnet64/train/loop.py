@@ -42,7 +42,7 @@ from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
-from imnet64.train import run_files
+from imnet64.train import run_files, shard_errors
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
 from imnet64.train.config import OPTIONS, PRECISIONS, TARGETS, TrainConfig, option_name
 from imnet64.train.eval_step import make_eval_step
@@ -172,11 +172,7 @@ def _check_dataset(manifest: Manifest) -> None:
     if manifest.num_classes < 2:
         raise UserError(f"dataset {manifest.root} has {manifest.num_classes} class(es): "
                         "training a classifier needs at least 2 classes")
-    problems = manifest.shard_size_problems(["train", "val"])
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(f"{problems[0]}{more}: rebuild the dataset with imnet64 shard-records "
-                        "(imnet64 inspect --verify checks it)")
+    shard_errors.check_sizes(manifest, ["train", "val"])
 
 
 def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
@@ -444,27 +440,10 @@ class _Trainer:
     def guarded(self, batches: tf.data.Dataset, split: str):
         """Iterate `batches`; a read error (a damaged shard) becomes a UserError that names
         the shard (found by checking this rank's shards of `split` against the manifest)."""
-        iterator = iter(batches)
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except tf.errors.OpError as e:
-                raise UserError(self._data_error(split, e)) from e
-            yield batch
-
-    def _data_error(self, split: str, error: tf.errors.OpError) -> str:
         paths = self.manifest.shard_paths(split)
         if len(paths) >= self.world.size:  # the files this rank reads (data.py's dealing)
             paths = paths[self.world.rank::self.world.size]
-        damaged = self.manifest.damaged_shards(split, paths)
-        if damaged:
-            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-            return (f"{damaged[0]}{more}: reading the {split} split failed ({one_line(error)}); "
-                    "rebuild the dataset with imnet64 shard-records")
-        return (f"reading the {split} split of {self.manifest.root} failed ({one_line(error)}); "
-                "its shards match the manifest's sha256s")
+        return shard_errors.guarded(batches, self.manifest, split, paths)
 
     def info(self, msg: str, *args) -> None:
         if self.world.is_chief:
