@@ -8,6 +8,7 @@ One tiny run is trained once for the module; each case plants one damage in a co
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -257,3 +258,73 @@ def test_check_accepts_what_writers_write():
     read_back.check(3, float)
     read_back.check(None, int | None)
     read_back.check(["a"], tuple[str, ...])
+
+
+# ---- (12) leftovers of an interrupted session, removed by the next one, and only they -----
+
+
+def test_a_killed_sessions_temporaries_are_removed_by_the_next_run(run_copy, dataset, capsys):
+    from imnet64.atomic import temp_path_for
+
+    best = run_copy / "checkpoints" / "best"
+    tf_temp = best / "ckpt-99_temp"  # TensorFlow's save folder of a kill mid best-save
+    tf_temp.mkdir()
+    (tf_temp / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+    (run_copy / "checkpoints" / "ckpt-98_temp").mkdir()
+    ours = [temp_path_for(run_copy / name) for name in ("curves.png", "history.json")]
+    ours.append(temp_path_for(best / "best.json"))
+    theirs = [run_copy / ".curves.png.mine.tmp", run_copy / "notes_temp",
+              best / "ckpt-99_temp.txt", run_copy / "ckpt-97_temp"]
+    for path in theirs[:3]:
+        path.write_bytes(b"the user's")
+    theirs[3].mkdir()  # same name, but not in a checkpoints folder: not ours
+    assert cli_main(["train", dataset, run_copy, *TRAIN_ARGS]) == 0
+    capsys.readouterr()
+    assert not tf_temp.exists() and not (run_copy / "checkpoints" / "ckpt-98_temp").exists()
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in theirs)
+
+
+def test_export_folder_names_of_distinct_inputs_never_collide(tmp_path):
+    from imnet64.label.export_folders import export_folders, export_name
+    from imnet64.label.inputs import open_inputs
+
+    from PIL import Image
+
+    names = ["bad/gray8.png", "bad__gray8.png", "a/b/c.png", "a__b/c.png", "a/b__c.png",
+             "x_/y.png", "x/_y.png", "x~1.png", "noext", "plain/name.png"]
+    flat = [export_name(n) for n in names]
+    assert len(set(flat)) == len(names), flat
+    assert export_name("plain/name.png") == "plain__name.png"  # unchanged where unambiguous
+    root = tmp_path / "in"
+    for i, name in enumerate(names[:2]):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), color=i * 100).save(root / name, format="PNG")
+    inputs = open_inputs(root)
+    rows = [(n, 3, "gray", 0.9) for n in inputs.names]
+    dest = tmp_path / "classes"
+    assert export_folders(inputs, rows, dest) == 2
+    entries = sorted(dest.rglob("*.png"))
+    assert len(entries) == 2
+    assert {p.resolve() for p in entries} == {(root / n).resolve() for n in names[:2]}
+
+
+# ---- (11) --val-fraction 0: trains without validation and says so, never "val nan" --------
+
+
+def test_a_dataset_without_val_split_trains_without_validation_and_says_so(tmp_path, capsys,
+                                                                           caplog):
+    import logging
+
+    from imnet64.pipeline.sample_images import write_sample
+
+    write_sample(tmp_path / "imgs", 24, per_folder=12)
+    assert cli_main(["shard-records", tmp_path / "imgs", tmp_path / "ds",
+                     "--val-fraction", "0"]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="imnet64"):
+        assert cli_main(["train", tmp_path / "ds", tmp_path / "run", *TRAIN_ARGS]) == 0
+    out = capsys.readouterr().out + caplog.text
+    assert not re.search(r"\bnan\b", out), out
+    assert "no val split" in caplog.text and "training without validation" in caplog.text
+    assert "no validation (the dataset has no val split)" in out

@@ -252,6 +252,8 @@ def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> s
         if other:
             return other
     run_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in run_files.remove_temporaries(run_dir):
+        log.info("removed %s (left by an interrupted session)", leftover)
     atomic.write_json(path, resolved)
     atomic.write_json(run_dir / CLASSES, class_names)
     return None
@@ -656,9 +658,11 @@ class _Trainer:
         waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
             if record.rank0_wait_s is not None else ""
         kl = f" kl {record.kl:.4f}" if record.kl is not None else ""
-        self.info("epoch %d/%d done: loss %.4f%s acc %.4f | val_loss %.4f val_acc %.4f | lr %.3g "
+        val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if self.has_val else \
+            "no val split"  # never "val_loss nan": there was nothing to validate on
+        self.info("epoch %d/%d done: loss %.4f%s acc %.4f | %s | lr %.3g "
                   "| %.1f images/s%s | input stall %.1f%%%s", epoch + 1, self.cfg.epochs,
-                  record.loss, kl, record.accuracy, val_loss, val_acc, lr, record.images_per_s,
+                  record.loss, kl, record.accuracy, val_text, lr, record.images_per_s,
                   util, record.input_stall_pct, waits)
 
     def _record_rank0_wait(self, record: EpochRecord, waited: float) -> EpochRecord:
@@ -689,8 +693,9 @@ class _Trainer:
                       int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()),
                       self.schedule.at_step(int(state.global_step.numpy()), self.steps))
         if not self.has_val:
-            log.warning("dataset %s has no val split: no validation, and the 'best' checkpoint "
-                        "is the latest", self.manifest.root)
+            log.warning("dataset %s has no val split (shard-records --val-fraction 0): "
+                        "training without validation; no val_loss, no best checkpoint "
+                        "(evaluate and export use the latest)", self.manifest.root)
         self.set_status("running")
         with stop:
             while True:

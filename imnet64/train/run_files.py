@@ -9,10 +9,13 @@ traceback, and nothing is changed.
 
 from __future__ import annotations
 
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imnet64 import atomic
 from imnet64.errors import UserError
 from imnet64.formats import read_back
 from imnet64.formats.image64 import SIZE
@@ -185,6 +188,49 @@ def check_layout(run_dir: str | Path) -> None:
             for entry in folder.iterdir():
                 if entry.name.startswith("ckpt-") and not entry.name.endswith("_temp"):
                     read_back.require_file_or_absent(entry)
+
+
+# TensorFlow's checkpoint writer saves into <prefix>_temp/ and renames into place: a kill
+# mid-save (of the regular or the best checkpoint) leaves that folder behind
+_TF_SAVE_TEMP = re.compile(r"^ckpt-\d+_temp$")
+# the files a run writes through imnet64.atomic (temporaries ".<name>.<8 chars>.tmp")
+_ATOMIC = {"": (CONFIG, CLASSES, STATUS, HISTORY, CURVES),
+           CHECKPOINTS: (STATE_FILE,), f"{CHECKPOINTS}/{BEST}": (STATE_FILE, BEST_RECORD)}
+
+
+def leftover_temporaries(run_dir: str | Path) -> list[Path]:
+    """What a killed (or disk-full) session of this run left half-written: the atomic
+    temporaries of the run's own files and TensorFlow's ckpt-N_temp/ save folders, found by
+    their exact name patterns only (nothing else in RUN_DIR is ever touched)."""
+    run_dir = Path(run_dir)
+    found = []
+    for rel, names in _ATOMIC.items():
+        folder = run_dir / rel
+        if not folder.is_dir():
+            continue
+        found += [entry for entry in folder.iterdir() if not entry.is_symlink() and (
+            (_ours(atomic.temp_target(entry.name), names, rel) and entry.is_file())
+            or (rel != "" and _TF_SAVE_TEMP.match(entry.name) and entry.is_dir()))]
+    return sorted(found)
+
+
+def _ours(target: str | None, names: tuple[str, ...], rel: str) -> bool:
+    """`target` (what an atomic temporary was to become) is a file this run writes there."""
+    if target is None:
+        return False
+    return target in names or (rel == "" and target.startswith("evaluation-")
+                               and target.endswith(".json"))
+
+
+def remove_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove `leftover_temporaries` (call only while no other process writes RUN_DIR)."""
+    removed = leftover_temporaries(run_dir)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def model_config(config: dict) -> ModelConfig:
