@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import imnet64
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
@@ -538,6 +538,8 @@ def _export(plan: LabelPlan, export_dir: str | os.PathLike, copy: bool, log: Log
     log(f"--export-folders: {made} entries in {export_dir}")
 
 
+@disk_errors.reports("the label part", lambda a: a["out_dir"],
+                     lambda a: disk_errors.tree_bytes(a["input_path"]) // max(1, a["count"]))
 def run(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,

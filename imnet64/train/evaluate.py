@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
@@ -91,6 +91,8 @@ def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[
     return out
 
 
+# evaluation-<split>.json: ~150 bytes per class, 1000 classes and the confusions fit in 1 MB
+@disk_errors.reports("the evaluation's JSON", lambda a: a["run_dir"], lambda a: 1 << 20)
 def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
                  split: str = EVAL_SPLIT, checkpoint: str = CHECKPOINT,
                  batch_size: int = EVAL_BATCH_SIZE, top_confused: int = TOP_CONFUSED,

@@ -20,6 +20,7 @@ stopped (a stop signal: checkpointed, exit 75), or failed (with the error's one 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import imnet64
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
@@ -277,6 +278,19 @@ def _all_variables(*roots) -> list[tf.Variable]:
                 seen.add(id(obj))
                 out.append(obj)
     return out
+
+
+def _space_needed(cfg: TrainConfig) -> int | None:
+    """Free space the run needs from now on: the kept checkpoints, one being written and
+    the best one (from the size of its newest checkpoint; None before the first)."""
+    one = run_files.checkpoint_bytes(cfg.run_dir)
+    if one is None:  # before the first checkpoint: weights and two Adam moments, float32
+        try:
+            model = cfg.model_config(load_manifest(cfg.dataset).num_classes).build()
+            one = 3 * 4 * model.count_params() + (64 << 10)
+        except Exception:  # noqa: BLE001  (an estimate is not worth another error)
+            return None
+    return one * (cfg.keep_checkpoints + 2) + (1 << 20)
 
 
 # ---- steps ---------------------------------------------------------------------------------
@@ -543,6 +557,15 @@ class _Trainer:
         self.world.barrier()
         return self.result(stop.state)
 
+    def release(self) -> None:
+        """After a failure: stop the curve-drawing thread and close the TensorBoard writer
+        now, quietly (on a full disk their last writes fail too; left to the interpreter's
+        exit, TensorFlow's writer aborts the process instead of exiting with the error)."""
+        for close in (getattr(self, "curves", None), getattr(self, "tensorboard", None)):
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close.close()
+
     def record_failure(self, error: BaseException) -> None:
         """status.json says how the run ended when an exception ends it (rank 0, and only
         once this session has made RUN_DIR its own: a refused resume leaves it alone)."""
@@ -716,6 +739,8 @@ class _Trainer:
         return self.result("finished")
 
 
+@disk_errors.reports("the run's checkpoints and files", lambda a: a["cfg"].run_dir,
+                     lambda a: _space_needed(a["cfg"]))
 def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     """Train (or resume) the run in `cfg.run_dir`. Rank 0 alone writes files.
 
@@ -730,4 +755,5 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
             return trainer.run()
     except BaseException as e:
         trainer.record_failure(e)
+        trainer.release()
         raise

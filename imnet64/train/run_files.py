@@ -233,6 +233,23 @@ def remove_temporaries(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+def checkpoint_bytes(run_dir: str | Path) -> int | None:
+    """The size of the run's newest checkpoint (its .index and .data files, or a save
+    folder TensorFlow left half-written), None if it has none yet: what one more checkpoint
+    needs on disk."""
+    sizes: dict[str, int] = {}
+    for folder in (Path(run_dir) / CHECKPOINTS, Path(run_dir) / CHECKPOINTS / BEST):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            m = re.match(r"^(ckpt-\d+)(?:\.index|\.data-\d+-of-\d+)$", entry.name)
+            if m and entry.is_file():
+                sizes[m.group(1)] = sizes.get(m.group(1), 0) + entry.stat().st_size
+    if not sizes:
+        return None
+    return sizes[max(sizes, key=lambda name: int(name.split("-")[1].split("_")[0]))]
+
+
 def model_config(config: dict) -> ModelConfig:
     """The run's ModelConfig from a config read by `read_config`."""
     return ModelConfig.from_json(config["model"], image_size=SIZE)
