@@ -202,3 +202,27 @@ def test_a_damaged_label_summary_is_one_line_and_nothing_changes(
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and message in line and "--force" in line, line
     assert snapshot(tmp_path, root) == before
+
+
+@pytest.mark.parametrize("old, new, message", [
+    (b"0.900000", b"0.9x0000", "line 2: could not convert string to float"),
+    (b"path,label", b"name,label", "its header is not path,label,class_name,confidence"),
+])
+def test_a_damaged_part_csv_is_one_line_and_nothing_changes(old, new, message, labeled,
+                                                            tmp_path, capsys):
+    """Same size (label-status still calls the shard done): `label --export-folders` reads
+    the CSV back and names the line that is wrong."""
+    root, base = labeled
+    out = tmp_path / "out"
+    shutil.copytree(base, out)
+    csv_path = out / "labels" / "part-00000-of-00002.csv"
+    csv_path.write_bytes(csv_path.read_bytes().replace(old, new, 1))
+    before = snapshot(tmp_path, root)
+    code = cli_main(["label", root, out, "--num-shards", "2", "--shard-index", "0",
+                     "--export-folders", tmp_path / "classes"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and f"{csv_path} is damaged: {message}" in line, line
+    # (label's up-front writability probe makes the --export-folders folder, left empty)
+    assert not list((tmp_path / "classes").iterdir())
+    (tmp_path / "classes").rmdir()
+    assert snapshot(tmp_path, root) == before

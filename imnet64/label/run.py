@@ -67,6 +67,7 @@ from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
+from imnet64.formats import read_back
 from imnet64.formats.image_names import escape_name, unescape_name
 from imnet64.formats.label_parts import CSV_HEADER, PartPaths, part_paths, read_summary
 from imnet64.formats.label_summary import LabelSummary, LabelTiming, PartFile, Reject
@@ -462,12 +463,24 @@ def label_shard(
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
     """(path, label, class_name, confidence) rows of a part CSV; `path` is the input's name
     exactly (the CSV holds it escaped, see inputs.escape_name)."""
-    text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    rebuild = "it is made with its part: rerun this label shard with --force"
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if tuple(header or ()) != CSV_HEADER:
-        raise ValueError(f"{path} is not a label part CSV")
-    return [(unescape_name(r[0]), int(r[1]), r[2], float(r[3])) for r in reader]
+    try:
+        header = next(reader, None)
+        if tuple(header or ()) != CSV_HEADER:
+            raise read_back.damaged(path, f"its header is not {','.join(CSV_HEADER)}", rebuild)
+        rows = []
+        for r in reader:
+            if len(r) != len(CSV_HEADER):
+                raise ValueError(f"{len(r)} fields, not {len(CSV_HEADER)}")
+            rows.append((unescape_name(r[0]), int(r[1]), r[2], float(r[3])))
+    except (ValueError, csv.Error) as e:
+        raise read_back.damaged(path, f"line {reader.line_num}: {e}", rebuild) from None
+    return rows
 
 
 def _output_problem(input_path: Path, out_dir: Path, index: int, count: int,
