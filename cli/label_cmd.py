@@ -127,11 +127,12 @@ def label_status(out_dir, num_shards, as_json) -> None:
                 click.echo(f"shard {shard.index:5d}  {shard.state:8s} {shard.detail}".rstrip())
         t = status.totals()
         click.echo(
-            f"{t['done']}/{t['shards']} done, {t['partial']} partial, {t['missing']} missing; "
+            f"{t['done']}/{t['shards']} done, {t['partial']} partial, {t['missing']} missing"
+            f"{', ' + str(t['damaged']) + ' damaged' if t['damaged'] else ''}; "
             f"{t['inputs']} inputs = {t['labeled']} labeled + {t['rejected']} rejected "
             "(done shards)"
         )
-        for state in ("missing", "partial"):
+        for state in ("missing", "partial", "damaged"):
             ids = [str(s.index) for s in status.of(state)]
             if ids:
                 click.echo(f"{state} shards: {','.join(ids)}")

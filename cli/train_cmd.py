@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 from imnet64.cluster.engines import ENGINES, importable_engines
@@ -177,8 +178,10 @@ def _train_here(cfg: TrainConfig, stop) -> None:
     # with its default action; the run is complete and checkpointed, it exits 0)
     if result.rank == 0 and result.state == "finished" and result.history:
         last = result.history[-1]
-        click.echo(f"done: {result.epoch} epochs, val_accuracy {last.val_accuracy:.4f}, "
-                   f"val_loss {last.val_loss:.4f}, {last.images_per_s:.1f} images/s; "
+        scores = (f"val_accuracy {last.val_accuracy:.4f}, val_loss {last.val_loss:.4f}"
+                  if math.isfinite(last.val_loss) else
+                  f"no validation (the dataset has no val split), loss {last.loss:.4f}")
+        click.echo(f"done: {result.epoch} epochs, {scores}, {last.images_per_s:.1f} images/s; "
                    f"run in {cfg.run_dir}")
     code = launch.rank_exit_code(result.exit_code)
     if code:

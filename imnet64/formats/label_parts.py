@@ -18,9 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic
-from imnet64.formats import provenance
-from imnet64.formats.label_summary import SUMMARY_FORMAT, TIMING_FORMAT
+from imnet64.formats import provenance, read_back
+from imnet64.formats.label_summary import (
+    SUMMARY_FORMAT,
+    TIMING_FORMAT,
+    SummaryContract,
+    TimingContract,
+)
 
 LABELS_DIR = "labels"
 TIMING_FIELDS = ("seconds", "images_per_second")
@@ -83,29 +87,48 @@ def timing_path(summary: str | Path) -> Path:
     return summary.with_name(f"{summary.stem}.timing.json")
 
 
-def _read_json_dict(path: str | Path, fmt: str) -> dict[str, Any] | None:
+def _summary_rebuild(path: Path) -> str:
+    m = PART_RE.match(path.name)
+    shard = f" --shard-index {int(m.group(1))} --num-shards {int(m.group(2))}" if m else ""
+    return (f"it is made from its part: rerun imnet64 label{shard} with --force to label "
+            "the shard again and write it anew")
+
+
+def _read_checked(path: Path, contract: type, fmt: str, rebuild: str) -> dict[str, Any]:
+    data = read_back.read_json(path, rebuild)
+    if isinstance(data, dict) and data.get("format") != fmt:
+        raise read_back.damaged(path, f"format {data.get('format')!r} is not {fmt!r}", rebuild)
     try:
-        data = atomic.read_json(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        return None
+        read_back.check_fields(data, contract)
+    except read_back.Mismatch as e:
+        raise read_back.damaged(path, str(e), rebuild) from None
+    if contract is SummaryContract and data["rejected"] != len(data["rejects"]):
+        raise read_back.damaged(path, f"rejected {data['rejected']} is not the "
+                                f"{len(data['rejects'])} rejects listed", rebuild)
     return data
 
 
 def read_summary(path: str | Path) -> dict[str, Any] | None:
-    """The summary at `path`, or None if it is missing or not a valid summary.
+    """The summary at `path`, checked against its contract; None if there is none. A damaged
+    one (or a damaged .timing.json beside it) is a one-line UserError naming it and saying
+    how to write it again (imnet64.formats.read_back).
 
     The timing of the run that wrote it (`seconds`, `images_per_second`) is merged in from
     the .timing.json beside it when that belongs to the same inputs; without it, the
     fields are absent. So are the run fields of its provenance (host, Slurm ids: null
     without the .timing.json).
     """
-    data = _read_json_dict(path, SUMMARY_FORMAT)
-    if data is None:
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
         return None
-    timing = _read_json_dict(timing_path(path), TIMING_FORMAT)
-    if timing is None or timing.get("inputs_sha256") != data.get("inputs_sha256"):
+    data = _read_checked(path, SummaryContract, SUMMARY_FORMAT, _summary_rebuild(path))
+    timing = {}
+    tpath = timing_path(path)
+    if tpath.exists() or tpath.is_symlink():
+        timing = _read_checked(tpath, TimingContract, TIMING_FORMAT,
+                               "it only records how long the shard took: move it away (the "
+                               "shard then shows no rate) or relabel the shard with --force")
+    if timing.get("inputs_sha256") != data.get("inputs_sha256"):
         timing = {}
     data.update({k: timing[k] for k in TIMING_FIELDS if k in timing})
     if provenance.KEY in data:

@@ -21,7 +21,7 @@ from imnet64.formats.label_parts import LABELS_DIR, PART_RE, TEMP_RE, part_paths
 @dataclass
 class ShardState:
     index: int
-    state: str  # "done", "partial" or "missing"
+    state: str  # "done", "partial", "missing" or "damaged" (a summary that is not one)
     detail: str = ""
     summary: dict[str, Any] | None = None
 
@@ -50,6 +50,7 @@ class LabelStatus:
             "done": len(self.of("done")),
             "partial": len(self.of("partial")),
             "missing": len(self.of("missing")),
+            "damaged": len(self.of("damaged")),
             "inputs": inputs,
             "labeled": sum(int(s["labeled"]) for s in done),
             "rejected": sum(int(s["rejected"]) for s in done),
@@ -74,7 +75,10 @@ class LabelStatus:
 def _shard_state(out_dir: Path, index: int, count: int) -> ShardState:
     paths = part_paths(out_dir, index, count)
     temps = paths.temp_files()
-    summary = read_summary(paths.summary)
+    try:
+        summary = read_summary(paths.summary)
+    except UserError as e:  # shown as this shard's state: the others are still worth seeing
+        return ShardState(index, "damaged", str(e))
     have = {p.suffix[1:] for p in (paths.tfrecord, paths.csv, paths.summary) if p.exists()}
     if summary is not None:
         files = summary.get("files", {})

@@ -93,6 +93,51 @@ class LabelSummary:
 
 
 @dataclass(frozen=True)
+class SummaryFiles:
+    tfrecord: PartFile
+    csv: PartFile
+
+
+@dataclass(frozen=True)
+class SummaryContract:
+    """The summary's JSON as `LabelSummary.to_json` writes it: what every reader checks
+    (imnet64.formats.read_back) before trusting a field."""
+
+    format: str
+    imnet64_version: str
+    input: str
+    input_kind: str
+    shard_index: int
+    shard_count: int
+    total_inputs: int
+    inputs: int
+    labeled: int
+    rejected: int
+    rejects: list[Reject]
+    inputs_sha256: str
+    first_input: str | None
+    last_input: str | None
+    teacher: str
+    teacher_spec: str | None
+    num_classes: int
+    top_k: int
+    batch_size: int
+    files: SummaryFiles
+    provenance: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TimingContract:
+    """The timing's JSON as `LabelTiming.to_json` writes it."""
+
+    format: str
+    inputs_sha256: str
+    seconds: float
+    images_per_second: float | None
+    provenance: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class LabelTiming:
     inputs_sha256: str  # ties it to the summary of the same inputs
     seconds: float

@@ -37,7 +37,7 @@ from typing import Any
 from imnet64 import atomic
 from imnet64.atomic import sha256_file
 from imnet64.errors import UserError
-from imnet64.formats import image64, provenance
+from imnet64.formats import image64, provenance, read_back
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "imnet64-dataset"
@@ -65,7 +65,7 @@ class SplitInfo:
 class ClassInfo:
     id: int
     name: str
-    teacher_id: int | None
+    teacher_id: int | None = None  # absent in manifests written before it was recorded
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,20 @@ class Manifest:
         return problems
 
 
+@dataclass(frozen=True)
+class ManifestContract:
+    """What dataset.json must hold for a reader (write_manifest writes it; `load_manifest`
+    checks every read against it, see imnet64.formats.read_back)."""
+
+    format: str
+    version: int
+    encoding: str
+    classes: tuple[ClassInfo, ...]
+    splits: dict[str, SplitInfo]
+    image_size: int = image64.SIZE
+    teacher: str | None = None
+
+
 def manifest_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / MANIFEST_NAME
 
@@ -213,35 +227,47 @@ def dataset_provenance(dataset_dir: str | Path, raw: dict[str, Any] | None = Non
 
 
 def load_manifest(dataset_dir: str | Path) -> Manifest:
-    """Read and check `DATASET_DIR/dataset.json`; a clear UserError if it is not one."""
+    """Read and check `DATASET_DIR/dataset.json` against its contract (types, then what
+    types cannot say: class ids 0..C-1 in order, one class count per class, shard files
+    inside the dataset); a one-line UserError naming what is wrong if it is not one."""
     root = Path(dataset_dir)
     path = manifest_path(root)
-    if not path.is_file():
+    read_back.require_folder(root, "a dataset folder")
+    if not path.exists():
         raise UserError(f"{root} is not an imnet64 dataset (no {MANIFEST_NAME}; run shard-records)")
-    try:
-        raw = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from e
-    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+    raw = read_back.read_json(path, _REBUILD)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise UserError(f"{path} is not an {FORMAT} manifest of version {VERSION}")
-    splits = {
-        name: SplitInfo(
-            count=int(s["count"]),
-            class_counts=tuple(int(c) for c in s["class_counts"]),
-            shards=tuple(ShardInfo(**shard) for shard in s["shards"]),
-        )
-        for name, s in raw["splits"].items()
-    }
-    classes = tuple(
-        ClassInfo(id=int(c["id"]), name=str(c["name"]), teacher_id=c.get("teacher_id"))
-        for c in raw["classes"]
-    )
+    contract = read_back.read_dataclass(path, ManifestContract, _REBUILD)
+    problem = _inconsistency(contract)
+    if problem:
+        raise read_back.damaged(path, problem, _REBUILD)
     return Manifest(
         root=root,
-        encoding=raw["encoding"],
-        image_size=int(raw.get("image_size", 64)),
-        classes=classes,
-        splits=splits,
-        teacher=raw.get("teacher"),
+        encoding=contract.encoding,
+        image_size=contract.image_size,
+        classes=contract.classes,
+        splits=dict(contract.splits),
+        teacher=contract.teacher,
         raw=raw,
     )
+
+
+_REBUILD = "write the dataset again with imnet64 shard-records (into a new DATASET_DIR)"
+
+
+def _inconsistency(m: ManifestContract) -> str | None:
+    """What a well-typed manifest may still get wrong (None: nothing)."""
+    ids = [c.id for c in m.classes]
+    if ids != list(range(len(ids))):
+        first = next(i for i, c in enumerate(ids) if c != i) if ids else 0
+        return (f"class ids must be 0..{len(ids) - 1} in order (classes[{first}] has id "
+                f"{ids[first] if first < len(ids) else None})")
+    for name, split in m.splits.items():
+        if len(split.class_counts) != len(m.classes):
+            return (f"splits.{name}.class_counts has {len(split.class_counts)} counts for "
+                    f"{len(m.classes)} classes (a class added or removed by hand?)")
+        for shard in split.shards:
+            if Path(shard.file).name != shard.file or shard.file in ("", ".", ".."):
+                return f"splits.{name}: shard file {shard.file!r} is not a file name"
+    return None

@@ -7,11 +7,17 @@ copied out. Every entry appears atomically (made under a temporary name, then re
 re-running the export gives the same tree.
 
 The file name is the input's path relative to INPUT with '/' replaced by '__', so images
-with the same base name in different sub-folders do not collide.
+with the same base name in different sub-folders do not collide. So that two inputs never
+share an entry (`bad/gray8.png` and `bad__gray8.png` both flatten to `bad__gray8.png`), a
+name that flattening could make ambiguous (it holds '__' or '~', or a '_' beside a '/',
+or at either end) also gets '~' and 12 hex digits of its sha256 before the extension:
+other names cannot contain '~', and among the rest every '__' stands for one '/'.
+Every other name keeps the entry it always had.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,11 +27,26 @@ from imnet64.formats.class_names import safe_folder_name
 from imnet64.label.inputs import InputReadError, InputSet
 
 SEPARATOR = "__"
+MARK = "~"  # before the digest of a name whose flattening could be ambiguous
+
+
+def _ambiguous(name: str) -> bool:
+    if SEPARATOR in name or MARK in name:
+        return True
+    return any(part.startswith("_") or part.endswith("_") for part in name.split("/"))
 
 
 def export_name(name: str) -> str:
-    """The flat file name for input `name` (a path relative to INPUT)."""
-    return name.replace("/", SEPARATOR)
+    """The flat file name for input `name` (a path relative to INPUT): distinct names give
+    distinct entries (see the module docstring)."""
+    flat = name.replace("/", SEPARATOR)
+    if not _ambiguous(name):
+        return flat
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    stem, dot, ext = flat.rpartition(".")
+    if not dot or not stem:  # no extension (or a dot file): the mark goes at the end
+        return f"{flat}{MARK}{digest}"
+    return f"{stem}{MARK}{digest}.{ext}"
 
 
 def _link_atomically(target: Path, link: Path) -> None:

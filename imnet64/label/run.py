@@ -63,10 +63,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import imnet64
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
+from imnet64.formats import read_back
 from imnet64.formats.image_names import escape_name, unescape_name
 from imnet64.formats.label_parts import CSV_HEADER, PartPaths, part_paths, read_summary
 from imnet64.formats.label_summary import LabelSummary, LabelTiming, PartFile, Reject
@@ -113,6 +114,7 @@ class LabelPlan:
     fingerprint: str
     paths: PartPaths
     existing: dict[str, Any] | None  # the summary on disk, if any
+    summary_problem: str | None = None  # what is wrong with a damaged summary on disk
 
     @property
     def done(self) -> bool:
@@ -194,8 +196,17 @@ def plan_shard(
         total_inputs=len(all_inputs),
         fingerprint=names_fingerprint(inputs.names),
         paths=paths,
-        existing=read_summary(paths.summary),
+        **_existing_summary(paths),
     )
+
+
+def _existing_summary(paths: PartPaths) -> dict[str, Any]:
+    """The shard's summary on disk, or why it cannot be trusted (then --force is needed to
+    write it anew: the user's file is never silently replaced)."""
+    try:
+        return {"existing": read_summary(paths.summary)}
+    except UserError as e:
+        return {"existing": None, "summary_problem": str(e)}
 
 
 @contextlib.contextmanager
@@ -452,12 +463,24 @@ def label_shard(
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
     """(path, label, class_name, confidence) rows of a part CSV; `path` is the input's name
     exactly (the CSV holds it escaped, see inputs.escape_name)."""
-    text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    rebuild = "it is made with its part: rerun this label shard with --force"
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if tuple(header or ()) != CSV_HEADER:
-        raise ValueError(f"{path} is not a label part CSV")
-    return [(unescape_name(r[0]), int(r[1]), r[2], float(r[3])) for r in reader]
+    try:
+        header = next(reader, None)
+        if tuple(header or ()) != CSV_HEADER:
+            raise read_back.damaged(path, f"its header is not {','.join(CSV_HEADER)}", rebuild)
+        rows = []
+        for r in reader:
+            if len(r) != len(CSV_HEADER):
+                raise ValueError(f"{len(r)} fields, not {len(CSV_HEADER)}")
+            rows.append((unescape_name(r[0]), int(r[1]), r[2], float(r[3])))
+    except (ValueError, csv.Error) as e:
+        raise read_back.damaged(path, f"line {reader.line_num}: {e}", rebuild) from None
+    return rows
 
 
 def _output_problem(input_path: Path, out_dir: Path, index: int, count: int,
@@ -493,6 +516,8 @@ def _relabel(plan: LabelPlan, options: LabelOptions, teacher: Any, problem: str 
              progress: ProgressFn | None, log: LogFn) -> dict[str, Any]:
     """Label the shard (loading the teacher if none is given); returns the run summary."""
     old = plan.existing
+    if plan.summary_problem and not options.force:
+        raise UserError(plan.summary_problem)
     if old is not None and not options.force and old.get("inputs_sha256") != plan.fingerprint:
         raise UserError(
             f"{plan.paths.summary} was written for other inputs "
@@ -526,6 +551,8 @@ def _export(plan: LabelPlan, export_dir: str | os.PathLike, copy: bool, log: Log
     log(f"--export-folders: {made} entries in {export_dir}")
 
 
+@disk_errors.reports("the label part", lambda a: a["out_dir"],
+                     lambda a: disk_errors.tree_bytes(a["input_path"]) // max(1, a["count"]))
 def run(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,

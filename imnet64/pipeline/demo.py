@@ -112,13 +112,10 @@ def training_engine() -> str:
 
 
 def _train_finished(run_dir: Path, epochs: int) -> bool:
-    from imnet64.train.run_dir import STATUS
+    from imnet64.train.run_files import read_status
 
-    status = run_dir / STATUS
-    if not status.exists():
-        return False
-    s = atomic.read_json(status)
-    return s.get("state") == "finished" and int(s.get("epoch", -1)) >= epochs
+    s = read_status(run_dir)
+    return s is not None and s.state == "finished" and s.epoch >= epochs
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ count must equal the manifest's; any difference is a problem (the CLI exits 1).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from imnet64.atomic import sha256_file
 from imnet64.formats.manifest import Manifest, dataset_provenance
-from imnet64.formats.tfrecord_file import RecordFileError, count_records
+from imnet64.formats.tfrecord_file import RecordFileError, count_records, iter_records
 from imnet64.progress import ProgressFn
 from imnet64.records.progress_count import ProgressCount
 
@@ -100,6 +101,7 @@ def summarize(manifest: Manifest) -> Summary:
 def verify(manifest: Manifest, progress: ProgressFn | None = None) -> list[str]:
     """One line per problem found (empty list = every shard matches the manifest)."""
     problems: list[str] = []
+    found_counts: Counter[tuple[str, int]] = Counter()  # (split, label) -> records
     shards = [s for info in manifest.splits.values() for s in info.shards]
     on_bytes = ProgressCount(progress, sum(s.bytes for s in shards))
     for shard in shards:
@@ -123,9 +125,39 @@ def verify(manifest: Manifest, progress: ProgressFn | None = None) -> list[str]:
             continue
         if records != shard.examples:
             problems.append(f"{shard.file}: {records} records, manifest says {shard.examples}")
+        problems += _label_problems(manifest, shard.file, found_counts)
     for name, info in manifest.splits.items():
+        found = [found_counts.get((name, c), 0) for c in range(manifest.num_classes)]
+        if not problems and found != list(info.class_counts):
+            problems.append(f"split {name}: the shards hold {found} examples per class, the "
+                            f"manifest says {list(info.class_counts)}")
         if sum(s.examples for s in info.shards) != info.count:
             problems.append(f"split {name}: shard examples do not add up to its count {info.count}")
         if sum(info.class_counts) != info.count:
             problems.append(f"split {name}: class counts do not add up to its count {info.count}")
     return problems
+
+
+def _label_problems(manifest: Manifest, file: str, counts: Counter[tuple[str, int]]
+                    ) -> list[str]:
+    """Count the labels of one shard (into `counts`, by split); a label outside the class
+    list (a class removed from dataset.json by hand) is a problem: training would fail deep
+    inside TensorFlow."""
+    from imnet64.formats.tfrecord_schema import LABEL  # TensorFlow only for --verify
+
+    import tensorflow as tf
+
+    split = file.split("-", 1)[0]
+    top = -1
+    try:
+        for _, data in iter_records(manifest.root / file):
+            label = int(tf.train.Example.FromString(data).features.feature[LABEL]
+                        .int64_list.value[0])
+            counts[(split, label)] += 1
+            top = max(top, label)
+    except (RecordFileError, ValueError, IndexError) as e:
+        return [f"{file}: a record does not parse ({e})"]
+    if top >= manifest.num_classes:
+        return [f"{file}: labels up to {top} for {manifest.num_classes} classes (dataset.json's "
+                "class list does not fit its shards)"]
+    return []

@@ -28,7 +28,7 @@ from imnet64.errors import UserError
 from imnet64.formats import image64, provenance
 from imnet64.formats.class_names import imagenet_class_names, safe_folder_name
 from imnet64.formats.image_names import is_image_name, sha256_of_names
-from imnet64.formats.label_parts import LABELS_DIR, PART_RE, part_stem
+from imnet64.formats.label_parts import LABELS_DIR, PART_RE, part_stem, read_summary
 from imnet64.formats.label_status import label_status
 from imnet64.formats.tfrecord_file import RecordFileError, iter_records, read_record_at
 
@@ -131,6 +131,9 @@ def _parts_fingerprint(parts: LabelParts) -> str:
 
 
 def _check_parts(parts: LabelParts, allow_partial: bool) -> None:
+    damaged = [detail for _, state, detail in parts.not_done if state == "damaged"]
+    if damaged:  # never skipped, even with --allow-partial: someone must look at it
+        raise UserError(damaged[0])
     if parts.not_done and not allow_partial:
         shown = ", ".join(f"{i} {state}" for i, state, _ in parts.not_done[:8])
         more = " ..." if len(parts.not_done) > 8 else ""
@@ -187,10 +190,11 @@ class _PartSummaries:
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read label summary {path}: {e}") from None
+    """A done part's summary, checked (imnet64.formats.label_parts.read_summary)."""
+    summary = read_summary(path)
+    if summary is None:
+        raise UserError(f"label summary {path} is missing")
+    return summary
 
 
 def _part_items(record_path: Path, part: int, class_names: dict[ClassKey, str]

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
@@ -61,6 +61,7 @@ from imnet64.records.source import (
     scan_source,
     source_fingerprint,
 )
+from imnet64.records.space import shard_space_needed
 from imnet64.records.split import (
     SPLITS,
     Example,
@@ -620,6 +621,8 @@ def _claim_out_dir(out_dir: Path, state: OutDirState) -> None:
         (out_dir / RUN_SIDECAR).unlink(missing_ok=True)
 
 
+@disk_errors.reports("the dataset's shards", lambda a: a["out_dir"],
+                     lambda a: shard_space_needed(a["source"], a["out_dir"]))
 def shard_records(
     source: str | Path,
     out_dir: str | Path,

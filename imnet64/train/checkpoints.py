@@ -34,6 +34,7 @@ from pathlib import Path
 
 from imnet64 import atomic
 from imnet64.errors import UserError
+from imnet64.train import run_files
 
 import tensorflow as tf
 
@@ -309,7 +310,7 @@ class Checkpoints:
 
     def save_best(self, global_step: int, epoch: int, val_loss: float) -> str:
         path = self._write(self.best_dir, global_step, 1)
-        atomic.write_json(self.best_dir / "best.json",
+        atomic.write_json(self.best_dir / run_files.BEST_RECORD,
                           {"checkpoint": Path(path).name, "epoch": epoch, "val_loss": val_loss})
         return path
 
@@ -335,13 +336,10 @@ def _newest_intact(folder: Path) -> str | None:
 def _best(folder: Path) -> Found | None:
     """The best checkpoint: the one best.json names if its files are there, else the newest."""
     found = on_disk(folder)
-    try:
-        name = atomic.read_json(folder / "best.json")["checkpoint"]
-        named = [f for f in found if f.prefix.name == name]
-        if named:
-            return named[0]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    record = run_files.read_best(folder)  # a damaged best.json is named, not guessed around
+    named = [f for f in found if record and f.prefix.name == record.checkpoint]
+    if named:
+        return named[0]
     return found[0] if found else None
 
 

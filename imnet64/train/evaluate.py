@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import load_manifest
+from imnet64.train import shard_errors
 from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
 from imnet64.train.eval_step import make_eval_step
 from imnet64.train.input_pipeline import ONE_PASS, training_dataset
@@ -90,6 +91,8 @@ def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[
     return out
 
 
+# evaluation-<split>.json: ~150 bytes per class, 1000 classes and the confusions fit in 1 MB
+@disk_errors.reports("the evaluation's JSON", lambda a: a["run_dir"], lambda a: 1 << 20)
 def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
                  split: str = EVAL_SPLIT, checkpoint: str = CHECKPOINT,
                  batch_size: int = EVAL_BATCH_SIZE, top_confused: int = TOP_CONFUSED,
@@ -109,7 +112,10 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
     with_teacher, kl_sum, agreements = 0.0, 0.0, 0.0
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     options = dataclasses.replace(ONE_PASS, with_soft_labels=True)
-    for images, labels, teacher_mass in training_dataset(manifest, split, batch_size, options):
+    manifest.split(split)  # a UserError naming the splits there are if it has no such split
+    shard_errors.check_sizes(manifest, [split])
+    batches = training_dataset(manifest, split, batch_size, options)
+    for images, labels, teacher_mass in shard_errors.guarded(batches, manifest, split):
         scores = step(images, labels, teacher_mass)
         loss_sum += float(scores["loss_sum"])
         top_k_hits += int(scores["top_k_hits"])

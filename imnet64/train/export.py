@@ -28,11 +28,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.image64 import CHANNELS, SIZE
+from imnet64.train import run_files
 from imnet64.train.checkpoints import one_line
 from imnet64.train.config import CHECKPOINT, EXPORT_FORMATS
 from imnet64.train.model import ENCODER_OUTPUT
@@ -187,6 +188,14 @@ def _save_keras(staged: Path, model: tf.keras.Model, encoder_only: bool,
                                                                   training=False).numpy()
 
 
+def _export_space(args: dict) -> int | None:
+    """The model once staged and once reloaded for the check, plus its graph: about twice
+    a checkpoint of the run (which also holds the optimizer's moments) and 1 MB."""
+    one = run_files.checkpoint_bytes(args["run_dir"])
+    return 2 * one + (1 << 20) if one else None
+
+
+@disk_errors.reports("the export", lambda a: Path(a["out"]).parent, _export_space)
 def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = EXPORT_FORMATS[0],
                encoder_only: bool = False, checkpoint: str = CHECKPOINT,
                force: bool = False) -> ExportResult:

@@ -17,12 +17,10 @@ from pathlib import Path
 from imnet64 import atomic
 from imnet64.cluster import provenance
 from imnet64.formats import provenance as provenance_schema
+from imnet64.train import run_files
+from imnet64.train.run_files import CURVES, HISTORY, TENSORBOARD
 
 log = logging.getLogger(__name__)
-
-HISTORY = "history.json"
-CURVES = "curves.png"
-TENSORBOARD = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,9 @@ class EpochRecord:
 
 
 def load_history(run_dir: Path) -> list[EpochRecord]:
-    path = Path(run_dir) / HISTORY
-    if not path.exists():
-        return []
-    return [EpochRecord(**row) for row in atomic.read_json(path)["epochs"]]
+    """history.json's epochs ([] without one); a damaged one is a UserError that says how
+    to go on (imnet64.train.run_files)."""
+    return run_files.read_history_rows(run_dir, EpochRecord)
 
 
 def write_history(run_dir: Path, records: list[EpochRecord]) -> None:

@@ -20,6 +20,7 @@ stopped (a stop signal: checkpointed, exit 75), or failed (with the error's one 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import imnet64
-from imnet64 import atomic
+from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
@@ -42,6 +43,7 @@ from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
+from imnet64.train import run_files, shard_errors
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
 from imnet64.train.config import OPTIONS, PRECISIONS, TARGETS, TrainConfig, option_name
 from imnet64.train.eval_step import make_eval_step
@@ -171,11 +173,7 @@ def _check_dataset(manifest: Manifest) -> None:
     if manifest.num_classes < 2:
         raise UserError(f"dataset {manifest.root} has {manifest.num_classes} class(es): "
                         "training a classifier needs at least 2 classes")
-    problems = manifest.shard_size_problems(["train", "val"])
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(f"{problems[0]}{more}: rebuild the dataset with imnet64 shard-records "
-                        "(imnet64 inspect --verify checks it)")
+    shard_errors.check_sizes(manifest, ["train", "val"])
 
 
 def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
@@ -212,8 +210,7 @@ def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[s
     """Why a resumed run's dataset is not the one it was trained on (None if it is): other
     class names (class ids would change meaning under the trained head) or other shards
     (another dataset's fingerprint). A moved or copied dataset is the same dataset."""
-    classes_path = run_dir / CLASSES
-    old_names = atomic.read_json(classes_path) if classes_path.exists() else None
+    old_names = run_files.read_classes(run_dir, old["num_classes"])
     if old_names is not None and list(old_names) != list(class_names):
         first = next((i for i, (a, b) in enumerate(zip(old_names, class_names)) if a != b),
                      min(len(old_names), len(class_names)))
@@ -238,19 +235,26 @@ def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[s
 def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> str | None:
     """Rank 0: write config.json for a new run, or check a resumed run's. Returns an error
     message (to be raised on every rank) or None."""
+    try:  # a damaged file of the run: one line naming it, nothing changed
+        run_files.check_layout(run_dir)
+        old = run_files.read_config(run_dir) if (run_dir / CONFIG).exists() else None
+        run_files.read_history_rows(run_dir, EpochRecord)
+        other = _other_dataset(run_dir, old, resolved, class_names) if old else None
+    except UserError as e:
+        return str(e)
     path = run_dir / CONFIG
-    if path.exists():
-        old = atomic.read_json(path)
+    if old is not None:
         diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k, MISSING_MEANS.get(k))!r} -> "
                  f"{resolved[k]!r}"
                  for k in RESUME_MUST_MATCH if old.get(k, MISSING_MEANS.get(k)) != resolved[k]]
         if diffs:
             return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
                     "rerun with the same options to resume, or use a new RUN_DIR")
-        other = _other_dataset(run_dir, old, resolved, class_names)
         if other:
             return other
     run_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in run_files.remove_temporaries(run_dir):
+        log.info("removed %s (left by an interrupted session)", leftover)
     atomic.write_json(path, resolved)
     atomic.write_json(run_dir / CLASSES, class_names)
     return None
@@ -274,6 +278,19 @@ def _all_variables(*roots) -> list[tf.Variable]:
                 seen.add(id(obj))
                 out.append(obj)
     return out
+
+
+def _space_needed(cfg: TrainConfig) -> int | None:
+    """Free space the run needs from now on: the kept checkpoints, one being written and
+    the best one (from the size of its newest checkpoint; None before the first)."""
+    one = run_files.checkpoint_bytes(cfg.run_dir)
+    if one is None:  # before the first checkpoint: weights and two Adam moments, float32
+        try:
+            model = cfg.model_config(load_manifest(cfg.dataset).num_classes).build()
+            one = 3 * 4 * model.count_params() + (64 << 10)
+        except Exception:  # noqa: BLE001  (an estimate is not worth another error)
+            return None
+    return one * (cfg.keep_checkpoints + 2) + (1 << 20)
 
 
 # ---- steps ---------------------------------------------------------------------------------
@@ -439,27 +456,10 @@ class _Trainer:
     def guarded(self, batches: tf.data.Dataset, split: str):
         """Iterate `batches`; a read error (a damaged shard) becomes a UserError that names
         the shard (found by checking this rank's shards of `split` against the manifest)."""
-        iterator = iter(batches)
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except tf.errors.OpError as e:
-                raise UserError(self._data_error(split, e)) from e
-            yield batch
-
-    def _data_error(self, split: str, error: tf.errors.OpError) -> str:
         paths = self.manifest.shard_paths(split)
         if len(paths) >= self.world.size:  # the files this rank reads (data.py's dealing)
             paths = paths[self.world.rank::self.world.size]
-        damaged = self.manifest.damaged_shards(split, paths)
-        if damaged:
-            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-            return (f"{damaged[0]}{more}: reading the {split} split failed ({one_line(error)}); "
-                    "rebuild the dataset with imnet64 shard-records")
-        return (f"reading the {split} split of {self.manifest.root} failed ({one_line(error)}); "
-                "its shards match the manifest's sha256s")
+        return shard_errors.guarded(batches, self.manifest, split, paths)
 
     def info(self, msg: str, *args) -> None:
         if self.world.is_chief:
@@ -556,6 +556,15 @@ class _Trainer:
         self.dump_weights()
         self.world.barrier()
         return self.result(stop.state)
+
+    def release(self) -> None:
+        """After a failure: stop the curve-drawing thread and close the TensorBoard writer
+        now, quietly (on a full disk their last writes fail too; left to the interpreter's
+        exit, TensorFlow's writer aborts the process instead of exiting with the error)."""
+        for close in (getattr(self, "curves", None), getattr(self, "tensorboard", None)):
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close.close()
 
     def record_failure(self, error: BaseException) -> None:
         """status.json says how the run ended when an exception ends it (rank 0, and only
@@ -672,9 +681,11 @@ class _Trainer:
         waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
             if record.rank0_wait_s is not None else ""
         kl = f" kl {record.kl:.4f}" if record.kl is not None else ""
-        self.info("epoch %d/%d done: loss %.4f%s acc %.4f | val_loss %.4f val_acc %.4f | lr %.3g "
+        val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if self.has_val else \
+            "no val split"  # never "val_loss nan": there was nothing to validate on
+        self.info("epoch %d/%d done: loss %.4f%s acc %.4f | %s | lr %.3g "
                   "| %.1f images/s%s | input stall %.1f%%%s", epoch + 1, self.cfg.epochs,
-                  record.loss, kl, record.accuracy, val_loss, val_acc, lr, record.images_per_s,
+                  record.loss, kl, record.accuracy, val_text, lr, record.images_per_s,
                   util, record.input_stall_pct, waits)
 
     def _record_rank0_wait(self, record: EpochRecord, waited: float) -> EpochRecord:
@@ -705,8 +716,9 @@ class _Trainer:
                       int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()),
                       self.schedule.at_step(int(state.global_step.numpy()), self.steps))
         if not self.has_val:
-            log.warning("dataset %s has no val split: no validation, and the 'best' checkpoint "
-                        "is the latest", self.manifest.root)
+            log.warning("dataset %s has no val split (shard-records --val-fraction 0): "
+                        "training without validation; no val_loss, no best checkpoint "
+                        "(evaluate and export use the latest)", self.manifest.root)
         self.set_status("running")
         with stop:
             while True:
@@ -727,6 +739,8 @@ class _Trainer:
         return self.result("finished")
 
 
+@disk_errors.reports("the run's checkpoints and files", lambda a: a["cfg"].run_dir,
+                     lambda a: _space_needed(a["cfg"]))
 def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     """Train (or resume) the run in `cfg.run_dir`. Rank 0 alone writes files.
 
@@ -741,4 +755,5 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
             return trainer.run()
     except BaseException as e:
         trainer.record_failure(e)
+        trainer.release()
         raise

@@ -5,18 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imnet64 import atomic
 from imnet64.errors import UserError
-from imnet64.formats.image64 import SIZE
+from imnet64.train import run_files
 from imnet64.train.checkpoints import find_checkpoint, one_line
 from imnet64.train.config import CHECKPOINT
-from imnet64.train.model_config import ModelConfig
+from imnet64.train.run_files import CLASSES, CONFIG, STATUS  # noqa: F401  (their home for callers)
 
 import tensorflow as tf
-
-CONFIG = "config.json"
-CLASSES = "classes.json"
-STATUS = "status.json"  # what the run is doing or how it ended (imnet64.train.loop)
 
 
 @dataclass
@@ -33,10 +28,8 @@ class TrainedRun:
 
 
 def load_run_config(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a training run (no {CONFIG}; run imnet64 train)")
-    return atomic.read_json(path)
+    """RUN_DIR/config.json, checked (imnet64.train.run_files.read_config)."""
+    return run_files.read_config(run_dir)
 
 
 def load_trained_run(run_dir: str | Path, checkpoint: str = CHECKPOINT) -> TrainedRun:
@@ -49,10 +42,13 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = CHECKPOINT) -> Train
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    run_files.check_layout(run_dir)
+    names = run_files.read_classes(run_dir, config["num_classes"]) or [
+        str(i) for i in range(config["num_classes"])]
     path = find_checkpoint(run_dir, checkpoint)
     if path is None:
         raise UserError(f"{run_dir} has no {checkpoint} checkpoint yet (train at least an epoch)")
-    model = ModelConfig.from_json(config["model"], image_size=SIZE).build()
+    model = run_files.model_config(config).build()
     try:
         status = tf.train.Checkpoint(model=model).restore(path)
         status.expect_partial()  # the optimizer and counters are not needed here
@@ -60,7 +56,4 @@ def load_trained_run(run_dir: str | Path, checkpoint: str = CHECKPOINT) -> Train
     except (tf.errors.OpError, AssertionError, ValueError) as e:
         # find_checkpoint read it back intact: it is another model's checkpoint
         raise UserError(f"checkpoint {path} does not fit {run_dir}'s model: {one_line(e)}") from e
-    classes_path = run_dir / CLASSES
-    names = atomic.read_json(classes_path) if classes_path.exists() else [
-        str(i) for i in range(config["num_classes"])]
     return TrainedRun(run_dir, config, list(names), path, model)
