@@ -8,6 +8,7 @@ import os
 
 from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
+from imnet64.formats.truth_counts import TruthCounts
 from imnet64.label.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_READ_THREADS,
@@ -100,6 +101,9 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
         f"labeled, {summary['rejected']} rejected, {rate} images/s -> {out_dir}/labels",
         err=True,
     )
+    if summary.get("truth"):
+        click.echo(f"shard {slot.index}/{slot.count}: "
+                   f"{TruthCounts.from_json(summary['truth']).describe()}", err=True)
     for reject in summary["rejects"][:10]:
         click.echo(f"  rejected {reject['path']}: {reject['reason']}", err=True)
     if summary["rejected"] > 10:
@@ -131,6 +135,9 @@ def label_status(out_dir, num_shards, as_json) -> None:
             f"{t['inputs']} inputs = {t['labeled']} labeled + {t['rejected']} rejected "
             "(done shards)"
         )
+        truth = status.truth()
+        if truth is not None:
+            click.echo(f"{truth.describe()} (done shards)")
         for state in ("missing", "partial"):
             ids = [str(s.index) for s in status.of(state)]
             if ids:
