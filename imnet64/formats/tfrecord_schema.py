@@ -32,6 +32,8 @@ TEACHER_LABEL = "image/class/teacher_label"
 # The true class as a teacher index (1..1000), when the input carried one (ImageNet64 batch
 # files); absent otherwise.
 TRUTH = "image/class/truth"
+# In dataset shards: the true class renumbered into the kept classes (-1: not kept)
+TRUTH_LABEL = "image/class/truth_label"
 CONFIDENCE = "teacher/confidence"
 TOPK_IDS = "teacher/topk/ids"
 TOPK_PROBS = "teacher/topk/probs"
@@ -118,6 +120,8 @@ class DatasetExample:
     topk_ids: tuple[int, ...]
     topk_probs: tuple[float, ...]
     topk_labels: tuple[int, ...]  # top-k ids renumbered into kept classes, -1 = not kept
+    truth: int | None = None  # true class, teacher index (None: unknown)
+    truth_label: int | None = None  # true class as a kept class, -1 if not kept
 
 
 def serialize_dataset_example(item: DatasetExample) -> bytes:
@@ -136,6 +140,9 @@ def serialize_dataset_example(item: DatasetExample) -> bytes:
         TOPK_PROBS: _floats(item.topk_probs),
         TOPK_LABELS: _ints(item.topk_labels),
     }
+    if item.truth is not None:  # absent when unknown, as in label parts
+        features[TRUTH] = _ints([item.truth])
+        features[TRUTH_LABEL] = _ints([-1 if item.truth_label is None else item.truth_label])
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
         deterministic=True)
 
