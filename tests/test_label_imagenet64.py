@@ -120,3 +120,32 @@ def test_shards_of_a_zip_equal_one_run_and_status_reports_truth(tmp_path, teache
     assert main(["label-status", str(two)]) == 0
     out = capsys.readouterr().out
     assert "teacher vs truth on 6 images: top-1 0.6667, top-5 1.0000" in out
+
+
+@pytest.mark.slow
+def test_slurm_label_sh_labels_the_downloaded_zip_as_is(tmp_path, photos):
+    """slurm/label.sh with the real imnet64 on a zip as image-net.org serves it: no extra
+    step, the parts carry the truth (what `imnet64 submit pipeline --input ZIP` runs)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    images, labels = photos
+    z = write_download_zip(tmp_path / "Imagenet64_val.zip", {
+        "val_data": pickle_bytes(batch_dict(images, labels, mean=False))})
+    env = {"PATH": os.environ["PATH"], "IMNET64_CMD": str(Path(sys.executable).parent / "imnet64"),
+           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_ARRAY_JOB_ID": "7",
+           "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0",
+           "SLURM_ARRAY_TASK_MAX": "1", "SLURM_ARRAY_TASK_COUNT": "2",
+           "IMNET64_INPUT": str(z), "IMNET64_TEACHER": "offline",
+           **{k: v for k, v in os.environ.items() if k.startswith(("TF_", "IMNET64_HOME"))}}
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(repo / "slurm" / "label.sh")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "teacher vs truth on 3 images" in done.stderr
+    records = records_of(tmp_path / "work" / "labeled", 1, 2)
+    assert [r.filename for r in records] == ["val_data/000003", "val_data/000004",
+                                             "val_data/000005"]
+    assert [r.truth for r in records] == [teacher_index(v) for v in labels[3:]]
