@@ -196,3 +196,19 @@ def test_bad_batch_files_give_one_error_line_exit_2_and_write_nothing(tmp_path, 
         written = [p for p in out_dir.rglob("*") if p.is_file()] if out_dir.exists() else []
         assert written == [], (name, written)
     assert not (tmp_path / "PWNED").exists()  # the payload never ran
+
+
+def test_the_demo_sample_is_an_official_file_of_known_classes(tmp_path):
+    from imnet64.formats.class_names import imagenet_class_names
+    from imnet64.pipeline.imagenet64_sample import write_imagenet64_sample
+
+    train, val = write_imagenet64_sample(tmp_path, 40)
+    names = imagenet_class_names()
+    for path, rows in ((train, 30), (val, 10)):
+        inputs = open_inputs(path)
+        assert len(inputs) == rows
+        assert {names[inputs.truth(i)] for i in range(rows)} == {
+            "Egyptian cat", "espresso", "moped"}
+    with open(train, "rb") as f:  # what the authors' loader sees (our own file: trusted)
+        d = pickle.load(f)
+    assert d["data"].shape == (30, 12288) and "mean" in d and min(d["labels"]) >= 1
