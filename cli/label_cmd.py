@@ -73,7 +73,10 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
     """Pseudo-label the images of INPUT with the teacher: one shard per call.
 
     INPUT is a folder (searched recursively), a text file listing image paths (one per
-    line, relative to the list's folder), or an uncompressed .tar archive read in place.
+    line, relative to the list's folder), or an uncompressed .tar archive read in place;
+    or the official ImageNet64 batch files (train_data_batch_N, val_data, pickle or .npz:
+    one file, a folder of them, or the Imagenet64_*.zip as downloaded), whose true labels
+    are kept and scored against (docs/datasets.md).
     Writes OUT_DIR/labels/part-IIIII-of-NNNNN.{tfrecord,csv,json}; the .json summary
     comes last and marks the shard done. Inputs are never moved or changed.
     """

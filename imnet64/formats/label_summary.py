@@ -39,7 +39,7 @@ class Reject:
 class LabelSummary:
     imnet64_version: str
     input: str  # INPUT as given, escaped
-    input_kind: str  # folder, list or tar
+    input_kind: str  # folder, list, tar or imagenet64
     shard_index: int
     shard_count: int
     total_inputs: int  # over all shards
