@@ -20,7 +20,13 @@ decoding, resizing, batching, writing and sharding are the real ones, the networ
 The real offline teacher then labels a slice (--slice rows, as shard 0 of N) of the same
 file, for its speed and memory.
 
-  .venv/bin/python bench/imagenet64_batch.py [--rows 128116] [--slice 512] [--json out.json]
+`--part M` labels 1/M of the rows with the same file: "whole" is shard 0 of M and the four
+shards are shards 0..3 of 4M, which tile exactly the same rows (shard_range is
+floor(index * total / count)). The file stays full size, so what a rank holds of a 1.6 GB
+file is still measured; only the labeling is shorter (on a loaded machine).
+
+  .venv/bin/python bench/imagenet64_batch.py [--rows 128116] [--part 1] [--slice 512]
+      [--json out.json]
 """
 
 from __future__ import annotations
@@ -101,13 +107,13 @@ def _label(exe: str, batch: Path, out: Path, teacher: str, shards: int, index: i
             "process_seconds": round(seconds, 1), "truth": summary.get("truth")}
 
 
-def _rows(out: Path, shards: int) -> dict[str, tuple[str, str]]:
-    """name -> (label, truth) from the part CSVs."""
+def _rows(out: Path, shards: list[tuple[int, int]]) -> dict[str, tuple[str, str]]:
+    """name -> (label, truth) from the part CSVs of (index, count) shards."""
     from imnet64.formats.label_parts import part_paths
 
     found: dict[str, tuple[str, str]] = {}
-    for i in range(shards):
-        with open(part_paths(out, i, shards).csv, newline="") as f:
+    for i, count in shards:
+        with open(part_paths(out, i, count).csv, newline="") as f:
             for row in csv.DictReader(f):
                 assert row["path"] not in found, row["path"]
                 found[row["path"]] = (row["label"], row["truth"])
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice", type=int, default=512,
                         help="rows the real offline teacher labels (0: skip)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--part", type=int, default=1,
+                        help="label 1/M of the rows (whole = shard 0 of M, the four shards "
+                        "= shards 0..3 of 4M)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -157,17 +166,20 @@ def _run(args, work: Path) -> dict:
     make_tiny_teacher(tiny)
     exe = str(Path(sys.executable).with_name("imnet64"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    whole = _label(exe, batch, work / "whole", str(tiny), 1, 0, args.batch_size, env)
+    m = args.part
+    whole = _label(exe, batch, work / "whole", str(tiny), m, 0, args.batch_size, env)
     print(f"whole: {whole}", flush=True)
     shards = []
     for i in range(4):
-        shards.append(_label(exe, batch, work / "four", str(tiny), 4, i, args.batch_size, env))
+        shards.append(_label(exe, batch, work / "four", str(tiny), 4 * m, i, args.batch_size,
+                             env))
         print(f"shard {i}/4: {shards[-1]}", flush=True)
-    a, b = _rows(work / "whole", 1), _rows(work / "four", 4)
+    a, b = _rows(work / "whole", [(0, m)]), _rows(work / "four", [(i, 4 * m) for i in range(4)])
     same_names = a.keys() == b.keys()
     differ = sum(a[n] != b[n] for n in a) if same_names else None
     out = {
         "rows": args.rows, "file_bytes": size, "open_seconds": round(open_seconds, 2),
+        "labeled_part": f"1/{m}", "rows_labeled": len(a),
         "teacher": "tiny (avg-pool 7x7 + dense 1001, built by this bench)",
         "batch_size": args.batch_size,
         "whole": whole, "four_shards": shards,
