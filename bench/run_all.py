@@ -29,6 +29,7 @@ BENCHES = {
     "onednn": ["bench/onednn.py"],
     "distill": ["bench/distill.py"],
     "engines": ["bench/engines.py"],
+    "imagenet64_batch": ["bench/imagenet64_batch.py"],
 }
 
 
@@ -72,6 +73,11 @@ HEADLINES = [
       [i] for t in ("hard", "soft", "online") for i in range(3)),
     ("engines", "tf_over_horovod",
      "`train --np 2 --engine tf` / `--engine horovod` (images/s, median round)", ""),
+    ("imagenet64_batch", "four_shards_equal_whole",
+     "1.6 GB batch file: 4 shards' labels == one run's", "True"),
+    ("imagenet64_batch", "whole.peak_rss_mb", "1.6 GB batch file, one rank: peak RSS (MB)", ""),
+    *(("imagenet64_batch", f"four_shards.{i}.peak_rss_mb",
+       f"1.6 GB batch file, shard {i}/4: peak RSS (MB)", "") for i in range(4)),
 ]
 
 

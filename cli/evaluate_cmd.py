@@ -9,6 +9,16 @@ from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CO
 import click
 
 
+def _truth_line(t: dict) -> str:
+    line = (f"student vs truth on {t['count']} images of {t['source']}: top-1 {t['top1']:.4f}"
+            f"   top-{t['k']} {t['top5']:.4f}")
+    if t.get("teacher_agreement") is not None:
+        line += f"   agreement with the teacher {t['teacher_agreement']:.4f}"
+    if t.get("not_kept"):
+        line += f"   ({t['not_kept']} of a class the run did not keep)"
+    return line
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset", "dataset_dir", default=None, type=click.Path(file_okay=False),
@@ -20,12 +30,21 @@ import click
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--top-confused", default=TOP_CONFUSED, show_default=True,
               help="How many confused class pairs to list.")
+@click.option("--labeled-set", default=None, type=click.Path(file_okay=False),
+              metavar="LABEL_OUT_DIR",
+              help="Also score the student against the true labels of a separate set: the "
+              "OUT_DIR of `imnet64 label` on ImageNet64 batch files (e.g. val_data).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, as_json) -> None:
-    """Evaluate RUN_DIR's model; also writes RUN_DIR/evaluation-<split>.json."""
+def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, labeled_set,
+             as_json) -> None:
+    """Evaluate RUN_DIR's model; also writes RUN_DIR/evaluation-<split>.json.
+
+    Where the images carry true labels (ImageNet64 batch files), also the student's
+    top-1/top-5 against them, beside its agreement with the teacher."""
     from imnet64.train.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused)
+    result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused,
+                          labeled_set=labeled_set)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -41,6 +60,9 @@ def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, 
         click.echo(f"teacher: top-1 agreement {result.teacher_agreement:.4f}   "
                    f"KL(teacher || student) {result.teacher_kl:.4f}   "
                    f"({result.with_teacher} images with teacher probabilities)")
+    for truth in (result.truth, result.labeled_set):
+        if truth is not None:
+            click.echo(_truth_line(truth))
     click.echo("")
     name_w = max([len("class")] + [len(c.name) for c in result.per_class])
     click.echo(f"{'id':>5}  {'class':<{name_w}}  {'images':>7}  {'correct':>7}  accuracy")

@@ -8,6 +8,7 @@ import os
 
 from imnet64.cluster.environment import Environment
 from imnet64.errors import UserError
+from imnet64.formats.truth_counts import TruthCounts
 from imnet64.label.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_READ_THREADS,
@@ -72,7 +73,10 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
     """Pseudo-label the images of INPUT with the teacher: one shard per call.
 
     INPUT is a folder (searched recursively), a text file listing image paths (one per
-    line, relative to the list's folder), or an uncompressed .tar archive read in place.
+    line, relative to the list's folder), or an uncompressed .tar archive read in place;
+    or the official ImageNet64 batch files (train_data_batch_N, val_data, pickle or .npz:
+    one file, a folder of them, or the Imagenet64_*.zip as downloaded), whose true labels
+    are kept and scored against (docs/datasets.md).
     Writes OUT_DIR/labels/part-IIIII-of-NNNNN.{tfrecord,csv,json}; the .json summary
     comes last and marks the shard done. Inputs are never moved or changed.
     """
@@ -100,6 +104,9 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
         f"labeled, {summary['rejected']} rejected, {rate} images/s -> {out_dir}/labels",
         err=True,
     )
+    if summary.get("truth"):
+        click.echo(f"shard {slot.index}/{slot.count}: "
+                   f"{TruthCounts.from_json(summary['truth']).describe()}", err=True)
     for reject in summary["rejects"][:10]:
         click.echo(f"  rejected {reject['path']}: {reject['reason']}", err=True)
     if summary["rejected"] > 10:
@@ -132,6 +139,9 @@ def label_status(out_dir, num_shards, as_json) -> None:
             f"{t['inputs']} inputs = {t['labeled']} labeled + {t['rejected']} rejected "
             "(done shards)"
         )
+        truth = status.truth()
+        if truth is not None:
+            click.echo(f"{truth.describe()} (done shards)")
         for state in ("missing", "partial", "damaged"):
             ids = [str(s.index) for s in status.of(state)]
             if ids:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imnet64.cluster.environment import shard_slot
 from imnet64.errors import UserError
-from imnet64.records.options import ENCODINGS, ShardOptions
+from imnet64.records.options import ENCODINGS, LABEL_SOURCES, ShardOptions
 
 import click
 
@@ -41,6 +41,11 @@ _DEFAULTS = ShardOptions()
               show_default=True,
               help="png keeps the original bytes; raw stores decoded uint8 pixels "
               "(1.8x the bytes, no PNG decode when training).")
+@click.option("--labels", "label_source", type=click.Choice(LABEL_SOURCES),
+              default=_DEFAULTS.labels, show_default=True,
+              help="The class of each record: the teacher's top-1 (pseudo-labels), or the "
+              "true label the inputs carried (ImageNet64 batch files: a supervised baseline). "
+              "Records keep both either way.")
 @click.option("--num-workers", type=int, default=1, show_default=True, metavar="W",
               help="Processes writing shards (per Slurm rank). Output is the same for any W.")
 @click.option("--allow-partial", is_flag=True,
@@ -52,7 +57,7 @@ _DEFAULTS = ShardOptions()
 @click.option("--progress-every", type=float, default=30.0, show_default=True, metavar="S",
               help="Seconds between progress lines when not on a terminal.")
 def shard_records(source, out_dir, val_fraction, seed, min_confidence, classes, max_per_class,
-                  shard_size_mb, encoding, num_workers, allow_partial, force,
+                  shard_size_mb, encoding, label_source, num_workers, allow_partial, force,
                   progress_every) -> None:
     """Write training TFRecord shards and OUT_DIR/dataset.json from SOURCE.
 
@@ -68,7 +73,8 @@ def shard_records(source, out_dir, val_fraction, seed, min_confidence, classes, 
 
     options = ShardOptions.build(classes=classes, val_fraction=val_fraction, seed=seed,
                                  min_confidence=min_confidence, max_per_class=max_per_class,
-                                 shard_size_mb=shard_size_mb, encoding=encoding)
+                                 shard_size_mb=shard_size_mb, encoding=encoding,
+                                 labels=label_source)
     try:
         slot = shard_slot()
     except ValueError as e:

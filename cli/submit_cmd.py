@@ -102,7 +102,8 @@ def label_options(f):
     f = click.option("--label-dir", default=None, metavar="DIR",
                      help="Label output folder [WORK/labeled].")(f)
     f = click.option("--input", "input_path", default=None, metavar="PATH",
-                     help="Images: folder, list file or .tar [WORK/images].")(f)
+                     help="Images: folder, list file or .tar, or ImageNet64 batch files "
+                     "(a file, a folder of them, the downloaded zip) [WORK/images].")(f)
     f = click.option("--max-parallel", type=COUNT, default=None, metavar="K",
                      help="At most K array tasks at once.")(f)
     f = click.option("--shards", type=COUNT, default=None, metavar="N",

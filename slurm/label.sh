@@ -15,7 +15,10 @@
 #
 # Settings (environment variables; sbatch passes your environment to the job):
 #   IMNET64_WORK        base folder of the defaults below     [$SLURM_SUBMIT_DIR/work]
-#   IMNET64_INPUT       image folder, list file or .tar       [$IMNET64_WORK/images]
+#   IMNET64_INPUT       image folder, list file or .tar, or ImageNet64 batch files
+#                       (train_data_batch_N / val_data, .npz, a folder of them, or the
+#                       Imagenet64_*.zip as downloaded: docs/datasets.md)
+#                                                         [$IMNET64_WORK/images]
 #   IMNET64_LABEL_DIR   output folder (parts in labels/)      [$IMNET64_WORK/labeled]
 #   IMNET64_TEACHER     TF Hub handle, SavedModel folder or "offline"
 #                       [the CLI's default: TF Hub MobileNet V2, needs internet or a

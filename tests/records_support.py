@@ -37,13 +37,15 @@ def write_label_out_dir(
     labels: Sequence[tuple[int, float]],
     parts: int = 2,
     top_k: int = 3,
+    truths: Sequence[int | None] | None = None,
 ) -> list[LabeledImage]:
     """Label `files` (under `root`) with the given (teacher id, confidence) pairs, in `parts`
     contiguous shards. Top-k = the label, then the next teacher ids, probabilities summing
     to <= 1. Returns the LabeledImage of every file."""
     names = imagenet_class_names()
     items = []
-    for path, (tid, conf) in zip(files, labels):
+    truths = truths if truths is not None else [None] * len(files)
+    for path, (tid, conf), truth in zip(files, labels, truths):
         others = [(tid + k) % 1001 for k in range(1, top_k)]
         rest = (1.0 - conf) / max(1, top_k - 1)
         items.append(
@@ -58,6 +60,7 @@ def write_label_out_dir(
                 confidence=conf,
                 topk_ids=(tid, *others),
                 topk_probs=(conf, *([rest] * len(others))),
+                truth=truth,
             )
         )
     items.sort(key=lambda it: it.filename)
@@ -74,7 +77,8 @@ def write_label_out_dir(
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(CSV_HEADER)
         for it in chunk:
-            writer.writerow([it.filename, it.label, it.class_name, f"{it.confidence:.6f}"])
+            writer.writerow([it.filename, it.label, it.class_name, f"{it.confidence:.6f}",
+                             "" if it.truth is None else it.truth])
         paths.csv.write_text(buf.getvalue(), "utf-8")
         names = [it.filename for it in chunk]
         summary = LabelSummary(

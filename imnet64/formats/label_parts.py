@@ -32,7 +32,9 @@ PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)$")
 # atomic.temp_path_for names temps ".<final name>.<random>.tmp"
 TEMP_RE = re.compile(r"^\.part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json|timing\.json)\..+\.tmp$")
 # `path` is image_names.escape_name of the input's name (valid UTF-8; read_csv_rows undoes it)
-CSV_HEADER = ("path", "label", "class_name", "confidence")
+# `truth`: the true class as a teacher index, empty when the input carried none
+CSV_HEADER = ("path", "label", "class_name", "confidence", "truth")
+CSV_HEADER_BEFORE_TRUTH = CSV_HEADER[:4]  # parts written before truth was kept
 
 
 def part_stem(index: int, count: int) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from imnet64.errors import UserError
 from imnet64.formats.label_parts import LABELS_DIR, PART_RE, TEMP_RE, part_paths, read_summary
+from imnet64.formats.truth_counts import TruthCounts
 
 
 @dataclass
@@ -60,11 +61,19 @@ class LabelStatus:
             "images_per_second_per_shard": round(inputs / seconds, 2) if seconds else None,
         }
 
+    def truth(self) -> TruthCounts | None:
+        """The teacher against the true labels over the done shards that carry them."""
+        parts = [TruthCounts.from_json(s.summary["truth"]) for s in self.of("done")
+                 if s.summary and s.summary.get("truth")]
+        return TruthCounts.total(parts) if parts else None
+
     def as_dict(self) -> dict[str, Any]:
+        truth = self.truth()
         return {
             "out_dir": str(self.out_dir),
             "complete": self.complete,
             "totals": self.totals(),
+            "truth": truth.to_json() if truth is not None else None,
             "shards": [
                 {"index": s.index, "state": s.state, "detail": s.detail} for s in self.shards
             ],

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from imnet64.formats import provenance
+from imnet64.formats.truth_counts import TruthCounts
 
 SUMMARY_FORMAT = "imnet64.label.run-part/1"
 TIMING_FORMAT = "imnet64.label.run-timing/1"
@@ -38,7 +39,7 @@ class Reject:
 class LabelSummary:
     imnet64_version: str
     input: str  # INPUT as given, escaped
-    input_kind: str  # folder, list or tar
+    input_kind: str  # folder, list, tar or imagenet64
     shard_index: int
     shard_count: int
     total_inputs: int  # over all shards
@@ -56,6 +57,8 @@ class LabelSummary:
     tfrecord: PartFile
     csv: PartFile
     provenance: Mapping[str, Any] | None  # the stable fields (provenance.stable)
+    # the teacher against the inputs' true labels (None: the inputs carried none)
+    truth: TruthCounts | None = None
 
     @property
     def rejected(self) -> int:
@@ -63,8 +66,10 @@ class LabelSummary:
 
     def to_json(self) -> dict[str, Any]:
         fields = asdict(self)
-        for key in ("tfrecord", "csv", "provenance"):
+        for key in ("tfrecord", "csv", "provenance", "truth"):
             del fields[key]
+        if self.truth is not None:  # absent when the inputs carry no truth
+            fields["truth"] = self.truth.to_json()
         return {
             "format": SUMMARY_FORMAT,
             **fields,
@@ -89,6 +94,7 @@ class LabelSummary:
             tfrecord=PartFile(**files["tfrecord"]),
             csv=PartFile(**files["csv"]),
             provenance=data.get(provenance.KEY),
+            truth=TruthCounts.from_json(data["truth"]) if data.get("truth") else None,
         )
 
 

@@ -29,6 +29,11 @@ FILENAME = "image/filename"
 LABEL = "image/class/label"
 TEXT = "image/class/text"
 TEACHER_LABEL = "image/class/teacher_label"
+# The true class as a teacher index (1..1000), when the input carried one (ImageNet64 batch
+# files); absent otherwise.
+TRUTH = "image/class/truth"
+# In dataset shards: the true class renumbered into the kept classes (-1: not kept)
+TRUTH_LABEL = "image/class/truth_label"
 CONFIDENCE = "teacher/confidence"
 TOPK_IDS = "teacher/topk/ids"
 TOPK_PROBS = "teacher/topk/probs"
@@ -61,6 +66,7 @@ class LabeledImage:
     confidence: float
     topk_ids: tuple[int, ...]
     topk_probs: tuple[float, ...]
+    truth: int | None = None  # true class, teacher index (None: the input carried none)
 
 
 def serialize_labeled(item: LabeledImage) -> bytes:
@@ -76,6 +82,8 @@ def serialize_labeled(item: LabeledImage) -> bytes:
         TOPK_IDS: _ints(item.topk_ids),
         TOPK_PROBS: _floats(item.topk_probs),
     }
+    if item.truth is not None:
+        features[TRUTH] = _ints([item.truth])
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
         deterministic=True)
 
@@ -94,6 +102,7 @@ def parse_labeled(serialized: bytes) -> LabeledImage:
         confidence=float(f[CONFIDENCE].float_list.value[0]),
         topk_ids=tuple(int(v) for v in f[TOPK_IDS].int64_list.value),
         topk_probs=tuple(float(v) for v in f[TOPK_PROBS].float_list.value),
+        truth=int(f[TRUTH].int64_list.value[0]) if TRUTH in f else None,
     )
 
 
@@ -111,6 +120,8 @@ class DatasetExample:
     topk_ids: tuple[int, ...]
     topk_probs: tuple[float, ...]
     topk_labels: tuple[int, ...]  # top-k ids renumbered into kept classes, -1 = not kept
+    truth: int | None = None  # true class, teacher index (None: unknown)
+    truth_label: int | None = None  # true class as a kept class, -1 if not kept
 
 
 def serialize_dataset_example(item: DatasetExample) -> bytes:
@@ -129,6 +140,9 @@ def serialize_dataset_example(item: DatasetExample) -> bytes:
         TOPK_PROBS: _floats(item.topk_probs),
         TOPK_LABELS: _ints(item.topk_labels),
     }
+    if item.truth is not None:  # absent when unknown, as in label parts
+        features[TRUTH] = _ints([item.truth])
+        features[TRUTH_LABEL] = _ints([-1 if item.truth_label is None else item.truth_label])
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
         deterministic=True)
 

@@ -1,4 +1,5 @@
-"""What `imnet64 label` reads: a folder, a text file listing paths, or an uncompressed .tar.
+"""What `imnet64 label` reads: a folder, a text file listing paths, an uncompressed .tar, or
+the official ImageNet64 batch files (label.batch_files: a file, a folder of them, their zip).
 
 All three give an `InputSet`: a sorted list of names (the path relative to INPUT; for a tar,
 the member name) and a way to read each one's bytes. A tar is read in place, by seeking to
@@ -47,7 +48,7 @@ class InputSet:
     """Sorted input names plus how to read them. Subclasses know the storage."""
 
     root: Path
-    kind: str  # "folder", "list" or "tar"
+    kind: str  # "folder", "list", "tar" or "imagenet64"
     names: list[str] = field(default_factory=list)
 
     def read(self, index: int, reserve: Callable[[int], None] | None = None) -> bytes:
@@ -57,6 +58,11 @@ class InputSet:
 
     def local_path(self, index: int) -> Path | None:
         """The file on disk behind input `index` (None for tar members)."""
+        return None
+
+    def truth(self, index: int) -> int | None:
+        """Input `index`'s true class as a teacher index (1..1000), when INPUT carries one
+        (ImageNet64 batch files do); None otherwise."""
         return None
 
     def __len__(self) -> int:
@@ -406,10 +412,15 @@ def _tar_input(path: Path) -> TarInputSet:
 
 
 def open_inputs(path: str | os.PathLike) -> InputSet:
-    """The inputs named by INPUT: a folder, a `.tar` archive, or a text file of paths."""
+    """The inputs named by INPUT: a folder, a `.tar` archive, a text file of paths, or
+    ImageNet64 batch files (one, a folder of them, or a downloaded zip)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"INPUT {path} does not exist")
+    from imnet64.label import batch_files  # it builds on this module
+
+    if batch_files.is_batch_input(path):
+        return batch_files.open_batch_files(path)
     if path.is_dir():
         return _folder_input(path)
     lower = path.name.lower()

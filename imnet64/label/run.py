@@ -69,8 +69,15 @@ from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats import read_back
 from imnet64.formats.image_names import escape_name, unescape_name
-from imnet64.formats.label_parts import CSV_HEADER, PartPaths, part_paths, read_summary
+from imnet64.formats.label_parts import (
+    CSV_HEADER,
+    CSV_HEADER_BEFORE_TRUTH,
+    PartPaths,
+    part_paths,
+    read_summary,
+)
 from imnet64.formats.label_summary import LabelSummary, LabelTiming, PartFile, Reject
+from imnet64.formats.truth_counts import TruthCounts
 from imnet64.label.batch_reader import BatchReader, Reserve
 from imnet64.label.image_decode import NATIVE_SIZE, decode_image, to_native_size
 from imnet64.label.inputs import (
@@ -320,7 +327,8 @@ def _csv_line(item: LabeledImage) -> bytes:
     confidence = float(np.float32(item.confidence))
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(
-        [escape_name(item.filename), item.label, item.class_name, f"{confidence:.6f}"])
+        [escape_name(item.filename), item.label, item.class_name, f"{confidence:.6f}",
+         "" if item.truth is None else item.truth])
     return buf.getvalue().encode("utf-8")
 
 
@@ -359,13 +367,14 @@ def _labeled_image(inputs: InputSet, side: _SideTable, i: int, top_ids, top_prob
     probs = tuple(float(v) for v in top_probs)
     return LabeledImage(encoded=encoded, image_format=fmt, height=height, width=width,
                         filename=inputs.names[i], label=ids[0], class_name=class_names[ids[0]],
-                        confidence=probs[0], topk_ids=ids, topk_probs=probs)
+                        confidence=probs[0], topk_ids=ids, topk_probs=probs,
+                        truth=inputs.truth(i))
 
 
 def _write_parts(plan: LabelPlan, teacher, options: LabelOptions,
-                 progress: ProgressFn) -> tuple[int, dict[int, str]]:
+                 progress: ProgressFn) -> tuple[int, dict[int, str], TruthCounts]:
     """Read, decode and label the shard's inputs; write its TFRecord and CSV in input order.
-    Returns (number labeled, reject reason by input index)."""
+    Returns (number labeled, reject reason by input index, the teacher vs the truth)."""
     from imnet64.formats.tfrecord_schema import serialize_labeled
 
     import tensorflow as tf
@@ -375,6 +384,7 @@ def _write_parts(plan: LabelPlan, teacher, options: LabelOptions,
     predict = _predictor(teacher, options.top_k)
     class_names = list(teacher.class_names)
     labeled = 0
+    truth = TruthCounts()
     with BatchReader(total, _loader(inputs, side), options.batch_size,
                      threads=options.read_threads, byte_budget=options.read_budget) as batches, \
             atomic.atomic_path(paths.tfrecord) as tf_tmp, \
@@ -389,13 +399,15 @@ def _write_parts(plan: LabelPlan, teacher, options: LabelOptions,
             for item in filter(None, items):  # None: rejected (the reason is in `side`)
                 writer.write(serialize_labeled(item))
                 csv_file.write(_csv_line(item))
+                truth.add(item.truth, item.topk_ids)
             labeled += sum(item is not None for item in items)
             progress(int(indices[-1]) + 1, total)
-    return labeled, dict(side.rejects)
+    return labeled, dict(side.rejects), truth
 
 
 def _summary(plan: LabelPlan, teacher, options: LabelOptions, labeled: int,
-             rejects: dict[int, str], stable_provenance: dict[str, Any]) -> LabelSummary:
+             rejects: dict[int, str], stable_provenance: dict[str, Any],
+             truth: TruthCounts) -> LabelSummary:
     names = plan.inputs.names
     return LabelSummary(
         imnet64_version=imnet64.__version__,
@@ -418,6 +430,7 @@ def _summary(plan: LabelPlan, teacher, options: LabelOptions, labeled: int,
         tfrecord=_part_file(plan.paths.tfrecord),
         csv=_part_file(plan.paths.csv),
         provenance=stable_provenance,
+        truth=truth if truth.known else None,
     )
 
 
@@ -440,7 +453,7 @@ def label_shard(
     with _shard_lock(plan.paths):
         _clear_previous_run(plan.paths, log)
         start = time.monotonic()
-        labeled, rejects = _write_parts(plan, teacher, options, progress)
+        labeled, rejects, truth = _write_parts(plan, teacher, options, progress)
         seconds = time.monotonic() - start
         progress(total, total)
         missing = total - labeled - len(rejects)
@@ -450,7 +463,7 @@ def label_shard(
         # ids go to the .timing.json, which may differ between runs
         made_by = provenance.of_teacher(teacher)
         summary = _summary(plan, teacher, options, labeled, rejects,
-                           provenance_schema.stable(made_by))
+                           provenance_schema.stable(made_by), truth)
         atomic.write_json(plan.paths.summary, summary.to_json())  # marks the shard done
         # timings vary from run to run: kept out of the part files, which must not
         timing = LabelTiming.measured(plan.fingerprint, total, seconds,
@@ -470,13 +483,13 @@ def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next(reader, None)
-        if tuple(header or ()) != CSV_HEADER:
+        header = tuple(next(reader, None) or ())
+        if header not in (CSV_HEADER, CSV_HEADER_BEFORE_TRUTH):
             raise read_back.damaged(path, f"its header is not {','.join(CSV_HEADER)}", rebuild)
         rows = []
         for r in reader:
-            if len(r) != len(CSV_HEADER):
-                raise ValueError(f"{len(r)} fields, not {len(CSV_HEADER)}")
+            if len(r) != len(header):
+                raise ValueError(f"{len(r)} fields, not {len(header)}")
             rows.append((unescape_name(r[0]), int(r[1]), r[2], float(r[3])))
     except (ValueError, csv.Error) as e:
         raise read_back.damaged(path, f"line {reader.line_num}: {e}", rebuild) from None

@@ -10,6 +10,9 @@ from typing import Any
 from imnet64.errors import UserError
 
 ENCODINGS = ("png", "raw")
+# What a record's class is: the teacher's top-1 (pseudo-labels, distillation), or the true
+# label the inputs carried (ImageNet64 batch files: the supervised baseline)
+LABEL_SOURCES = ("teacher", "truth")
 
 
 def parse_classes_option(value: str | None) -> int | list[str] | None:
@@ -39,6 +42,7 @@ class ShardOptions:
     max_per_class: int | None = None
     shard_size_mb: float = 128.0  # MiB
     encoding: str = "png"
+    labels: str = "teacher"  # LABEL_SOURCES
 
     @classmethod
     def build(cls, classes: str | None = None, **kwargs: Any) -> ShardOptions:
@@ -50,6 +54,9 @@ class ShardOptions:
     def check(self) -> None:
         if self.encoding not in ENCODINGS:
             raise UserError(f"--encoding must be {' or '.join(ENCODINGS)}, not {self.encoding!r}")
+        if self.labels not in LABEL_SOURCES:
+            raise UserError(f"--labels must be {' or '.join(LABEL_SOURCES)}, "
+                            f"not {self.labels!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:

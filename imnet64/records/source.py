@@ -50,6 +50,7 @@ class SourceItem(NamedTuple):
     part: int
     offset: int
     size: int  # bytes of the original image
+    truth: int = -1  # true class as a teacher index (label parts of ImageNet64 files); -1
 
 
 @dataclass
@@ -210,7 +211,8 @@ def _part_items(record_path: Path, part: int, class_names: dict[ClassKey, str]
             item = parse_labeled(data)
             class_names.setdefault(item.label, item.class_name)
             items.append(SourceItem(
-                item.filename, item.label, item.confidence, part, offset, len(item.encoded)
+                item.filename, item.label, item.confidence, part, offset, len(item.encoded),
+                -1 if item.truth is None else item.truth,
             ))
     except RecordFileError as e:
         raise UserError(f"label part is damaged: {e}") from None
@@ -369,6 +371,28 @@ def scan_source(source: str | os.PathLike, allow_partial: bool = False) -> Sourc
             raise UserError(f"{item.filename} appears twice in SOURCE {source}")
         seen.add(item.filename)
     return scanned
+
+
+def keyed_by_truth(source: Source) -> Source:
+    """The same images with their true class as the class (`shard-records --labels truth`);
+    every image must carry one (label parts of ImageNet64 batch files do)."""
+    if source.kind != "labels":
+        raise UserError("--labels truth needs label parts of inputs with true labels "
+                        "(ImageNet64 batch files); class folders are their own truth")
+    missing = sum(it.truth < 0 for it in source.items)
+    if missing:
+        example = next(it.filename for it in source.items if it.truth < 0)
+        raise UserError(f"--labels truth: {missing} of {len(source.items)} labeled images "
+                        f"carry no true label (e.g. {example}); label ImageNet64 batch files, "
+                        "or use --labels teacher")
+    names = imagenet_class_names()
+    items = [it._replace(class_key=it.truth, confidence=1.0) for it in source.items]
+    keys = sorted({it.truth for it in items})
+    return Source(
+        kind=source.kind, root=source.root, items=items,
+        class_names={k: names[k] for k in keys}, teacher_ids={k: k for k in keys},
+        teacher=source.teacher, fingerprint=source.fingerprint, info=source.info,
+        part_files=source.part_files, teacher_sha256=source.teacher_sha256)
 
 
 # ---------------------------------------------------------------- reading bytes back

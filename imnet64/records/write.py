@@ -57,6 +57,7 @@ from imnet64.records.source import (
     ItemReader,
     Source,
     SourceRef,
+    keyed_by_truth,
     labels_dir,
     scan_source,
     source_fingerprint,
@@ -100,6 +101,7 @@ class ShardJob:
     plan_hash: str
     encoding: str
     classes: tuple[KeptClass, ...]
+    labels: str = "teacher"  # ShardOptions.labels
 
 
 def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dict[int, int]):
@@ -120,6 +122,9 @@ def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dic
             image64.check_decodes(data)  # the teacher never decoded folder files
     except image64.ImageError as e:
         raise UserError(f"cannot decode {filename} from SOURCE: {e}") from None
+    truth = original.truth if job.ref.kind == "labels" else None
+    if job.labels == "truth":  # the supervised baseline: targets are the true class alone
+        topk_ids, topk_probs, confidence = (truth,), (1.0,), 1.0
     if job.ref.kind == "labels":
         topk_labels = tuple(label_of_teacher.get(t, -1) for t in topk_ids)
     else:
@@ -135,6 +140,8 @@ def _dataset_example(job: ShardJob, ex: Example, original, label_of_teacher: dic
         topk_ids=tuple(topk_ids),
         topk_probs=tuple(topk_probs),
         topk_labels=topk_labels,
+        truth=truth,
+        truth_label=None if truth is None else label_of_teacher.get(truth, -1),
     )
     return example, converted
 
@@ -372,9 +379,15 @@ def _names(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _recorded_options(manifest: dict[str, Any]) -> Any:
+    """The manifest's options; those written before --labels existed were teacher labels."""
+    old = manifest.get("options")
+    return {"labels": "teacher", **old} if isinstance(old, dict) else old
+
+
 def _same_dataset(manifest: dict[str, Any], fingerprint: str, options: ShardOptions) -> bool:
     try:
-        return (manifest.get("options") == options.as_json()
+        return (_recorded_options(manifest) == options.as_json()
                 and manifest["source_info"]["fingerprint"] == fingerprint)
     except (KeyError, TypeError):
         return False
@@ -389,7 +402,7 @@ def _describe_manifest(manifest: dict[str, Any], options: ShardOptions) -> str:
         what = f"{examples} examples in {shards} shard(s) from {manifest.get('source')}"
     except (KeyError, TypeError, AttributeError):
         what = "unreadable details"
-    old = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    old = _recorded_options(manifest) if isinstance(manifest.get("options"), dict) else {}
     new = options.as_json()
     changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
     diff = ("options differ: " + ", ".join(changed)) if changed else "SOURCE has changed since"
@@ -540,6 +553,8 @@ class _DatasetPlan:
 
 def _plan_dataset(source: Path, options: ShardOptions, allow_partial: bool) -> _DatasetPlan:
     scanned = scan_source(source, allow_partial)
+    if options.labels == "truth":
+        scanned = keyed_by_truth(scanned)
     selection = select(
         scanned,
         min_confidence=options.min_confidence,
@@ -553,7 +568,8 @@ def _plan_dataset(source: Path, options: ShardOptions, allow_partial: bool) -> _
         s: plan_shards(s, split[s], options.encoding, shard_bytes, options.seed) for s in SPLITS
     }
     base = json.dumps(
-        [scanned.fingerprint, options.encoding, [asdict(c) for c in selection.classes]],
+        [scanned.fingerprint, options.encoding, [asdict(c) for c in selection.classes]]
+        + ([options.labels] if options.labels != "teacher" else []),  # teacher: hashes as before
         sort_keys=True,
     )
     hashes = {p.file: _plan_hash(base, p) for s in SPLITS for p in shards[s]}
@@ -575,7 +591,7 @@ def _write_my_shards(out_dir: Path, plan: _DatasetPlan, options: ShardOptions, s
     ref = SourceRef.of(plan.source)
     jobs = [
         ShardJob(ref, str(out_dir), p, plan.hashes[p.file], options.encoding,
-                 plan.selection.classes)
+                 plan.selection.classes, options.labels)
         for p in todo
     ]
     _run_jobs(jobs, num_workers, sum(len(p.examples) for p in todo), progress, result)

@@ -70,6 +70,10 @@ class Evaluation:
     teacher_agreement: float | None = None
     teacher_kl: float | None = None
     with_teacher: int = 0
+    # the student against the true labels (train.truth_eval), where the images carry them:
+    # on this split, and on a separate labeled set (--labeled-set); None otherwise
+    truth: dict[str, Any] | None = None
+    labeled_set: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -91,12 +95,22 @@ def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[
     return out
 
 
+def _against_truth(model, manifest, split: str, batch_size: int,
+                   labeled_set: str | Path | None) -> dict[str, Any]:
+    from imnet64.train.truth_eval import labeled_set_against_truth, split_against_truth
+
+    on_split = split_against_truth(model, manifest, split, batch_size)
+    return {"truth": on_split.to_json() if on_split else None,
+            "labeled_set": labeled_set_against_truth(
+                model, manifest, labeled_set, batch_size).to_json() if labeled_set else None}
+
+
 # evaluation-<split>.json: ~150 bytes per class, 1000 classes and the confusions fit in 1 MB
 @disk_errors.reports("the evaluation's JSON", lambda a: a["run_dir"], lambda a: 1 << 20)
 def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
                  split: str = EVAL_SPLIT, checkpoint: str = CHECKPOINT,
                  batch_size: int = EVAL_BATCH_SIZE, top_confused: int = TOP_CONFUSED,
-                 write: bool = True) -> Evaluation:
+                 write: bool = True, labeled_set: str | Path | None = None) -> Evaluation:
     """Evaluate a run's model on `split` of `dataset` (default: the dataset it trained on).
     Writes RUN_DIR/evaluation-<split>.json unless `write` is False."""
     run = load_trained_run(run_dir, checkpoint)
@@ -141,7 +155,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
         run_provenance=run.config.get(provenance_schema.KEY),
         teacher_agreement=agreements / with_teacher if with_teacher else None,
         teacher_kl=kl_sum / with_teacher if with_teacher else None,
-        with_teacher=int(with_teacher))
+        with_teacher=int(with_teacher),
+        **_against_truth(run.model, manifest, split, batch_size, labeled_set))
     if write:
         atomic.write_json(Path(run_dir) / f"evaluation-{split}.json", result.to_json())
     return result
