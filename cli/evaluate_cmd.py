@@ -20,12 +20,18 @@ import click
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--top-confused", default=TOP_CONFUSED, show_default=True,
               help="How many confused class pairs to list.")
+@click.option("--precise-bn-batches", default=0, show_default=True,
+              help="First recompute BatchNorm's statistics on N batches of the run's train "
+                   "split (for runs trained with --precise-bn-batches 0; 0: the "
+                   "checkpoint's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, as_json) -> None:
+def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, precise_bn_batches,
+             as_json) -> None:
     """Evaluate RUN_DIR's model; also writes RUN_DIR/evaluation-<split>.json."""
     from imnet64.train.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused)
+    result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused,
+                          precise_bn_batches=precise_bn_batches)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
