@@ -76,3 +76,26 @@ def test_train_validates_the_weights_it_trained(short_runs):
     # training mode normalises by the batch: the moving statistics never enter training
     assert [r["loss"] for r in history(precise_dir)] == [r["loss"] for r in history(moving_dir)]
     assert moving.global_step == precise.global_step
+
+
+def test_export_with_recomputed_statistics_is_the_model_evaluate_measured(short_runs, tmp_path):
+    """`evaluate`/`export --precise-bn-batches N` on a run trained with the moving averages:
+    the exported model predicts exactly what evaluate scored."""
+    from imnet64.formats.manifest import load_manifest
+    from imnet64.train.export import export_run
+    from imnet64.train.input_pipeline import ONE_PASS, training_dataset
+
+    dataset, moving_dir, _, _, _ = short_runs
+    measured = evaluate_run(moving_dir, checkpoint="latest", write=False, precise_bn_batches=8)
+    result = export_run(moving_dir, tmp_path / "model", checkpoint="latest",
+                        precise_bn_batches=8)
+    serve = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    hits = count = 0
+    for images, labels in training_dataset(load_manifest(dataset), "val", 64, ONE_PASS):
+        predicted = serve(images=images)["probabilities"].numpy().argmax(axis=1)
+        hits += int((predicted == labels.numpy()).sum())
+        count += len(predicted)
+    assert count == measured.count
+    assert hits / count == pytest.approx(measured.top1, abs=1e-9)
+    unchanged = evaluate_run(moving_dir, checkpoint="latest", write=False)
+    assert hits / count - unchanged.top1 >= 0.3  # (and not the checkpoint's own statistics)
