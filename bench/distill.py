@@ -9,7 +9,10 @@ the demo's data, at equal epochs, seed, model and options, measured in one run:
 Each run is scored with its last epoch's weights (`--checkpoint latest`).
 
   .venv/bin/python bench/distill.py [--workdir DIR] [--quick] [--epochs N] [--temperature 1]
-      [--mixup 0] [--seed 0] [--json PATH]
+      [--mixup 0] [--seed 0] [--targets hard,soft,online] [--precise-bn-batches N] [--json PATH]
+
+`--precise-bn-batches 0` trains with BatchNorm's moving averages as imnet64 did before issue
+26 (validation and the checkpoints scored here then use them); the default is train's.
 
 The dataset and training are the demo's (DemoConfig: 2400 crops labeled by the offline
 MobileNet V2, the 10 most frequent classes kept, 20 % val, its encoder and schedule, 20
@@ -80,8 +83,13 @@ def main() -> int:
     p.add_argument("--temperature", type=float, default=1.0, help="of soft and online")
     p.add_argument("--mixup", type=float, default=0.0, help="alpha, for every target")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--targets", default=",".join(TARGETS), help="which, comma-separated")
+    p.add_argument("--precise-bn-batches", type=int, help="[default: imnet64 train's]")
     p.add_argument("--json", type=Path, help="write the figures here")
     a = p.parse_args()
+    targets = [t for t in a.targets.split(",") if t]
+    if not set(targets) <= set(TARGETS):
+        p.error(f"--targets: choose from {', '.join(TARGETS)}")
 
     from imnet64.cluster.machine import machine_line
     from imnet64.pipeline.demo import DemoConfig, build_dataset, heldout_dir
@@ -96,12 +104,15 @@ def main() -> int:
         heldout = read_images(sorted(heldout_dir(demo).rglob("*.png")))
         teacher = load_teacher(teacher_spec)
         results = {}
-        for name in TARGETS:
+        for name in targets:
             cfg = dataclasses.replace(
                 demo.train_config(dataset, work / f"run-{name}"), targets=name,
                 temperature=1.0 if name == "hard" else a.temperature, mixup=a.mixup,
                 log_every=600)
-            print(f"== train --targets {name}: {demo.epochs} epochs, seed {a.seed}", flush=True)
+            if a.precise_bn_batches is not None:
+                cfg = dataclasses.replace(cfg, precise_bn_batches=a.precise_bn_batches)
+            print(f"== train --targets {name} --precise-bn-batches {cfg.precise_bn_batches}: "
+                  f"{demo.epochs} epochs, seed {a.seed}", flush=True)
             results[name] = {**train(cfg), **measure(cfg, heldout, teacher)}
             print(f"   {results[name]}", flush=True)
         machine = machine_line()
@@ -114,7 +125,8 @@ def main() -> int:
                        "images": demo.images, "classes": demo.classes, "seed": a.seed,
                        "heldout_images": demo.heldout_images, "batch_size": demo.batch_size,
                        "widths": list(demo.widths), "repeats": list(demo.repeats),
-                       "ranks": 1, "teacher": teacher_spec},
+                       "ranks": 1, "teacher": teacher_spec,
+                       "precise_bn_batches": a.precise_bn_batches},
             "machine": machine, "targets": results})
     return 0
 

@@ -49,6 +49,7 @@ def _print_summary(s: dict) -> None:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())
     out(f"  wall time: {s['seconds']:.1f} s (per stage, s: {stages})")
     out(f"  machine: {s['machine']}")
+    out(f"  label report:   {s['label_report']}")
     out(f"  curves:         {s['curves']}")
     out(f"  exported model: {s['exported_model']}")
     out(f"  summary.json:   {s['workdir']}/summary.json")

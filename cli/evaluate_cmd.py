@@ -34,9 +34,13 @@ def _truth_line(t: dict) -> str:
               metavar="LABEL_OUT_DIR",
               help="Also score the student against the true labels of a separate set: the "
               "OUT_DIR of `imnet64 label` on ImageNet64 batch files (e.g. val_data).")
+@click.option("--precise-bn-batches", default=0, show_default=True,
+              help="First recompute BatchNorm's statistics on N batches of the run's train "
+                   "split (for runs trained with --precise-bn-batches 0; 0: the "
+                   "checkpoint's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, labeled_set,
-             as_json) -> None:
+             precise_bn_batches, as_json) -> None:
     """Evaluate RUN_DIR's model; also writes RUN_DIR/evaluation-<split>.json.
 
     Where the images carry true labels (ImageNet64 batch files), also the student's
@@ -44,7 +48,7 @@ def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, 
     from imnet64.train.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused,
-                          labeled_set=labeled_set)
+                          labeled_set=labeled_set, precise_bn_batches=precise_bn_batches)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "teacher": ("teacher_cmd", "teacher", "Fetch, build and try the pretrained teacher."),
     "label": ("label_cmd", "label", "Pseudo-label images with the teacher (one shard)."),
     "label-status": ("label_cmd", "label_status", "Which label shards are done/missing."),
+    "label-report": ("label_report_cmd", "label_report",
+                     "Picture of the teacher's labels: samples, confidence."),
     "shard-records": ("records_cmd", "shard_records", "Write training TFRecord shards."),
     "inspect": ("records_cmd", "inspect", "Summarise (and verify) a dataset of shards."),
     "train": ("train_cmd", "train", "Train the encoder with Horovod."),

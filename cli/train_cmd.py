@@ -114,6 +114,10 @@ def model_options(f):
               help="Pad-and-random-crop and horizontal flip.")
 @click.option("--shuffle/--no-shuffle", default=DEFAULTS.shuffle, show_default=True,
               help="Shuffle the training examples (--no-shuffle: a fixed, reproducible order).")
+@click.option("--precise-bn-batches", default=DEFAULTS.precise_bn_batches, show_default=True,
+              help="Before each validation, recompute BatchNorm's statistics on N train "
+                   "batches per rank (at most an epoch's steps), not the lagging moving "
+                   "averages; the checkpoints keep them (0: off).")
 @click.option("--keep-checkpoints", default=DEFAULTS.keep_checkpoints, show_default=True,
               help="How many recent checkpoints to keep (the best one is kept apart).")
 @click.option("--checkpoint-every", default=DEFAULTS.checkpoint_every, show_default=True,

@@ -113,6 +113,10 @@ def test_demo_outputs_and_rerun_reuses_stages(small_demo):
     assert Path(s["curves"]).stat().st_size > 0
     assert (Path(s["exported_model"]) / "saved_model.pb").exists()
     assert json.loads((work / "summary.json").read_text())["labeled"] == s["labeled"]
+    # the label report: the kept classes of the demo's own labels
+    report = json.loads(Path(s["label_report"]).with_suffix(".json").read_text())
+    assert (report["labeled"], report["rejected"]) == (s["labeled"], s["rejected"])
+    assert {c["name"] for c in report["classes"]} == set(s["classes_kept"])
     parts = sorted((work / "labeling" / "labels").glob("part-*"))
     stamps = {p: p.stat().st_mtime_ns for p in parts}
     history = (Path(cfg.workdir) / "run" / "history.json").read_bytes()

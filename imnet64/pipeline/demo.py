@@ -2,7 +2,8 @@
 
 Stages (each reuses its finished output on a re-run, like the real pipeline):
 offline teacher -> sample images (+ a few broken files) -> label (N shards) ->
-shard-records -> train (Horovod ranks when horovodrun is there, else tf.distribute's) ->
+shard-records (+ label-report: a picture of the teacher's labels) -> train (Horovod ranks
+when horovodrun is there, else tf.distribute's) ->
 evaluate -> export.
 Evaluate also measures the student against the teacher on held-out photos: crops of
 photos that gave no image to training (sample_images.HELDOUT_PHOTOS; the val split's crops
@@ -44,9 +45,9 @@ class DemoConfig:
     shards: int = 2
     classes: int = 10  # keep the K most frequent teacher classes
     val_fraction: float = 0.2
-    # ~700 optimizer steps: batch norm's moving statistics (momentum 0.99) need a few
-    # hundred steps before validation, which uses them, agrees with training; with 6
-    # epochs of batch 32 the val split scored below the majority class (measured).
+    # ~700 optimizer steps. (Validation no longer depends on the run's length: train
+    # recomputes BatchNorm's statistics before it, imnet64.train.precise_bn; with the moving
+    # averages, 6 epochs of batch 32 scored below the majority class, measured.)
     epochs: int = 20
     warmup_epochs: float = 2.0
     batch_size: int = 16
@@ -181,6 +182,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
     status = _label(cfg, paths, teacher_spec, log, clock)
     clock.done("label")
     manifest = _shard_records(cfg, paths, log, clock)
+    report = _label_report(paths, log)
     clock.done("shard-records")
     engine = training_engine()
     ranks = _train(cfg, paths, engine, log, clock)
@@ -193,6 +195,7 @@ def run_demo(cfg: DemoConfig, log: LogFn | None = None) -> dict[str, Any]:
 
     summary = _summarise(cfg, status, manifest, evaluation, clock.rates, paths, ranks)
     summary["engine"] = engine
+    summary["label_report"] = str(report)
     summary["heldout"] = heldout
     summary["student_teacher_agreement_heldout"] = heldout["agreement"]
     # asked now: TensorFlow is loaded and says itself whether its oneDNN kernels ran
@@ -282,6 +285,16 @@ def _shard_records(cfg: DemoConfig, paths: _Paths, log: LogFn, clock: _Clock) ->
     if result.status != "up-to-date":
         clock.rates["shard-records"] = examples / max(time.monotonic() - started, 1e-9)
     return manifest
+
+
+def _label_report(paths: _Paths, log: LogFn) -> Path:
+    """The picture of the teacher's labels (imnet64 label-report), the kept classes' rows."""
+    from imnet64.label.report import write_report
+
+    report = write_report(paths.labels, dataset=paths.dataset,
+                          png=paths.work / "label-report.png")
+    log(f"    label report (sample images per kept class, confidence): {report.png}")
+    return report.png
 
 
 def _train(cfg: DemoConfig, paths: _Paths, engine: str, log: LogFn, clock: _Clock) -> int:

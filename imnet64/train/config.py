@@ -26,6 +26,11 @@ EVAL_BATCH_SIZE = 256
 TOP_CONFUSED = 10  # most confused class pairs listed
 EXPORT_FORMATS = ("savedmodel", "keras")
 
+# BatchNorm statistics recomputed on this many train batches per rank before each validation
+# (imnet64.train.precise_bn; capped at the epoch's steps; 0: the moving averages, as before
+# 0.2). evaluate/export --precise-bn-batches: 0, the checkpoint's statistics (train's).
+PRECISE_BN_BATCHES = 32
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,6 +62,7 @@ class TrainConfig:
     teacher: str | None = None  # online targets: default the teacher that labeled the dataset
     augment: bool = False
     shuffle: bool = True
+    precise_bn_batches: int = PRECISE_BN_BATCHES
     keep_checkpoints: int = 3
     checkpoint_every: int = 0  # also checkpoint every N steps (0: per epoch only)
     signal: str = "USR1"
@@ -90,6 +96,7 @@ OPTIONS = {
     "targets": "--targets", "temperature": "--temperature", "mixup": "--mixup",
     "teacher": "--teacher",
     "augment": "--augment/--no-augment", "shuffle": "--shuffle/--no-shuffle",
+    "precise_bn_batches": "--precise-bn-batches",
     "keep_checkpoints": "--keep-checkpoints", "checkpoint_every": "--checkpoint-every",
     "signal": "--signal", "peak_flops": "--peak-flops", "log_every": "--log-every",
     "restart_if_damaged": "--restart-if-damaged", "dump_weights": "--dump-weights",

@@ -26,6 +26,7 @@ from imnet64.train import shard_errors
 from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
 from imnet64.train.eval_step import make_eval_step
 from imnet64.train.input_pipeline import ONE_PASS, training_dataset
+from imnet64.train.precise_bn import recompute_for_run
 from imnet64.train.run_dir import load_trained_run
 
 import numpy as np
@@ -74,6 +75,8 @@ class Evaluation:
     # on this split, and on a separate labeled set (--labeled-set); None otherwise
     truth: dict[str, Any] | None = None
     labeled_set: dict[str, Any] | None = None
+    # BatchNorm statistics recomputed on this many train batches (0: the checkpoint's)
+    precise_bn_batches: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -110,14 +113,17 @@ def _against_truth(model, manifest, split: str, batch_size: int,
 def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
                  split: str = EVAL_SPLIT, checkpoint: str = CHECKPOINT,
                  batch_size: int = EVAL_BATCH_SIZE, top_confused: int = TOP_CONFUSED,
-                 write: bool = True, labeled_set: str | Path | None = None) -> Evaluation:
+                 write: bool = True, labeled_set: str | Path | None = None,
+                 precise_bn_batches: int = 0) -> Evaluation:
     """Evaluate a run's model on `split` of `dataset` (default: the dataset it trained on).
-    Writes RUN_DIR/evaluation-<split>.json unless `write` is False."""
+    Writes RUN_DIR/evaluation-<split>.json unless `write` is False. `precise_bn_batches`:
+    recompute BatchNorm's statistics on that many train batches first (precise_bn)."""
     run = load_trained_run(run_dir, checkpoint)
     manifest = load_manifest(dataset or run.dataset)
     if manifest.num_classes != run.config["num_classes"]:
         raise UserError(f"dataset {manifest.root} has {manifest.num_classes} classes, the run "
                         f"was trained on {run.config['num_classes']}")
+    precise_bn_batches = recompute_for_run(run.model, run.config, precise_bn_batches)
     names = run.class_names
     num_classes = manifest.num_classes
     k = min(5, num_classes)
@@ -155,7 +161,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
         run_provenance=run.config.get(provenance_schema.KEY),
         teacher_agreement=agreements / with_teacher if with_teacher else None,
         teacher_kl=kl_sum / with_teacher if with_teacher else None,
-        with_teacher=int(with_teacher),
+        with_teacher=int(with_teacher), precise_bn_batches=precise_bn_batches,
         **_against_truth(run.model, manifest, split, batch_size, labeled_set))
     if write:
         atomic.write_json(Path(run_dir) / f"evaluation-{split}.json", result.to_json())

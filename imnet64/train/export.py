@@ -37,6 +37,7 @@ from imnet64.train import run_files
 from imnet64.train.checkpoints import one_line
 from imnet64.train.config import CHECKPOINT, EXPORT_FORMATS
 from imnet64.train.model import ENCODER_OUTPUT
+from imnet64.train.precise_bn import recompute_for_run
 from imnet64.train.run_dir import TrainedRun, load_trained_run
 
 import numpy as np
@@ -198,7 +199,7 @@ def _export_space(args: dict) -> int | None:
 @disk_errors.reports("the export", lambda a: Path(a["out"]).parent, _export_space)
 def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = EXPORT_FORMATS[0],
                encoder_only: bool = False, checkpoint: str = CHECKPOINT,
-               force: bool = False) -> ExportResult:
+               force: bool = False, precise_bn_batches: int = 0) -> ExportResult:
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
@@ -208,6 +209,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = EXPORT_FORMAT
         raise UserError(f"{out} exists (pass --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     run = load_trained_run(run_dir, checkpoint)
+    # (as `evaluate --precise-bn-batches N` did: the same images, the same statistics)
+    recomputed = recompute_for_run(run.model, run.config, precise_bn_batches)
     model = run.model
     if encoder_only:
         model = tf.keras.Model(model.input, model.get_layer(ENCODER_OUTPUT).output,
@@ -228,7 +231,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = EXPORT_FORMAT
         if not diff <= TOLERANCE:
             raise UserError(f"export check failed: reloaded {output} differ by {diff:.3g} "
                             f"(> {TOLERANCE})")
-        metadata = _metadata(run, fmt, encoder_only)
+        metadata = {**_metadata(run, fmt, encoder_only), "precise_bn_batches": recomputed}
         if fmt == "savedmodel":  # inside the folder: appears with it in the rename
             atomic.write_json(staged / METADATA_FILE, metadata)
         _replace(staged, out, force)

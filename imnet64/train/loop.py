@@ -58,6 +58,7 @@ from imnet64.train.model import ARCHS, flops_per_image
 from imnet64.train.objective import HARD, Objective
 from imnet64.train.online_teacher import OnlineTeacher, load_online_teacher
 from imnet64.train.peak_flops import mfu, peak_per_rank
+from imnet64.train.precise_bn import precise_statistics
 from imnet64.train.run_dir import CLASSES, CONFIG, STATUS
 from imnet64.train.schedule import Schedule
 
@@ -646,6 +647,9 @@ class _Trainer:
     def end_epoch(self, epoch: int) -> None:
         w, state = self.world, self.state
         self.sync_batchnorm()
+        # BatchNorm statistics of these weights, not the lagging moving averages (collective)
+        precise_statistics(self.model, self.manifest, self.cfg, self.steps, epoch, w,
+                           self.data_threads, self.guarded)
         loss_sum, correct, seen, *kl_sum = w.sum([v.numpy() for v in state.sums],
                                                  name="train_sums")
         val = self.validate()
