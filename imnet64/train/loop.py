@@ -9,7 +9,7 @@ summed over ranks, then rank 0 writes history.json, curves.png, TensorBoard scal
 checkpoint (plus the best one by validation loss).
 
 Restarting the same command in the same RUN_DIR resumes from the newest checkpoint that
-restores (damaged ones are skipped and set aside, see checkpointing.py): same epoch, step,
+restores (damaged ones are skipped and set aside, see checkpoints.py): same epoch, step,
 optimizer state and learning rate. Each epoch reads the data in an order fixed by (seed,
 epoch), and a resume inside an epoch skips the batches already trained on. A resume with
 other options, or with another dataset (other class names or shards), is refused.
@@ -451,7 +451,7 @@ class _Trainer:
 
     def _data_error(self, split: str, error: tf.errors.OpError) -> str:
         paths = self.manifest.shard_paths(split)
-        if len(paths) >= self.world.size:  # the files this rank reads (data.py's dealing)
+        if len(paths) >= self.world.size:  # the files this rank reads (input_pipeline's dealing)
             paths = paths[self.world.rank::self.world.size]
         damaged = self.manifest.damaged_shards(split, paths)
         if damaged:
