@@ -53,7 +53,9 @@ $(VENV)/.stamp-project: $(ENGINE_STAMP) pyproject.toml
 	touch $@
 
 # The main job on the embedded demo data: real photos, the offline teacher, 2 label shards,
-# TFRecord shards, Horovod training on 2 ranks, evaluation and export (~10 min on 2 cores).
+# TFRecord shards, training on 2 ranks (Horovod; tf.distribute on a stack without it),
+# evaluation and export (2 min 14 s after the install on 2 cores of an AVX-512 EPYC; the
+# README's table has the machines it was timed on).
 DEMO_DIR ?= imnet64-demo
 demo: install
 	$(BIN)/imnet64 demo --workdir $(DEMO_DIR)

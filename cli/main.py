@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                      "Picture of the teacher's labels: samples, confidence."),
     "shard-records": ("records_cmd", "shard_records", "Write training TFRecord shards."),
     "inspect": ("records_cmd", "inspect", "Summarise (and verify) a dataset of shards."),
-    "train": ("train_cmd", "train", "Train the encoder with Horovod."),
+    "train": ("train_cmd", "train", "Train the encoder (Horovod or tf.distribute)."),
     "evaluate": ("evaluate_cmd", "evaluate", "Loss, top-1/top-5, confusions of a run."),
     "export": ("export_cmd", "export", "Export a trained run as a SavedModel or Keras file."),
     "model-summary": ("train_cmd", "model_summary", "Layer table with params and FLOPs."),
@@ -53,7 +53,8 @@ class LazyGroup(click.Group):
 @click.version_option(imnet64.__version__, prog_name="imnet64")
 def cli() -> None:
     """Label ~1.28 M 64x64 images with a pretrained teacher, write TFRecord shards, and train
-    a small encoder on them with Horovod: on a laptop, in a container, or across Slurm nodes.
+    a small encoder on them with Horovod or tf.distribute: on a laptop, in a container, or
+    across Slurm nodes.
 
     Typical flow: `imnet64 label` (Slurm array) -> `imnet64 shard-records` -> `imnet64 train`.
     """

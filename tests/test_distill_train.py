@@ -5,7 +5,7 @@ processes on a tiny dataset labeled by the real offline teacher (tests/distill_d
 - online: a resume after a signal mid-epoch continues at the same step and learning rate,
   and ends with the weights of an uninterrupted run; a resume with other --targets,
   --temperature or --mixup is refused;
-- online on 2 Horovod ranks: equal weights at the end, the teacher recorded in config.json
+- online on 2 ranks of each engine: equal weights at the end, the teacher recorded in config.json
   and absent from the checkpoints;
 - evaluate's teacher agreement and KL equal a hand computation.
 """
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import signal
-import sys
 from pathlib import Path
 
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE
@@ -25,7 +23,16 @@ from imnet64.train.schedule import Schedule
 import numpy as np
 import pytest
 from distill_dataset import build_distill_dataset
-from train_helpers import TINY, assert_same_weights, cli, history, run, run_until, status
+from train_helpers import (
+    TINY,
+    assert_same_weights,
+    cli,
+    history,
+    run,
+    run_in_own_folders,
+    run_until,
+    status,
+)
 
 SMALL = [*TINY[:4], "--batch-size", "8", "--lr-max", "0.01", "--log-every", "0"]
 
@@ -89,18 +96,18 @@ def test_online_resume_mid_epoch_continues_at_the_same_step_and_lr(dataset, tmp_
     assert_same_weights(dump, ref_dump, atol=1e-6)
 
 
+ENGINES = [pytest.param("horovod", marks=pytest.mark.requires_horovod), "tf"]
+
+
 @pytest.mark.slow
-@pytest.mark.requires_horovod
-def test_two_horovod_ranks_online_end_with_equal_weights(dataset, tmp_path):
-    inner = " ".join(shlex.quote(str(a)) for a in cli(
-        "train", dataset, "run", *SMALL, "--epochs", 2, "--warmup-epochs", 1,
-        "--targets", "online", "--mixup", 0.2, "--augment",
-        "--dump-weights", tmp_path / "weights-{rank}.npz"))
-    script = f"mkdir -p rank$HOROVOD_RANK && cd rank$HOROVOD_RANK && exec {inner}"
-    horovodrun = str(Path(sys.executable).with_name("horovodrun"))
-    result = run([horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", "sh", "-c", script],
-                 cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:]
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_ranks_online_end_with_equal_weights(engine, dataset, tmp_path):
+    """Each rank in its own folder, started the engine's way (horovodrun; TF_CONFIG)."""
+    args = cli("train", dataset, "run", *SMALL, "--epochs", 2, "--warmup-epochs", 1,
+               "--targets", "online", "--mixup", 0.2, "--augment", "--engine", engine,
+               "--dump-weights", tmp_path / "weights-{rank}.npz")
+    code, out = run_in_own_folders(engine, args, tmp_path)
+    assert code == 0, out[-4000:]
     run0 = tmp_path / "rank0" / "run"
     assert not (tmp_path / "rank1" / "run").exists()
     config = json.loads((run0 / "config.json").read_text())

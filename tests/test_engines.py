@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from train_helpers import (
     env,
     history,
     run,
+    run_in_own_folders,
     run_until,
     seed_lr,
     status,
@@ -51,31 +51,6 @@ def dataset(tmp_path_factory) -> Path:
     return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), per_class=60)
 
 
-def _in_own_folders(engine: str, args: list[str], cwd: Path) -> tuple[int, str]:
-    """`args` as 2 ranks started the engine's way, rank i in cwd/rank<i> (as on nodes without
-    a shared file system). Returns (exit code, output)."""
-    if engine == "horovod":
-        inner = " ".join(shlex.quote(str(a)) for a in args)
-        script = f"mkdir -p rank$HOROVOD_RANK && cd rank$HOROVOD_RANK && exec {inner}"
-        done = run([str(Path(sys.executable).with_name("horovodrun")), "--gloo", "-np", "2",
-                    "-H", "localhost:2", "sh", "-c", script], cwd=cwd, timeout=900)
-        return done.returncode, done.stdout
-    procs = []
-    for rank, config in enumerate(launch.local_tf_configs(2)):
-        (cwd / f"rank{rank}").mkdir()
-        procs.append(subprocess.Popen(
-            args, cwd=cwd / f"rank{rank}", env={**env(), "TF_CONFIG": config},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True))
-    try:
-        outs = [p.communicate(timeout=900)[0] for p in procs]
-    finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-    return max(abs(p.returncode) for p in procs), "".join(outs)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_two_ranks_train_agree_and_only_rank_0_writes(engine, dataset, tmp_path):
@@ -83,7 +58,7 @@ def test_two_ranks_train_agree_and_only_rank_0_writes(engine, dataset, tmp_path)
     args = cli("train", dataset, "run", *TINY, "--epochs", 2, "--warmup-epochs", 1,
                "--log-every", 0, "--engine", engine,
                "--dump-weights", tmp_path / "weights-{rank}.npz")
-    code, out = _in_own_folders(engine, args, tmp_path)
+    code, out = run_in_own_folders(engine, args, tmp_path)
     assert code == 0, out[-4000:]
     run0, run1 = tmp_path / "rank0" / "run", tmp_path / "rank1" / "run"
     assert (tmp_path / "rank1").is_dir()  # rank 1 did run there ...

@@ -51,7 +51,9 @@ def test_two_ranks_log_and_record_their_wait_for_rank_0(engine, tmp_path):
     rows = history(run_dir)
     waits = [row["rank0_wait_s"] for row in rows]
     assert len(waits) == 3 and all(0 <= w < 3 for w in waits), waits
-    assert all(0 <= row["input_stall_pct"] <= 100 for row in rows)
+    # the loop clamps the stall at 100 %: a figure of 100 means the waits were measured
+    # longer than the epoch itself, which a pipeline that delivered every step cannot be
+    assert all(0 <= row["input_stall_pct"] < 100 for row in rows), rows
     done = [line for line in result.stdout.splitlines() if " done: " in line]
     assert len(done) == 3 and all("rank 0's writes held the others" in line for line in done)
     assert (run_dir / CURVES).exists()

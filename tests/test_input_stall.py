@@ -44,7 +44,7 @@ def test_history_and_log_carry_a_low_stall_for_the_real_pipeline(dataset, tmp_pa
     with caplog.at_level(logging.INFO, logger="imnet64.train.loop"):
         train_in_process(dataset, tmp_path / "run", **RUN)
     stalls = [row["input_stall_pct"] for row in history(tmp_path / "run")]
-    assert len(stalls) == 2 and all(0 <= s <= 100 for s in stalls), stalls
+    assert len(stalls) == 2, stalls
     print("input stall % per epoch:", stalls)
     assert max(stalls) < 30, stalls  # the pipeline keeps ahead of the steps
     done = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
@@ -55,8 +55,9 @@ def test_a_slow_input_pipeline_shows_a_high_stall(dataset, tmp_path, monkeypatch
     _with_a_slow_stage(monkeypatch)
     train_in_process(dataset, tmp_path / "run", **RUN)
     stalls = [row["input_stall_pct"] for row in history(tmp_path / "run")]
-    # epoch 1's loop also traces the training step (not an input wait)
-    assert 50 < stalls[0] <= 100 and 75 < stalls[1] <= 100, stalls
+    # epoch 1's loop also traces the training step (not an input wait); the steps take some
+    # time, so even a slow pipeline leaves the stall below the 100 % the loop clamps it at
+    assert 50 < stalls[0] < 100 and 75 < stalls[1] < 100, stalls
 
 
 def test_input_wait_times_the_blocking_next_calls_and_the_end():

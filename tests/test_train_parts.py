@@ -153,8 +153,18 @@ def test_model_summary_command(capsys):
                  "--num-classes", "4"]) == 0
     out = capsys.readouterr().out
     assert "level2_conv0" in out and "encoder_output" in out
-    assert "FLOPs per image: 6,488,320 forward" in out
-    assert "params: 6,332" in out
+    # Derived from the architecture: per level, 3x3 'same' convolutions (no bias) at the
+    # level's resolution (64, then halved by each stride-2 pool), BatchNorm's 4 numbers per
+    # channel; a dense head on the pooled 32 features. FLOPs = 2 per multiply-add.
+    size, in_width, flops, params = 64, 3, 0, 0
+    for width in (8, 16, 32):
+        flops += 2 * size * size * (3 * 3 * in_width * width)
+        params += 3 * 3 * in_width * width + 4 * width
+        size, in_width = size // 2, width
+    flops += 2 * 32 * 4
+    params += 32 * 4 + 4
+    assert f"FLOPs per image: {flops:,} forward" in out
+    assert f"params: {params:,}" in out
     assert main(["model-summary", "--widths", "8,x"]) == 2
     assert "error: --widths must be comma-separated integers" in capsys.readouterr().err
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -121,3 +122,30 @@ def train_in_process(dataset: Path, run_dir: Path, **overrides):
     result = train(TrainConfig(**options))
     assert result.state == "finished"
     return result
+
+
+def run_in_own_folders(engine: str, args: list[str], cwd: Path) -> tuple[int, str]:
+    """`args` as 2 ranks started the engine's way, rank i in cwd/rank<i> (as on nodes without
+    a shared file system). Returns (exit code, output)."""
+    from imnet64.cluster.launch import local_tf_configs
+
+    if engine == "horovod":
+        inner = " ".join(shlex.quote(str(a)) for a in args)
+        script = f"mkdir -p rank$HOROVOD_RANK && cd rank$HOROVOD_RANK && exec {inner}"
+        done = run([str(Path(sys.executable).with_name("horovodrun")), "--gloo", "-np", "2",
+                    "-H", "localhost:2", "sh", "-c", script], cwd=cwd, timeout=900)
+        return done.returncode, done.stdout
+    procs = []
+    for rank, config in enumerate(local_tf_configs(2)):
+        (cwd / f"rank{rank}").mkdir()
+        procs.append(subprocess.Popen(
+            args, cwd=cwd / f"rank{rank}", env={**env(), "TF_CONFIG": config},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True))
+    try:
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+    return max(abs(p.returncode) for p in procs), "".join(outs)

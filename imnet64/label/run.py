@@ -475,7 +475,7 @@ def label_shard(
 
 def read_csv_rows(path: str | os.PathLike) -> list[tuple[str, int, str, float]]:
     """(path, label, class_name, confidence) rows of a part CSV; `path` is the input's name
-    exactly (the CSV holds it escaped, see inputs.escape_name)."""
+    exactly (the CSV holds it escaped, see formats.image_names.escape_name)."""
     rebuild = "it is made with its part: rerun this label shard with --force"
     try:
         text = Path(path).read_bytes().decode("utf-8", "surrogateescape")

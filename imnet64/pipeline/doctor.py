@@ -33,10 +33,11 @@ from urllib.parse import urlparse
 
 from imnet64.cluster import launch_checks, provenance
 from imnet64.cluster.environment import Environment
+from imnet64.errors import one_line
 from imnet64.pipeline import doctor_probes
 
 # -- disk estimate -----------------------------------------------------------------------------
-# Bytes per image, measured by serializing imnet64's own records (records.py) for an image
+# Bytes per image, measured by serializing imnet64's own records (tfrecord_schema) for an image
 # named like ImageNet's (train/n01440764/n01440764_10026.png, 35 characters) with top-5:
 # a label record is 325 bytes + the image, a dataset record 456 + the image; TFRecord adds
 # 16 bytes of framing and ~3 of length prefix; a label CSV row is ~60 bytes.
@@ -385,10 +386,6 @@ def gpu_problems(gpus: Gpus, launcher: Launcher, np_text: str | None) -> list[st
 # -- Horovod, TensorFlow -----------------------------------------------------------------------
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
-
-
 def read_horovod(env: Mapping[str, str], quick: bool) -> HorovodBuild:
     from importlib import metadata
 
@@ -407,7 +404,7 @@ def read_horovod(env: Mapping[str, str], quick: bool) -> HorovodBuild:
         build.mpi, build.gloo, build.nccl = (bool(hvd.mpi_built()), bool(hvd.gloo_built()),
                                              bool(hvd.nccl_built()))
     except Exception as e:  # noqa: BLE001  (a broken build must be reported, not raised)
-        build.error = _one_line(e)
+        build.error = one_line(e)
         return build
     # Horovod's own choice in hvd.init() (horovod/common/operations.cc, 0.28.1): an explicit
     # HOROVOD_CONTROLLER, else Gloo when horovodrun --gloo set up its rendezvous, else MPI
@@ -486,7 +483,7 @@ def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
                     + (f", TF_XLA_FLAGS={xla_flags}" if xla_flags else "")
                     + "; imnet64 train --xla compiles the train step")
     except Exception as e:  # noqa: BLE001
-        info.error = _one_line(e)
+        info.error = one_line(e)
         return info, None
     return info, gpus
 

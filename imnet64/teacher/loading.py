@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from imnet64.cluster.environment import TEACHER_VAR, Environment
-from imnet64.errors import UserError
+from imnet64.errors import UserError, one_line
 from imnet64.formats.class_names import imagenet_class_names
 from imnet64.teacher import hub as hub_cache
 
@@ -109,7 +109,7 @@ def _load_saved_model(path: Path, name: str, optimize: bool) -> Teacher:
         module = tf.saved_model.load(str(path))
     except Exception as e:  # TF raises a zoo of types for damaged models
         raise UserError(f"teacher {name}: cannot load the SavedModel in {path} "
-                        f"({type(e).__name__}: {_one_line(e)})") from None
+                        f"({one_line(e)})") from None
     if not callable(module):
         raise UserError(f"teacher {name}: the SavedModel in {path} is not callable "
                         "(expected a TF2 image classifier like TF Hub's MobileNet V2)")
@@ -119,7 +119,7 @@ def _load_saved_model(path: Path, name: str, optimize: bool) -> Teacher:
         concrete = tf.function(lambda images: module(images)).get_concrete_function(spec)
     except Exception as e:
         raise UserError(f"teacher {name}: does not take float32 images [N, 224, 224, 3] "
-                        f"({type(e).__name__}: {_one_line(e)})") from None
+                        f"({one_line(e)})") from None
     logits = tf.function(lambda images: module(images), input_signature=[spec])
     folded = 0
     if optimize:
@@ -170,8 +170,8 @@ def fold_frozen(concrete, spec, fold: bool = True, min_folded: int = 1):
         pruned = wrapped.prune(graph.as_graph_element(input_name),
                                [graph.as_graph_element(n) for n in output_names])
     except Exception as e:  # exotic graphs (tables, control flow): the plain call still works
-        log.warning("teacher: batch norms not folded, using the plain SavedModel call (%s: %s)",
-                    type(e).__name__, _one_line(e))
+        log.warning("teacher: batch norms not folded, using the plain SavedModel call (%s)",
+                    one_line(e))
         return None
     structure = concrete.structured_outputs  # the pruned function returns a flat list
     fn = tf.function(lambda images: tf.nest.pack_sequence_as(structure, pruned(images)),
@@ -196,5 +196,3 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200]

@@ -81,11 +81,6 @@ def relu_mask(x: np.ndarray, H: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (H @ x + v > 0).astype(np.float64)
 
 
-def residual_block(x: np.ndarray, H: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """y = x + ReLU(Hx + v) with x, v of shape (K,) and H of shape (K, K)."""
-    return x + np.maximum(H @ x + v, 0.0)
-
-
 def residual_block_grads(
     x: np.ndarray, H: np.ndarray, v: np.ndarray, de_dy: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imnet64 import atomic
-from imnet64.errors import UserError
+from imnet64.errors import UserError, one_line  # one_line: also for loop, run_dir, export
 from imnet64.train import run_files
 
 import tensorflow as tf
@@ -46,7 +46,6 @@ DAMAGED = "damaged"
 STATE_FILE = "checkpoint"  # TensorFlow's name for a folder's checkpoint state file
 PREFIX = "ckpt"
 _FILE = re.compile(rf"^{PREFIX}-(\d+)\.(?:index|data-\d+-of-\d+)$")
-_TF_NOISE = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*$")
 
 
 class TrainState(tf.Module):
@@ -111,18 +110,6 @@ def on_disk(folder: Path) -> list[Found]:
             if match and path.is_file():
                 steps.add(int(match.group(1)))
     return [Found(Path(folder) / f"{PREFIX}-{n}", n) for n in sorted(steps, reverse=True)]
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message, without
-    TensorFlow's function-node and op decorations."""
-    if isinstance(error, UserError):
-        return str(error)
-    lines = str(error).strip().splitlines()
-    text = _TF_NOISE.sub("", lines[0]).strip() if lines else ""
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def problem(prefix: str | Path) -> str | None:

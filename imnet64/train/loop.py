@@ -9,7 +9,7 @@ summed over ranks, then rank 0 writes history.json, curves.png, TensorBoard scal
 checkpoint (plus the best one by validation loss).
 
 Restarting the same command in the same RUN_DIR resumes from the newest checkpoint that
-restores (damaged ones are skipped and set aside, see checkpointing.py): same epoch, step,
+restores (damaged ones are skipped and set aside, see checkpoints.py): same epoch, step,
 optimizer state and learning rate. Each epoch reads the data in an order fixed by (seed,
 epoch), and a resume inside an epoch skips the batches already trained on. A resume with
 other options, or with another dataset (other class names or shards), is refused.
@@ -458,7 +458,7 @@ class _Trainer:
         """Iterate `batches`; a read error (a damaged shard) becomes a UserError that names
         the shard (found by checking this rank's shards of `split` against the manifest)."""
         paths = self.manifest.shard_paths(split)
-        if len(paths) >= self.world.size:  # the files this rank reads (data.py's dealing)
+        if len(paths) >= self.world.size:  # the files this rank reads (input_pipeline's dealing)
             paths = paths[self.world.rank::self.world.size]
         return shard_errors.guarded(batches, self.manifest, split, paths)
 
