@@ -69,6 +69,8 @@ def agreement(reference: Path, other: Path) -> dict:
     """Top-1 identical share and max |dp| of the stored top-k, `other` against `reference`."""
     a, b = _part_records(reference), _part_records(other)
     names = sorted(set(a) & set(b))
+    if not names:
+        raise SystemExit(f"no image labeled in both {reference} and {other}")
     same = [a[n][0][0] == b[n][0][0] for n in names]
     dp_position = [np.abs(np.subtract(a[n][1], b[n][1])).max() for n in names]
     dp_top1 = [abs(a[n][1][0] - b[n][1][0]) for n in names]
@@ -248,7 +250,8 @@ def main() -> int:
             "label_images": a.label_images, "label_rounds": a.label_rounds,
             "train_rounds": a.train_rounds, "epochs": demo.epochs, "seed": demo.seed,
             "batch_size": demo.batch_size, "ranks": 1}}
-        results["label"] = label_bench(work, images, demo_root / "images" / "photos",
+        # the demo's INPUT (its photos and broken files): the same names as its fp32 parts
+        results["label"] = label_bench(work, images, demo_root / "images",
                                        demo_root / "labeling", a.label_rounds, log)
         results["train"] = train_bench(work, demo, dataset, a.train_rounds, log)
     lab, tr = results["label"]["median"], results["train"]["median_images_per_s"]
