@@ -154,7 +154,7 @@ def _scores(cfg, heldout_images, teacher) -> dict:
             "heldout_agreement": held.agreement}
 
 
-def train_bench(work: Path, demo, dataset: Path, rounds: int, log) -> dict:
+def train_bench(work: Path, demo, dataset: Path, seed: int, rounds: int, log) -> dict:
     from imnet64.pipeline.demo import heldout_dir
     from imnet64.teacher import load_teacher
     from imnet64.train.heldout import read_images
@@ -164,7 +164,7 @@ def train_bench(work: Path, demo, dataset: Path, rounds: int, log) -> dict:
         row = {}
         for precision in _order(r):
             cfg = dataclasses.replace(demo.train_config(dataset, work / f"run-{precision}-{r}"),
-                                      precision=precision, log_every=600)
+                                      precision=precision, seed=seed, log_every=600)
             row[precision] = _train_round(cfg)
             images = row[precision]["trained_images"] or (
                 cfg.epochs * (cfg.steps_per_epoch or 0) * cfg.batch_size)
@@ -189,10 +189,16 @@ def train_bench(work: Path, demo, dataset: Path, rounds: int, log) -> dict:
 
 
 def table(results: dict) -> str:
-    lab, tr = results["label"], results["train"]
     rows = [f"machine: {results['machine']}", "(other helpers' jobs shared the 2 cores: "
-            "CPU-seconds per image are the steadier figure)", "",
-            "| round | label fp32 img/s | label bf16 img/s | label fp32 CPU-ms/img | "
+            "CPU-seconds per image are the steadier figure)", ""]
+    if "label" in results:
+        rows += _label_rows(results["label"])
+    rows += _train_rows(results["train"], results["config"]["seed"])
+    return "\n".join(rows)
+
+
+def _label_rows(lab: dict) -> list[str]:
+    rows = ["| round | label fp32 img/s | label bf16 img/s | label fp32 CPU-ms/img | "
             "label bf16 CPU-ms/img |", "|---|---|---|---|---|"]
     for i, r in enumerate(lab["rounds"], 1):
         rows.append(f"| {i} | {r['fp32']['images_per_s']:.1f} | {r['bf16']['images_per_s']:.1f}"
@@ -204,20 +210,24 @@ def table(results: dict) -> str:
                     f"identical {a['top1_identical_pct']:.2f} %, max |dp| top-k "
                     f"{a['max_abs_dp_topk']:.4f} (mean {a['mean_abs_dp_topk']:.5f}), max |dp| "
                     f"top-1 {a['max_abs_dp_top1']:.4f}")
-    rows += ["", "| round | train fp32 img/s | train bf16 img/s | train fp32 CPU-ms/img | "
+    return rows + [""]
+
+
+def _train_rows(tr: dict, seed: int) -> list[str]:
+    rows = ["| round | train fp32 img/s | train bf16 img/s | train fp32 CPU-ms/img | "
              "train bf16 CPU-ms/img |", "|---|---|---|---|---|"]
     for i, r in enumerate(tr["rounds"], 1):
         cpu = {p: (f"{1000 * r[p]['cpu_s_per_image']:.2f}" if r[p]["cpu_s_per_image"] else "-")
                for p in PRECISIONS}
         rows.append(f"| {i} | {r['fp32']['images_per_s']:.1f} | {r['bf16']['images_per_s']:.1f}"
                     f" | {cpu['fp32']} | {cpu['bf16']} |")
-    rows += ["", "| train, final (equal epochs, seed) | val loss | val top-1 | val KL | "
+    rows += ["", f"| train, final (equal epochs, seed {seed}) | val loss | val top-1 | val KL | "
              "val agreement | held-out KL | held-out agreement |", "|---|---|---|---|---|---|---|"]
     for p, s in tr["final"].items():
         rows.append(f"| {p} | {s['val_loss']:.4f} | {s['val_top1']:.3f} | {s['val_kl']:.4f} | "
                     f"{s['val_agreement']:.3f} | {s['heldout_kl']:.3f} | "
                     f"{s['heldout_agreement']:.3f} |")
-    return "\n".join(rows)
+    return rows
 
 
 def main() -> int:
@@ -227,6 +237,9 @@ def main() -> int:
     p.add_argument("--label-rounds", type=int, default=3)
     p.add_argument("--train-rounds", type=int, default=2)
     p.add_argument("--epochs", type=int, help="[default: the demo's]")
+    p.add_argument("--seed", type=int, help="of the training runs [default: the demo's]")
+    p.add_argument("--train-only", action="store_true",
+                   help="skip the label part (e.g. another --seed of the training figures)")
     p.add_argument("--json", type=Path, help="write the figures here")
     a = p.parse_args()
 
@@ -241,6 +254,7 @@ def main() -> int:
         work = (a.workdir or Path(tmp)).resolve()
         demo = DemoConfig(str(work / "demo"))
         demo = dataclasses.replace(demo, epochs=a.epochs or demo.epochs)
+        seed = demo.seed if a.seed is None else a.seed  # training's only: the data stay
         dataset, _ = build_dataset(demo, log)  # labels the demo's images in fp32
         images = work / "bench-images"
         if not images.exists():
@@ -248,18 +262,22 @@ def main() -> int:
         demo_root = Path(demo.workdir)
         results = {"machine": machine_line(), "config": {
             "label_images": a.label_images, "label_rounds": a.label_rounds,
-            "train_rounds": a.train_rounds, "epochs": demo.epochs, "seed": demo.seed,
-            "batch_size": demo.batch_size, "ranks": 1}}
+            "train_rounds": a.train_rounds, "epochs": demo.epochs, "seed": seed,
+            "batch_size": demo.batch_size, "ranks": 1, "train_only": a.train_only}}
         # the demo's INPUT (its photos and broken files): the same names as its fp32 parts
-        results["label"] = label_bench(work, images, demo_root / "images",
-                                       demo_root / "labeling", a.label_rounds, log)
-        results["train"] = train_bench(work, demo, dataset, a.train_rounds, log)
-    lab, tr = results["label"]["median"], results["train"]["median_images_per_s"]
-    results["bf16_over_fp32"] = {
-        "label_images_per_s": lab["bf16"]["images_per_s"] / lab["fp32"]["images_per_s"],
-        "label_cpu_per_image_fp32_over_bf16":
-            lab["fp32"]["cpu_s_per_image"] / lab["bf16"]["cpu_s_per_image"],
-        "train_images_per_s": tr["bf16"] / tr["fp32"]}
+        if not a.train_only:
+            results["label"] = label_bench(work, images, demo_root / "images",
+                                           demo_root / "labeling", a.label_rounds, log)
+        results["train"] = train_bench(work / f"seed-{seed}", demo, dataset, seed,
+                                       a.train_rounds, log)
+    tr = results["train"]["median_images_per_s"]
+    results["bf16_over_fp32"] = {"train_images_per_s": tr["bf16"] / tr["fp32"]}
+    if "label" in results:
+        lab = results["label"]["median"]
+        results["bf16_over_fp32"].update(
+            label_images_per_s=lab["bf16"]["images_per_s"] / lab["fp32"]["images_per_s"],
+            label_cpu_per_image_fp32_over_bf16=(lab["fp32"]["cpu_s_per_image"]
+                                                / lab["bf16"]["cpu_s_per_image"]))
     print(table(results))
     print(f"bf16 / fp32 (medians): {results['bf16_over_fp32']}")
     if a.json:
