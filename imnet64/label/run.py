@@ -528,6 +528,7 @@ def _relabel(plan: LabelPlan, options: LabelOptions, teacher: Any, problem: str 
         )
     if problem:
         raise UserError(problem)
+    teacher_precision(options.precision)  # a bf16 that cannot run: refused before loading
     if teacher is None:
         from imnet64.teacher import load_teacher
 
