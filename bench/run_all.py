@@ -30,6 +30,7 @@ BENCHES = {
     "distill": ["bench/distill.py"],
     "engines": ["bench/engines.py"],
     "imagenet64_batch": ["bench/imagenet64_batch.py"],
+    "precision": ["bench/precision.py"],
 }
 
 
@@ -71,6 +72,12 @@ HEADLINES = [
        ("distill", f"targets.{t}.heldout_kl", f"`train --targets {t}`: held-out KL", ""),
        ("distill", f"targets.{t}.images_per_s", f"`train --targets {t}`: train images/s", ""))
       [i] for t in ("hard", "soft", "online") for i in range(3)),
+    ("precision", "bf16_over_fp32.label_cpu_per_image_fp32_over_bf16",
+     "`label --precision bf16` / fp32, per CPU second (median round)", ""),
+    ("precision", "label.agreement_demo_images.top1_identical_pct",
+     "`label --precision bf16`: top-1 identical to fp32 on the demo's images (%)", ""),
+    ("precision", "bf16_over_fp32.train_images_per_s",
+     "`train --precision bf16` / fp32 (images/s, median round)", ""),
     ("engines", "tf_over_horovod",
      "`train --np 2 --engine tf` / `--engine horovod` (images/s, median round)", ""),
     ("imagenet64_batch", "four_shards_equal_whole",

@@ -61,6 +61,7 @@ def _tensorflow_rows(tf) -> Rows:
         ("machine", tf.machine),
         ("built with CUDA", _yes_no(tf.built_with_cuda) if tf.imported else "not asked"),
         ("oneDNN", f"{onednn} ({tf.onednn_why})"),
+        ("precision auto", tf.precision or "-"),
         ("XLA", tf.error or tf.xla),
     ]
 

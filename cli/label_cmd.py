@@ -11,9 +11,11 @@ from imnet64.errors import UserError
 from imnet64.formats.truth_counts import TruthCounts
 from imnet64.label.options import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_PRECISION,
     DEFAULT_READ_THREADS,
     DEFAULT_TOP_K,
     MAX_READ_THREADS,
+    PRECISIONS,
     LabelOptions,
     shard_of,
     teacher_spec_or_default,
@@ -66,10 +68,15 @@ class _ProgressOnFirstUse:
 @click.option("--read-threads", type=click.IntRange(1, MAX_READ_THREADS),
               default=DEFAULT_READ_THREADS, show_default=True,
               help="Threads reading and decoding files (hide file-system latency).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION,
+              show_default=True,
+              help="The teacher's compute precision: bf16 runs it through oneDNN's bf16 pass "
+                   "(CPUs with AVX512_BF16 or AMX); auto picks bf16 there, else fp32. "
+                   "Stored probabilities are float32 either way.")
 @click.option("--progress-every", type=float, default=30.0, show_default=True, metavar="S",
               help="Seconds between progress lines when not on a terminal.")
 def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size, top_k,
-          force, export_dir, copy, read_threads, progress_every) -> None:
+          force, export_dir, copy, read_threads, precision, progress_every) -> None:
     """Pseudo-label the images of INPUT with the teacher: one shard per call.
 
     INPUT is a folder (searched recursively), a text file listing image paths (one per
@@ -91,7 +98,7 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
     options = LabelOptions(
         teacher_spec=teacher_spec_or_default(teacher_spec, environment),
         batch_size=batch_size, top_k=top_k, read_threads=read_threads, force=force,
-        export_dir=export_dir, copy=copy)
+        export_dir=export_dir, copy=copy, precision=precision)
     with contextlib.ExitStack() as stack:
         update = _ProgressOnFirstUse(stack, f"label {slot.index}/{slot.count}", progress_every)
         summary, skipped = run(input_path, out_dir, options, index=slot.index,
@@ -101,7 +108,8 @@ def label(input_path, out_dir, teacher_spec, num_shards, shard_index, batch_size
     rate = summary.get("images_per_second")
     click.echo(
         f"shard {slot.index}/{slot.count}: {summary['inputs']} inputs, {summary['labeled']} "
-        f"labeled, {summary['rejected']} rejected, {rate} images/s -> {out_dir}/labels",
+        f"labeled, {summary['rejected']} rejected, {rate} images/s "
+        f"({summary.get('precision', 'fp32')}) -> {out_dir}/labels",
         err=True,
     )
     if summary.get("truth"):

@@ -8,7 +8,7 @@ import sys
 
 from imnet64.cluster.engines import ENGINES, importable_engines
 from imnet64.errors import UserError
-from imnet64.train.config import PRECISIONS, TARGETS, TrainConfig
+from imnet64.train.config import PRECISION_CHOICES, TARGETS, TrainConfig
 from imnet64.train.model_config import ARCHS
 
 import click
@@ -86,8 +86,11 @@ def model_options(f):
               help="Multiply the learning rates by the number of ranks.")
 @click.option("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch,
               help="Steps per epoch [default: one pass over the train split].")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default=DEFAULTS.precision,
-              show_default=True, help="Mixed precision policy (fp16 uses loss scaling).")
+@click.option("--precision", type=click.Choice(list(PRECISION_CHOICES)),
+              default=DEFAULTS.precision, show_default=True,
+              help="Mixed precision policy: auto is bf16 where the CPU (AVX512_BF16, AMX) or "
+                   "GPU (compute capability >= 8.0) has fast bf16, else fp32 (doctor says "
+                   "which); fp16 uses loss scaling. Loss, softmax and metrics stay float32.")
 @click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True,
               help="Who runs the collectives between ranks: Horovod, or TensorFlow's own "
                    "tf.distribute (MultiWorkerMirroredStrategy; no Horovod needed). Installed "

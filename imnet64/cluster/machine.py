@@ -24,6 +24,14 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnn
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
                         "amx_bf16")
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+# Fast bf16 on a CPU: AVX-512 BF16 (Zen 4, Cooper Lake) or AMX-BF16 (Sapphire Rapids and
+# later) dot products. Without them TensorFlow still runs bf16 (converted in software), but
+# slower than fp32; on a GPU, compute capability 8.0 (A100) and later have bf16 tensor cores.
+FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+MIN_BF16_GPU_CAPABILITY = (8, 0)
+# "0": treat this machine as without fast bf16 (tests of the fallback, a suspect CPU);
+# "1": as with it. Anything else (or unset): read the hardware.
+BF16_ENV = "IMNET64_FAST_BF16"
 
 
 @dataclass(frozen=True)
@@ -35,13 +43,18 @@ class Machine:
     onednn: bool | None  # TensorFlow's oneDNN kernels on (None: cannot tell)
     onednn_why: str  # where that comes from
     tensorflow: str | None  # installed version
+    fast_bf16: bool = False  # bf16 is faster than fp32 here (--precision auto picks it)
+    bf16_why: str = ""  # the flag, GPU or override that says so
+    bf16_on_gpu: bool = False  # a GPU decided fast_bf16 (the model runs there)
 
     def line(self) -> str:
         """E.g. `AMD EPYC (family 25 model 1), 2 cores, 23.4 GiB, avx2 fma, oneDNN on
-        (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow's default on this CPU: off), TensorFlow 2.18.1`."""
+        (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow's default on this CPU: off), fast bf16: no
+        (no avx512_bf16 or amx_bf16), TensorFlow 2.18.1`."""
         onednn = {True: "on", False: "off", None: "unknown"}[self.onednn]
         return (f"{self.cpu}, {self.cores} cores, {self.memory_gib:g} GiB, "
                 f"{' '.join(self.extensions) or 'no AVX2'}, oneDNN {onednn} ({self.onednn_why}), "
+                f"fast bf16: {'yes' if self.fast_bf16 else 'no'} ({self.bf16_why}), "
                 f"TensorFlow {self.tensorflow or 'not installed'}")
 
     def as_dict(self) -> dict:
@@ -115,6 +128,43 @@ def _why(flags: set[str], env) -> str:
     return "TensorFlow's default on this CPU"
 
 
+def fast_bf16(flags: set[str], env: dict[str, str] | os._Environ = os.environ,
+              gpu_capabilities: tuple[tuple[int, int], ...] = ()) -> tuple[bool, str]:
+    """(does this machine compute bf16 faster than fp32?, why), for `--precision auto`.
+    A GPU decides when there is one (the model runs there); else the CPU's flags. The
+    override BF16_ENV=0/1 wins (tests force the fallback with it on any CPU)."""
+    forced = parse_bool_env(env.get(BF16_ENV))
+    if forced is not None:
+        return forced, f"{BF16_ENV}={env.get(BF16_ENV)}"
+    if gpu_capabilities:
+        best = max(gpu_capabilities)
+        fast = best >= MIN_BF16_GPU_CAPABILITY
+        return fast, (f"GPU compute capability {best[0]}.{best[1]}"
+                      f"{'' if fast else ' < 8.0'}")
+    have = [f for f in FAST_BF16_FLAGS if f in flags]
+    if have:
+        return True, f"CPU has {' '.join(have)}"
+    return False, f"no {' or '.join(FAST_BF16_FLAGS)}"
+
+
+def gpu_capabilities() -> tuple[tuple[int, int], ...]:
+    """Compute capabilities of the GPUs TensorFlow sees, asked only when TensorFlow is already
+    loaded (the CLI's --help and the label planning never load it for this)."""
+    if "tensorflow" not in sys.modules:
+        return ()
+    try:
+        import tensorflow as tf
+
+        found = []
+        for gpu in tf.config.list_physical_devices("GPU"):
+            capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+            if capability:
+                found.append(tuple(int(v) for v in capability))
+        return tuple(found)
+    except (AttributeError, RuntimeError, ValueError):
+        return ()
+
+
 def tensorflow_version() -> str | None:
     from importlib import metadata
 
@@ -145,9 +195,12 @@ def describe(cpuinfo: str | None = None, env: dict[str, str] | os._Environ = os.
     info = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = cpu_flags(info)
     onednn, why = onednn_state(flags, env, ask_tensorflow=cpuinfo is None)
+    bf16, bf16_why = fast_bf16(flags, env, gpu_capabilities() if cpuinfo is None else ())
     return Machine(cpu=cpu_model(info), cores=_cores(), memory_gib=_memory_gib(),
                    extensions=tuple(f for f in VECTOR_FLAGS if f in flags),
-                   onednn=onednn, onednn_why=why, tensorflow=tensorflow_version())
+                   onednn=onednn, onednn_why=why, tensorflow=tensorflow_version(),
+                   fast_bf16=bf16, bf16_why=bf16_why,
+                   bf16_on_gpu=bf16_why.startswith("GPU"))
 
 
 def machine_line() -> str:

@@ -27,7 +27,7 @@ from imnet64.formats.label_summary import (
 )
 
 LABELS_DIR = "labels"
-TIMING_FIELDS = ("seconds", "images_per_second")
+TIMING_FIELDS = ("seconds", "images_per_second", "precision_choice")
 PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json)$")
 # atomic.temp_path_for names temps ".<final name>.<random>.tmp"
 TEMP_RE = re.compile(r"^\.part-(\d{5})-of-(\d{5})\.(tfrecord|csv|json|timing\.json)\..+\.tmp$")

@@ -59,6 +59,9 @@ class LabelSummary:
     provenance: Mapping[str, Any] | None  # the stable fields (provenance.stable)
     # the teacher against the inputs' true labels (None: the inputs carried none)
     truth: TruthCounts | None = None
+    # the teacher's compute precision, "fp32" or "bf16" (stored probabilities are float32
+    # either way); summaries written before --precision existed were fp32
+    precision: str = "fp32"
 
     @property
     def rejected(self) -> int:
@@ -90,6 +93,7 @@ class LabelSummary:
                 "imnet64_version", "input", "input_kind", "shard_index", "shard_count",
                 "total_inputs", "inputs", "labeled", "inputs_sha256", "first_input",
                 "last_input", "teacher", "teacher_spec", "num_classes", "top_k", "batch_size")},
+            precision=data.get("precision", "fp32"),
             rejects=tuple(Reject(r["path"], r["reason"]) for r in data["rejects"]),
             tfrecord=PartFile(**files["tfrecord"]),
             csv=PartFile(**files["csv"]),
@@ -149,12 +153,16 @@ class LabelTiming:
     seconds: float
     images_per_second: float | None
     provenance: Mapping[str, Any] | None  # the run fields (provenance.run_part)
+    # why the summary's precision: "as asked", or what --precision auto found on this host
+    precision_choice: str | None = None
 
     @classmethod
     def measured(cls, inputs_sha256: str, images: int, seconds: float,
-                 run_fields: Mapping[str, Any]) -> LabelTiming:
+                 run_fields: Mapping[str, Any], precision_choice: str | None = None
+                 ) -> LabelTiming:
         return cls(inputs_sha256, round(seconds, 3),
-                   round(images / seconds, 2) if seconds > 0 else None, run_fields)
+                   round(images / seconds, 2) if seconds > 0 else None, run_fields,
+                   precision_choice)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": TIMING_FORMAT, **asdict(self),
@@ -165,4 +173,4 @@ class LabelTiming:
         if data["format"] != TIMING_FORMAT:
             raise ValueError(f"not a label timing: format {data['format']!r}")
         return cls(data["inputs_sha256"], data["seconds"], data["images_per_second"],
-                   data.get(provenance.KEY))
+                   data.get(provenance.KEY), data.get("precision_choice"))

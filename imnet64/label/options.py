@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from imnet64.cluster.environment import Environment, ShardSlot
+from imnet64.cluster.precision import AUTO
 from imnet64.errors import UserError
 
 DEFAULT_BATCH_SIZE = 64
@@ -23,6 +24,12 @@ MAX_READ_THREADS = 64
 # files, 64 Mpx images: ~0.8 GB per decode) times --read-threads; an input larger than
 # the budget is read while the others wait.
 DEFAULT_READ_BUDGET = 256 * 2**20
+# The teacher's compute precision (the stored probabilities are float32 either way): auto is
+# bf16 where the CPU has fast bf16 and oneDNN is on (imnet64.cluster.precision), else fp32.
+PRECISIONS = (AUTO, "fp32", "bf16")
+# fp32 by measurement (bench/precision.py, README "Precision"): bf16 took ~1.8x less CPU per
+# image here but changed the teacher's top-1 on 7-8 % of 64x64 crops (max |dp| ~0.2)
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,13 @@ class LabelOptions:
     force: bool = False  # relabel a shard whose summary exists
     export_dir: str | os.PathLike | None = None  # also lay out DIR/<class>/<file>
     copy: bool = False  # with export_dir: copy instead of linking
+    precision: str = DEFAULT_PRECISION  # the teacher's compute precision (PRECISIONS)
 
     def check(self, num_classes: int) -> None:
         """What can only be checked once the teacher (its number of classes) is known."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} "
+                            f"(got {self.precision!r})")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if not 1 <= self.top_k <= num_classes:

@@ -25,14 +25,17 @@ kernels, and oneDNN's) may round an image's activations differently depending on
 other images in its batch and its place there: on an AVX2 CPU without oneDNN the same image
 got 0.1524280160665512 in one batch and 0.1524277627468109 in another. So:
 
-- the same shard (INPUT, --num-shards, --shard-index) with the same --batch-size and
-  --top-k, on the same machine and TensorFlow build, gives byte-identical part files
-  (a re-run, a run killed with `kill -9` and re-run);
+- the same shard (INPUT, --num-shards, --shard-index) with the same --batch-size,
+  --top-k and teacher precision (--precision, auto resolved), on the same machine and
+  TensorFlow build, gives byte-identical part files (a re-run, a run killed with `kill -9`
+  and re-run); the summary records the precision, and a done shard asked for again in
+  another precision is skipped with a note naming both (--force relabels it);
 - across shardings or batch sizes, every input gets the same label, unless the teacher's
   two highest probabilities for it are within PROBABILITY_TOLERANCE of each other (a
   near-tie that rounding may flip), and each top-k probability agrees within
   PROBABILITY_TOLERANCE (absolute). Measured differences are ~1e-7; batch-invariant
-  inference would cost the batching that makes labeling fast.
+  inference would cost the batching that makes labeling fast. (Within one precision: bf16
+  against fp32 labels differ far more, bench/precision.py measures by how much.)
 
 Rejects do not shift the batches (BatchReader fills every batch but the last), so the
 batch composition depends only on the inputs, the shard and the batch size.
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import hashlib
 import io
@@ -65,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 import imnet64
 from imnet64 import atomic, disk_errors
 from imnet64.cluster import provenance
+from imnet64.cluster.precision import PrecisionChoice, choose
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats import read_back
@@ -296,15 +301,18 @@ def _loader(inputs: InputSet, side: _SideTable) -> Callable[[int, Reserve], Any]
     return load
 
 
-_PREDICTORS: dict[tuple[int, int], tuple[Any, Any]] = {}
+_PREDICTORS: dict[tuple[int, int, str], tuple[Any, Any]] = {}
 
 
-def _predictor(teacher, top_k: int):
-    """probabilities' top-k of the teacher, one traced function per (teacher, k) per process."""
-    key = (id(teacher), top_k)
+def _predictor(teacher, top_k: int, precision: str = "fp32"):
+    """probabilities' top-k of the teacher, one traced function per (teacher, k, precision)
+    per process. bf16: the teacher's forward pass is rewritten by oneDNN's auto mixed
+    precision pass (teacher.precision); its logits, the softmax and top-k stay float32."""
+    key = (id(teacher), top_k, precision)
     if key in _PREDICTORS and _PREDICTORS[key][0] is teacher:
         return _PREDICTORS[key][1]
     from imnet64.teacher.images import pixels_to_teacher_input
+    from imnet64.teacher.precision import in_precision
 
     import tensorflow as tf
 
@@ -316,6 +324,7 @@ def _predictor(teacher, top_k: int):
         top_probs, top_ids = tf.math.top_k(probs, k=top_k, sorted=True)
         return top_ids, top_probs
 
+    predict = in_precision(predict, precision)
     if len(_PREDICTORS) >= 4:
         _PREDICTORS.clear()
     _PREDICTORS[key] = (teacher, predict)
@@ -381,7 +390,7 @@ def _write_parts(plan: LabelPlan, teacher, options: LabelOptions,
 
     inputs, paths, total = plan.inputs, plan.paths, len(plan.inputs)
     side = _SideTable()
-    predict = _predictor(teacher, options.top_k)
+    predict = _predictor(teacher, options.top_k, options.precision)
     class_names = list(teacher.class_names)
     labeled = 0
     truth = TruthCounts()
@@ -431,6 +440,7 @@ def _summary(plan: LabelPlan, teacher, options: LabelOptions, labeled: int,
         csv=_part_file(plan.paths.csv),
         provenance=stable_provenance,
         truth=truth if truth.known else None,
+        precision=options.precision,
     )
 
 
@@ -445,8 +455,12 @@ def label_shard(
     (the summary with the timing and the whole provenance).
 
     Overwrites the shard's part files (the caller decides whether a done shard is redone).
+    `options.precision` auto is resolved here (teacher_precision).
     """
     options.check(teacher.num_classes)
+    choice = teacher_precision(options.precision)
+    options = dataclasses.replace(options, precision=choice.precision)
+    log(f"teacher precision: {choice.line()}")
     log = log or (lambda message: None)
     progress = progress or (lambda done, total: None)
     total = len(plan.inputs)
@@ -467,9 +481,10 @@ def label_shard(
         atomic.write_json(plan.paths.summary, summary.to_json())  # marks the shard done
         # timings vary from run to run: kept out of the part files, which must not
         timing = LabelTiming.measured(plan.fingerprint, total, seconds,
-                                      provenance_schema.run_part(made_by))
+                                      provenance_schema.run_part(made_by), choice.line())
         atomic.write_json(plan.paths.timing, timing.to_json())
     return {**summary.to_json(), "seconds": timing.seconds,
+            "precision_choice": timing.precision_choice,
             "images_per_second": timing.images_per_second, provenance_schema.KEY: made_by}
 
 
@@ -514,14 +529,26 @@ def _output_problem(input_path: Path, out_dir: Path, index: int, count: int,
     return problem
 
 
-def _reuse(plan: LabelPlan, teacher_spec: str | None, log: LogFn) -> dict[str, Any]:
-    """The summary of a shard already done for these inputs."""
-    summary = plan.existing
+def teacher_precision(requested: str) -> PrecisionChoice:
+    """What --precision means for the teacher here (a one-line error for a bf16 that cannot
+    run: no fast bf16, oneDNN off, or a GPU)."""
+    return choose(requested, teacher_pass=True)
+
+
+def _reuse(plan: LabelPlan, options: LabelOptions, log: LogFn) -> dict[str, Any]:
+    """The summary of a shard already done for these inputs. Other settings than the ones
+    it was made with are named, not silently taken for them."""
+    summary, teacher_spec = plan.existing, options.teacher_spec
     log(f"{plan.paths.summary} exists and matches its inputs: skipped (--force redoes it)")
     made_by = {summary.get("teacher"), summary.get("teacher_spec")}
     if teacher_spec is not None and teacher_spec not in made_by:
         log(f"note: this shard was labeled by teacher {summary.get('teacher')}, "
             f"not {teacher_spec}")
+    made_in = summary.get("precision", "fp32")
+    asked = teacher_precision(options.precision)
+    if asked.precision != made_in:
+        log(f"note: this shard was labeled in {made_in}, not {asked.line()} "
+            "(--force relabels it)")
     return summary
 
 
@@ -539,6 +566,7 @@ def _relabel(plan: LabelPlan, options: LabelOptions, teacher: Any, problem: str 
         )
     if problem:
         raise UserError(problem)
+    teacher_precision(options.precision)  # a bf16 that cannot run: refused before loading
     if teacher is None:
         from imnet64.teacher import load_teacher
 
@@ -592,7 +620,7 @@ def run(
     try:
         skipped = plan.done and not options.force
         if skipped:
-            summary = _reuse(plan, options.teacher_spec, log)
+            summary = _reuse(plan, options, log)
         else:
             summary = _relabel(plan, options, teacher, problem, progress, log)
         if options.export_dir is not None:

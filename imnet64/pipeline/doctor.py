@@ -114,6 +114,7 @@ class TensorFlowInfo:
     xla: str = ""
     error: str | None = None
     machine: str = ""  # imnet64.cluster.machine's line: CPU, vector extensions, cores, memory
+    precision: str = ""  # what --precision auto picks here, and why (auto_precision)
 
 
 @dataclass
@@ -451,6 +452,14 @@ def probe_horovod(timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     return {"error": f"hvd.init() exited with code {done.returncode}: {reason}"}
 
 
+def auto_precision() -> str:
+    """`--precision auto` here: train's and the label teacher's choice, each with its why."""
+    from imnet64.cluster.precision import choose
+
+    return (f"train {choose('auto').line()}; "
+            f"label {choose('auto', teacher_pass=True).line()}")
+
+
 def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
     """TensorFlow facts, and the number of GPUs it lists (None when not imported)."""
     from imnet64.cluster.machine import (
@@ -470,6 +479,7 @@ def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
     if quick or info.version is None:
         info.onednn, info.onednn_why = onednn_state(flags, ask_tensorflow=False)
         info.xla = f"TF_XLA_FLAGS={xla_flags}" if xla_flags else "not asked (--quick)"
+        info.precision = auto_precision()
         return info, None
     try:
         import tensorflow as tf
@@ -478,6 +488,7 @@ def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
         info.imported = True
         info.built_with_cuda = bool(tf.test.is_built_with_cuda())
         info.onednn, info.onednn_why = onednn_state(flags)
+        info.precision = auto_precision()  # TensorFlow loaded: GPUs' compute capability too
         jit = tf.config.optimizer.get_jit()
         info.xla = (f"auto-clustering {'on' if jit else 'off'}"
                     + (f", TF_XLA_FLAGS={xla_flags}" if xla_flags else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from imnet64.cluster.engines import importable_engines
+from imnet64.cluster.precision import AUTO
 from imnet64.formats.image64 import SIZE
 from imnet64.train.model_config import ModelConfig
 from imnet64.train.schedule import Schedule
@@ -18,6 +19,10 @@ TARGETS = ("hard", "soft", "online")
 
 # --precision -> the Keras mixed-precision policy (None: float32)
 PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# what --precision accepts: auto is resolved once, at the start of a run, to one of PRECISIONS
+# (bf16 where the hardware has fast bf16, else fp32: imnet64.cluster.precision) and recorded
+# in config.json; a resume with auto keeps the recorded choice
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
 
 # imnet64 evaluate and export
 CHECKPOINT = "best"  # or "latest", or a checkpoint path
@@ -48,7 +53,7 @@ class TrainConfig:
     final_scale: float = Schedule.final_scale
     lr_scaling: bool = True
     steps_per_epoch: int | None = None  # default: one pass over the train split
-    precision: str = "fp32"
+    precision: str = AUTO
     # horovod where it is installed (the pinned stack), else tf (the current stack)
     engine: str = importable_engines()[0]
     xla: bool = False

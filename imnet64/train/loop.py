@@ -45,7 +45,14 @@ from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
 from imnet64.train import run_files, shard_errors
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
-from imnet64.train.config import OPTIONS, PRECISIONS, TARGETS, TrainConfig, option_name
+from imnet64.train.config import (
+    OPTIONS,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    TARGETS,
+    TrainConfig,
+    option_name,
+)
 from imnet64.train.eval_step import make_eval_step
 from imnet64.train.history import (
     CurvePlotter,
@@ -59,6 +66,8 @@ from imnet64.train.objective import HARD, Objective
 from imnet64.train.online_teacher import OnlineTeacher, load_online_teacher
 from imnet64.train.peak_flops import mfu, peak_per_rank
 from imnet64.train.precise_bn import precise_statistics
+from imnet64.train.precision import WHY_KEY as PRECISION_WHY_KEY
+from imnet64.train.precision import resolve_precision
 from imnet64.train.run_dir import CLASSES, CONFIG, STATUS
 from imnet64.train.schedule import Schedule
 
@@ -122,8 +131,8 @@ def _check(cfg: TrainConfig) -> None:
         if not ok:
             raise UserError(message)
 
-    need(cfg.precision in PRECISIONS,
-         f"--precision must be one of {', '.join(PRECISIONS)} (got {cfg.precision!r})")
+    need(cfg.precision in PRECISION_CHOICES,
+         f"--precision must be one of {', '.join(PRECISION_CHOICES)} (got {cfg.precision!r})")
     need(cfg.epochs >= 1, f"--epochs must be at least 1 (got {cfg.epochs})")
     need(cfg.batch_size >= 1, f"--batch-size must be at least 1 (got {cfg.batch_size})")
     need(0 <= cfg.warmup_epochs < cfg.epochs,
@@ -356,6 +365,7 @@ class _Trainer:
         requeue = parse_signal(cfg.signal)
         self.stop = stop or StopRequest(stop_signals(requeue), requeue_signal=requeue)
         self.prepared = False  # RUN_DIR checked and config.json written: status.json is ours
+        self.precision_why = ""  # why cfg.precision (resolve_precision), into config.json
 
     def setup(self) -> None:
         """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
@@ -399,6 +409,7 @@ class _Trainer:
         cfg, world, chief = self.cfg, self.world, self.world.is_chief
         resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops,
                              self.teacher)
+        resolved[PRECISION_WHY_KEY] = self.precision_why
         error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names) \
             if chief else None
         error = world.broadcast_object(error, name="config_check")
@@ -752,7 +763,10 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     during start-up is not lost (by default the trainer makes and installs its own)."""
     _check(cfg)
     world = init_world(cfg.engine)
+    cfg, precision = resolve_precision(cfg, world)  # --precision auto: once, rank 0's choice
     trainer = _Trainer(cfg, world, stop)
+    trainer.precision_why = precision.why
+    trainer.info("precision %s", precision.line())
     try:
         with trainer.stop:  # (already installed by the command: then this is a no-op)
             trainer.setup()
