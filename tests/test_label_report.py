@@ -116,18 +116,21 @@ def test_dataset_shows_its_kept_classes(labeled, capsys, tmp_path):
 
 
 def _add_truth(out: Path, truth_of) -> None:
-    """Give the parts a `truth` column, as label parts of datasets with known labels carry it
-    (teacher index, empty when unknown), and their summaries the new CSV's size and sha256."""
+    """Fill the parts' `truth` column, as label parts of datasets with known labels carry it
+    (teacher index, empty when unknown), and give their summaries the new CSV's size and
+    sha256."""
     for i in range(SHARDS):
         paths = part_paths(out, i, SHARDS)
         with open(paths.csv, newline="") as f:
             rows = list(csv.reader(f))
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow([*rows[0], "truth"])
+        at = rows[0].index("truth")  # label writes the column, empty for inputs without truth
+        w.writerow(rows[0])
         for row in rows[1:]:
             truth = truth_of(row[0], int(row[1]))
-            w.writerow([*row, "" if truth is None else truth])
+            row[at] = "" if truth is None else str(truth)
+            w.writerow(row)
         data = buf.getvalue().encode()
         paths.csv.write_bytes(data)
         summary = json.loads(paths.summary.read_text())
