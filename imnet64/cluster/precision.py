@@ -50,6 +50,10 @@ def choose(requested: str, machine: Machine | None = None, *,
     if requested == "bf16":
         slow = "" if machine.fast_bf16 else f"; slower than fp32 here: {machine.bf16_why}"
         return PrecisionChoice("bf16", "bf16", f"as asked{slow}")
+    if machine.fast_bf16 and not machine.bf16_on_gpu and machine.onednn is False:
+        # the CPU's bf16 instructions are reached through oneDNN's kernels only: without
+        # them TensorFlow converts bf16 in Eigen, slower than fp32
+        return PrecisionChoice("fp32", AUTO, f"auto: oneDNN is off ({machine.onednn_why})")
     return PrecisionChoice("bf16" if machine.fast_bf16 else "fp32", AUTO,
                            f"auto: {machine.bf16_why}")
 
