@@ -29,6 +29,7 @@ BENCHES = {
     "onednn": ["bench/onednn.py"],
     "distill": ["bench/distill.py"],
     "engines": ["bench/engines.py"],
+    "scale": ["bench/scale.py"],  # 10 k / 40 k / 160 k images: hours (bench/scale.py says)
 }
 
 
@@ -70,6 +71,12 @@ HEADLINES = [
        ("distill", f"targets.{t}.heldout_kl", f"`train --targets {t}`: held-out KL", ""),
        ("distill", f"targets.{t}.images_per_s", f"`train --targets {t}`: train images/s", ""))
       [i] for t in ("hard", "soft", "online") for i in range(3)),
+    *((("scale", f"layouts.png-tar.sizes.160000.stages.{stage}.ratio_to_smallest.{key}",
+        f"scale: {stage} {what} at 160 k / at 10 k", goal))
+      for stage in ("label", "shard-records", "train-horovod", "train-tf", "evaluate",
+                    "input-pipeline")
+      for key, what, goal in (("cpu_s_per_image", "CPU s per image", "<= 1.15"),
+                              ("peak_rss_mb", "peak RSS", "<= 1.10 + bytes/image"))),
     ("engines", "tf_over_horovod",
      "`train --np 2 --engine tf` / `--engine horovod` (images/s, median round)", ""),
 ]
