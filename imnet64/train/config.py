@@ -24,6 +24,7 @@ CHECKPOINT = "best"  # or "latest", or a checkpoint path
 EVAL_SPLIT = "val"
 EVAL_BATCH_SIZE = 256
 TOP_CONFUSED = 10  # most confused class pairs listed
+PER_CLASS_SHOWN = 20  # evaluate's table lists every class up to this many, else the worst
 EXPORT_FORMATS = ("savedmodel", "keras")
 
 
