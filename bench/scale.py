@@ -109,6 +109,26 @@ def run_timed(cmd: list[str], first: re.Pattern | None, log: Path) -> dict:
                                            if ln.startswith("error:")), None)}
 
 
+def tar_index_cost(tar: Path) -> dict:
+    """CPU microseconds per member of label's tar index (what every array task builds over
+    the whole archive), by tar_headers' lean scan and by tarfile alone, in this process."""
+    from unittest import mock
+
+    from imnet64.label import inputs, tar_headers
+
+    def cost(lean: bool) -> float:
+        start = time.process_time()
+        if lean:
+            found = len(inputs.open_inputs(tar))
+        else:
+            with mock.patch.object(tar_headers, "plain_members",
+                                   side_effect=tar_headers.Unusual("tarfile only")):
+                found = len(inputs.open_inputs(tar))
+        return round((time.process_time() - start) / found * 1e6, 1)
+
+    return {"tarfile_us_per_member": cost(False), "lean_us_per_member": cost(True)}
+
+
 def tree_size(path: Path) -> tuple[int, int]:
     """(bytes, files) under `path` (a file counts itself)."""
     if path.is_file():
@@ -150,6 +170,8 @@ def run_size(work: Path, layout: str, n: int, args: argparse.Namespace) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     result: dict = {"inputs": made, "stages": {}}
+    if layout == "png-tar":
+        result["tar_index"] = tar_index_cost(inputs)
     stages = result["stages"]
     try:
         labels = out / "labeled"
@@ -292,6 +314,10 @@ def table(layout: str, by_size: dict[int, dict]) -> list[str]:
                                                      "files_written")))
     for n in sorted(by_size):
         r = by_size[n]
+        if "tar_index" in r:
+            lines.append(f"N={n}: label's tar index, CPU us per member: tarfile "
+                         f"{r['tar_index']['tarfile_us_per_member']}, lean scan "
+                         f"{r['tar_index']['lean_us_per_member']}")
         lines.append(f"N={n}: mean PNG {r['inputs']['mean_png_bytes']:.0f} B; counts "
                      f"{json.dumps(r.get('counts', {}))}"
                      + (f"; FAILED: {r['failed']}" if "failed" in r else "")
@@ -379,6 +405,11 @@ def main() -> int:
             print(f"   {by_size[n]['seconds']} s"
                   + (f"; FAILED: {by_size[n]['failed']}" if "failed" in by_size[n] else ""),
                   flush=True)
+            add_ratios(by_size)  # the table so far after every N: a long run killed keeps them
+            print("\n".join(table(layout, by_size)), flush=True)
+            results["layouts"][layout] = {"sizes": {str(k): r for k, r in by_size.items()}}
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
             if "failed" in by_size[n] and not by_size[n]["stages"]:
                 print(f"   layout {layout}: its first stage failed; skipping its other sizes "
                       "(for batch-files: `imnet64 label` cannot read them yet)", flush=True)
