@@ -278,15 +278,18 @@ def add_ratios(by_size: dict[int, dict]) -> None:
                 and base[k]}
 
 
-def projection(by_size: dict[int, dict], target: int) -> dict[str, float]:
+def projection(by_size: dict[int, dict], target: int, capped: bool) -> dict[str, float]:
     """Each stage's wall seconds at `target` images: its start-up (time to the first image
-    or step) at the largest N kept as is, the rest scaled by images (train: per epoch)."""
+    or step) at the largest N kept as is, the rest scaled by images (train: per epoch, left
+    out when `capped` by --train-steps)."""
     largest = max(by_size)
     out = {}
     for stage, f in by_size[largest]["stages"].items():
         tasks = LABEL_TASKS if stage == "label" else 1
         fixed = min((f["first_s"] or 0.0) * tasks, f["wall_s"])
         scale = target / largest
+        if stage.startswith("train-") and capped:
+            continue  # a capped epoch's end (validation, checkpoint) would be scaled too
         if stage.startswith("train-") and by_size[largest].get("counts", {}).get("splits"):
             scale = by_size[largest]["counts"]["splits"]["train"] * target / largest / f["images"]
         out[stage] = round(fixed + (f["wall_s"] - fixed) * scale, 0)
@@ -416,7 +419,7 @@ def main() -> int:
                 break
         if args.full and any(r.get("stages") for r in by_size.values()):
             add_ratios(by_size)
-            expect = projection(by_size, FULL)
+            expect = projection(by_size, FULL, bool(args.train_steps))
             print(f"== {layout} N={FULL:,}: expected {sum(expect.values()) / 3600:.1f} h "
                   f"({', '.join(f'{k} {v / 60:.0f} min' for k, v in expect.items())})",
                   flush=True)
@@ -425,11 +428,13 @@ def main() -> int:
         ok = {n: r for n, r in by_size.items() if r.get("stages")}
         results["layouts"][layout] = {
             "sizes": {str(n): r for n, r in by_size.items()},
-            "projected_full_wall_s": projection(ok, FULL) if ok else {}}
-        print("\n".join(table(layout, by_size)), flush=True)
+            "projected_full_wall_s": projection(ok, FULL, bool(args.train_steps)) if ok else {}}
+        if args.full:
+            print("\n".join(table(layout, by_size)), flush=True)
         if ok:
             print(f"projected wall at N={FULL:,} (the largest N's start-up, the rest x N; "
-                  "train: one whole epoch, 1 rank): "
+                  "train: one whole epoch, 1 rank, unless --train-steps; label: "
+                  f"{args.teacher} teacher, 4 tasks in a row): "
                   + ", ".join(f"{k} {v / 60:.1f} min" for k, v in
                               results["layouts"][layout]["projected_full_wall_s"].items()),
                   flush=True)
