@@ -31,6 +31,7 @@ BENCHES = {
     "engines": ["bench/engines.py"],
     "imagenet64_batch": ["bench/imagenet64_batch.py"],
     "precision": ["bench/precision.py"],
+    "scale": ["bench/scale.py"],  # 10 k / 40 k / 160 k images: hours (bench/scale.py says)
 }
 
 
@@ -78,6 +79,12 @@ HEADLINES = [
      "`label --precision bf16`: top-1 identical to fp32 on the demo's images (%)", ""),
     ("precision", "bf16_over_fp32.train_images_per_s",
      "`train --precision bf16` / fp32 (images/s, median round)", ""),
+    *((("scale", f"layouts.png-tar.sizes.160000.stages.{stage}.ratio_to_smallest.{key}",
+        f"scale: {stage} {what} at 160 k / at 10 k", goal))
+      for stage in ("label", "shard-records", "train-horovod", "train-tf", "evaluate",
+                    "input-pipeline")
+      for key, what, goal in (("cpu_s_per_image", "CPU s per image", "<= 1.15"),
+                              ("peak_rss_mb", "peak RSS", "<= 1.10 + bytes/image"))),
     ("engines", "tf_over_horovod",
      "`train --np 2 --engine tf` / `--engine horovod` (images/s, median round)", ""),
     ("imagenet64_batch", "four_shards_equal_whole",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
+from imnet64.train.config import (
+    CHECKPOINT,
+    EVAL_BATCH_SIZE,
+    EVAL_SPLIT,
+    PER_CLASS_SHOWN,
+    TOP_CONFUSED,
+)
 
 import click
 
@@ -68,9 +74,13 @@ def evaluate(run_dir, dataset_dir, split, checkpoint, batch_size, top_confused, 
         if truth is not None:
             click.echo(_truth_line(truth))
     click.echo("")
-    name_w = max([len("class")] + [len(c.name) for c in result.per_class])
+    shown = result.classes_to_show(PER_CLASS_SHOWN)
+    if len(shown) < len(result.per_class):
+        click.echo(f"the {len(shown)} worst of {len(result.per_class)} classes (every class: "
+                   f"per_class in {result.run_dir}/evaluation-{result.split}.json):")
+    name_w = max([len("class")] + [len(c.name) for c in shown])
     click.echo(f"{'id':>5}  {'class':<{name_w}}  {'images':>7}  {'correct':>7}  accuracy")
-    for c in result.per_class:
+    for c in shown:
         acc = f"{c.accuracy:.4f}" if c.accuracy is not None else "-"
         click.echo(f"{c.id:>5}  {c.name:<{name_w}}  {c.count:>7}  {c.correct:>7}  {acc:>8}")
     if result.most_confused:

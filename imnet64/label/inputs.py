@@ -28,6 +28,7 @@ from pathlib import Path
 
 from imnet64.errors import UserError
 from imnet64.formats.image_names import is_image_name, sha256_of_names
+from imnet64.label import tar_headers
 
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst")
 # A member or file larger than this is not a 64x64 image; refuse to pull it into memory.
@@ -371,6 +372,15 @@ class _TarIndex:
         self.offsets.append(info.offset_data if plain else 0)
         self.sizes.append(info.size if plain else 0)
 
+    def add_regular(self, raw_name: str, offset: int, size: int) -> None:
+        """What add() does for a regular file, from tar_headers' scan (no TarInfo)."""
+        name, problem = _member_name(raw_name)
+        if problem:
+            self.special[len(self.names)] = _Special(problem=problem, readable=True)
+        self.names.append(name)
+        self.offsets.append(offset)
+        self.sizes.append(size)
+
     def sorted_by_name(self, path: Path) -> TarInputSet:
         """Sorted by name (a stable numpy argsort: 8 bytes per member, where a Python list of
         indices would take 36). A name archived twice stays twice: its earlier copies are
@@ -396,7 +406,18 @@ class _TarIndex:
 
 def _tar_input(path: Path) -> TarInputSet:
     """Every member but directories is an input (see IMAGE_SUFFIXES): `inputs = labeled +
-    rejected` then counts the archive's files, links and special files, one each."""
+    rejected` then counts the archive's files, links and special files, one each. Indexed by
+    tar_headers' lean scan (3x less CPU per member at 160 k), else by tarfile."""
+    try:
+        index = _TarIndex()
+        for raw_name, is_dir, offset, size in tar_headers.plain_members(path):
+            if not is_dir:
+                index.add_regular(raw_name, offset, size)
+        return index.sorted_by_name(path)
+    except tar_headers.Unusual:
+        pass  # links, long names, damage...: tarfile knows every case
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     index = _TarIndex()
     try:
         # "r:" = uncompressed only: random access by offset needs a plain archive

@@ -29,6 +29,7 @@ CHECKPOINT = "best"  # or "latest", or a checkpoint path
 EVAL_SPLIT = "val"
 EVAL_BATCH_SIZE = 256
 TOP_CONFUSED = 10  # most confused class pairs listed
+PER_CLASS_SHOWN = 20  # evaluate's table lists every class up to this many, else the worst
 EXPORT_FORMATS = ("savedmodel", "keras")
 
 # BatchNorm statistics recomputed on this many train batches per rank before each validation

@@ -81,6 +81,15 @@ class Evaluation:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def classes_to_show(self, limit: int) -> list[ClassScore]:
+        """Every class when there are at most `limit`; else the `limit` worst, lowest accuracy
+        first (the most images first among equals), classes without images left out: at
+        1000 classes the table stays readable (the full one is in evaluation-<split>.json)."""
+        if len(self.per_class) <= limit:
+            return list(self.per_class)
+        scored = [c for c in self.per_class if c.accuracy is not None]
+        return sorted(scored, key=lambda c: (c.accuracy, -c.count, c.id))[:limit]
+
 
 def most_confused(confusion: np.ndarray, names: list[str], n: int = 10) -> list[Confusion]:
     """The largest off-diagonal cells of a confusion matrix (rows: true, columns: predicted)."""
