@@ -134,7 +134,10 @@ def test_evaluate_teacher_agreement_and_kl_equal_a_hand_computation(dataset, tmp
     import tensorflow as tf
 
     run_dir = tmp_path / "run"
-    result = run(cli("train", dataset, run_dir, *SMALL, "--epochs", 2, "--warmup-epochs", 1))
+    # fp32: the figures below are compared at other batch sizes (1, 5, train's), and bf16's
+    # rounding depends on the batch (1e-3 relative on val_kl)
+    result = run(cli("train", dataset, run_dir, *SMALL, "--epochs", 2, "--warmup-epochs", 1,
+                     "--precision", "fp32"))
     assert result.returncode == 0, result.stdout[-3000:]
     got = evaluate_run(run_dir, split="val", batch_size=5, write=False)
 

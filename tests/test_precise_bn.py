@@ -21,7 +21,10 @@ from train_helpers import history, train_in_process
 
 SHORT = dict(epochs=3, warmup_epochs=1, steps_per_epoch=20, batch_size=16, lr_max=0.01,
              shuffle=False,  # a fixed order: the two runs see the same batches
-             widths=(8, 16, 32))
+             widths=(8, 16, 32),
+             # fp32: evaluate's batches differ from validation's, and bf16's rounding
+             # depends on the batch (1e-3 here), which the equalities below would not survive
+             precision="fp32")
 
 
 def test_recompute_gives_the_population_mean_and_variance_of_the_batches():
