@@ -45,6 +45,12 @@ from imnet64.train import input_pipeline as data
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
 from imnet64.train.config import OPTIONS, PRECISIONS, TARGETS, TrainConfig, option_name
 from imnet64.train.eval_step import make_eval_step
+from imnet64.train.finite import (
+    absurd_val_loss,
+    diverged,
+    step_is_finite,
+    variables_are_finite,
+)
 from imnet64.train.history import (
     CurvePlotter,
     EpochRecord,
@@ -281,9 +287,10 @@ def _all_variables(*roots) -> list[tf.Variable]:
 
 def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState,
                     objective: Objective = HARD, *, fp16: bool = False, xla: bool = False):
-    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank):
-    a batch as the input pipeline yields it (with the soft targets also the kept-class
-    teacher mass [B, C]), and this rank's stop flag.
+    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank,
+    finite on every rank): a batch as the input pipeline yields it (with the soft targets
+    also the kept-class teacher mass [B, C]), and this rank's stop flag. `finite`: the loss
+    and the gradients (imnet64.train.finite), OR-ed over ranks in the stop flag's allreduce.
 
     The loss is `objective`'s (for hard targets the fused sparse softmax cross-entropy on
     logits, as always); its targets (the online teacher's forward pass, mixup) are computed
@@ -313,6 +320,7 @@ def make_train_step(model: tf.keras.Model, optimizer, world: World, state: Train
         grads = world.tape(tape).gradient(objective_value, variables)
         if fp16:
             grads = optimizer.get_unscaled_gradients(grads)
+        finite = step_is_finite(loss, grads, check_grads=not fp16)
         optimizer.apply_gradients(zip(grads, variables))
         n = tf.cast(tf.shape(labels)[0], tf.float64)
         state.loss_sum.assign_add(tf.cast(loss, tf.float64) * n)
@@ -322,7 +330,9 @@ def make_train_step(model: tf.keras.Model, optimizer, world: World, state: Train
             state.kl_sum.assign_add(tf.cast(kl_sum, tf.float64))
         state.global_step.assign_add(1)
         state.step_in_epoch.assign_add(1)
-        return loss, world.any_in_graph(stop)
+        # one allreduce for both flags: [stop on any rank, non-finite on any rank]
+        flags = world.any_in_graph(tf.stack([stop, tf.logical_not(finite)]))
+        return loss, flags[0], tf.logical_not(flags[1])
 
     return step
 
@@ -518,6 +528,7 @@ class _Trainer:
         # end-of-epoch values as averaging only there (the moving average is linear), and
         # rank 0's copy, the one saved, then stands for all ranks.
         self.sync_batchnorm()
+        self.check_weights_finite()
         totals = self.world.sum([v.numpy() for v in self.state.sums], name="ckpt_sums")
         for v, total in zip(self.state.sums, totals):
             v.assign(total if self.world.is_chief else 0.0)
@@ -525,6 +536,25 @@ class _Trainer:
             if self.world.is_chief else None
         self.world.barrier()
         return path
+
+    def diverged(self, what: str, epoch: int, step: int, lr: float):
+        """The error that ends a diverged run (raised on every rank at the same point)."""
+        kept = self.checkpoints.latest_path if self.checkpoints else "rank 0's newest"
+        return diverged(what, epoch, step, lr, self.cfg.precision, kept)
+
+    def check_weights_finite(self, epoch: int | None = None, step: int | None = None,
+                             lr: float | None = None) -> None:
+        """Before a checkpoint: a weight that is inf or NaN ends the run (every rank holds
+        the same weights, so every rank raises)."""
+        if variables_are_finite(self.model.variables):
+            return
+        state = self.state
+        raise self.diverged(
+            "a weight is not finite",
+            int(state.epoch.numpy()) + 1 if epoch is None else epoch,
+            int(state.step_in_epoch.numpy()) if step is None else step,
+            self.schedule.at_step(int(state.global_step.numpy()), self.steps) if lr is None
+            else lr)
 
     def dump_weights(self) -> None:
         if not self.cfg.dump_weights:
@@ -596,8 +626,12 @@ class _Trainer:
             lr = self.schedule.at_step(global_step, self.steps)
             self.optimizer.learning_rate.assign(lr)
             images, labels, *teacher_mass = batch  # (the mass with soft targets only)
-            loss, stop_all = self.train_step(images, labels, tf.constant(stop.requested),
-                                             *teacher_mass)
+            loss, stop_all, finite = self.train_step(images, labels,
+                                                     tf.constant(stop.requested), *teacher_mass)
+            if not bool(finite):  # every rank sees the same flag: all stop at this step
+                raise self.diverged(f"the loss ({float(loss):.3g} on this rank's batch) or a "
+                                    "gradient is not finite", epoch + 1,
+                                    int(state.step_in_epoch.numpy()), lr)
             if t_first is None:  # the first step of a session includes tracing: not timed
                 t_first = time.perf_counter()
             else:
@@ -642,6 +676,11 @@ class _Trainer:
         val = self.validate()
         val_loss, val_acc = val.loss, val.accuracy
         lr = self.schedule.at_step(int(state.global_step.numpy()), self.steps)
+        if self.has_val and absurd_val_loss(val_loss, self.manifest.num_classes):
+            raise self.diverged(f"val_loss {val_loss:.3g} (a uniform guess scores "
+                                f"{math.log(self.manifest.num_classes):.3g})", epoch + 1,
+                                self.steps, lr)
+        self.check_weights_finite(epoch + 1, self.steps, lr)
         record = EpochRecord(
             epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
             val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=self._rate,
