@@ -207,20 +207,22 @@ def wait_all(procs: Sequence[subprocess.Popen], poll_s: float = 0.2) -> int:
 
 
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
-              stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod") -> int:
+              stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod",
+              keep_fds: Sequence[int] = ()) -> int:
     """Run the ranks of `engine` (horovodrun, or one process per tf rank); returns the exit
     code this command should give.
 
     `stop` is the command's stop request, installed before anything else: a signal it
     received (before or while the ranks run) becomes RUN_DIR/stop-request for them. Given
     signals instead (the first one the requeue signal), a request for them and SIGTERM and
-    SIGINT is installed for the time the ranks run."""
+    SIGINT is installed for the time the ranks run. `keep_fds`: descriptors the children
+    inherit (RUN_DIR's lock)."""
     if not isinstance(stop, StopRequest):
         signals = list(stop)
         own = StopRequest(dict.fromkeys([*signals, signal.SIGTERM, signal.SIGINT]),
                           requeue_signal=signals[0] if signals else None)
         with own:
-            return run_ranks(np_, child_args, run_dir, own, engine)
+            return run_ranks(np_, child_args, run_dir, own, engine, keep_fds)
     started = time.time()
     run_dir = Path(run_dir)
 
@@ -244,6 +246,7 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
         for child in rank_children(engine, np_, child_args):
             procs.append(subprocess.Popen(child.command,
                                           env=with_variables({**launched, **child.env}),
+                                          pass_fds=tuple(keep_fds),
                                           preexec_fn=partial(_child_setup, ignore)))
         code = wait_all(procs)
     finally:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import imnet64
 from imnet64 import atomic
-from imnet64.cluster import provenance
+from imnet64.cluster import folder_lock, provenance
+from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
     STOP_FILE,
@@ -348,6 +349,7 @@ class _Trainer:
         requeue = parse_signal(cfg.signal)
         self.stop = stop or StopRequest(stop_signals(requeue), requeue_signal=requeue)
         self.prepared = False  # RUN_DIR checked and config.json written: status.json is ours
+        self.lock: folder_lock.FolderLock | None = None  # RUN_DIR's writer's lock (rank 0)
 
     def setup(self) -> None:
         """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
@@ -391,8 +393,9 @@ class _Trainer:
         cfg, world, chief = self.cfg, self.world, self.world.is_chief
         resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops,
                              self.teacher)
-        error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names) \
-            if chief else None
+        error = self._lock_run_dir() if chief else None
+        if chief and error is None:
+            error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names)
         error = world.broadcast_object(error, name="config_check")
         if error:
             raise UserError(error)
@@ -431,6 +434,17 @@ class _Trainer:
         self.eval_step = make_eval_step(self.model)
         val = self.manifest.splits.get("val")
         self.has_val = val is not None and val.count > 0
+
+    def _lock_run_dir(self) -> str | None:
+        """Rank 0: RUN_DIR's lock (one writer per folder), unless `train --np` started this
+        rank: its launcher holds the lock for all its ranks. An error message or None."""
+        if Environment.read().self_launched:
+            return None
+        try:
+            self.lock = folder_lock.acquire(self.run_dir, "imnet64 train")
+        except UserError as e:
+            return str(e)
+        return None
 
     def _restore(self) -> tuple[str | None, str | None]:
         """Rank 0: restore the newest checkpoint that restores. (path or None, error)."""
@@ -772,6 +786,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     `stop`: the command's stop request, installed as early as possible so that a signal
     during start-up is not lost (by default the trainer makes and installs its own)."""
     _check(cfg)
+    folder_lock.check_apart("RUN_DIR", cfg.run_dir, "DATASET_DIR", cfg.dataset)
     world = init_world(cfg.engine)
     trainer = _Trainer(cfg, world, stop)
     try:
@@ -781,3 +796,6 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     except BaseException as e:
         trainer.record_failure(e)
         raise
+    finally:
+        if trainer.lock:
+            trainer.lock.release()
