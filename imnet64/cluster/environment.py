@@ -24,6 +24,7 @@ TF_STARTUP_LOGS_VAR = "IMNET64_TF_STARTUP_LOGS"  # "1": keep TensorFlow's start-
 SELF_LAUNCHED_VAR = "IMNET64_SELF_LAUNCHED"  # "1" in ranks `train --np N` started
 STARTED_AT_VAR = "IMNET64_STARTED_AT"  # the launching process's start time, for its ranks
 SLURM_TEMPLATES_VAR = "IMNET64_SLURM_TEMPLATES"  # the slurm/ folder of a checkout
+PEER_TIMEOUT_VAR = "IMNET64_PEER_TIMEOUT"  # seconds a tf.distribute rank waits for its peers
 TFHUB_CACHE_VAR = "TFHUB_CACHE_DIR"
 
 # what a launcher sets in each rank it starts
@@ -139,6 +140,7 @@ class Environment:
     tf_enable_onednn_opts: str | None
     tfhub_cache_dir: str | None
     tf_config: str | None  # TF_CONFIG, stripped: a tf.distribute cluster and this task in it
+    peer_timeout: str | None  # IMNET64_PEER_TIMEOUT as given (checked where it is used)
     variables: Mapping[str, str]
 
     @classmethod
@@ -160,6 +162,7 @@ class Environment:
             tf_enable_onednn_opts=env.get("TF_ENABLE_ONEDNN_OPTS"),
             tfhub_cache_dir=_text(env, TFHUB_CACHE_VAR),
             tf_config=env.get("TF_CONFIG", "").strip() or None,
+            peer_timeout=env.get(PEER_TIMEOUT_VAR, "").strip() or None,
             variables=MappingProxyType(env),
         )
 

@@ -52,6 +52,7 @@ from pathlib import Path
 from imnet64 import atomic
 from imnet64.cluster.environment import SELF_LAUNCHED_VAR, Environment, with_variables
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
+from imnet64.cluster.rank_death import record_rank_death
 from imnet64.errors import UserError
 
 LAUNCHED_ENV = SELF_LAUNCHED_VAR
@@ -206,6 +207,13 @@ def wait_all(procs: Sequence[subprocess.Popen], poll_s: float = 0.2) -> int:
         time.sleep(poll_s)
 
 
+def _who_failed(procs: Sequence[subprocess.Popen], code: int, engine: str) -> str:
+    if engine != "tf":
+        return "a rank (horovodrun reports it above)"
+    rank = next((i for i, p in enumerate(procs) if p.returncode == code), None)
+    return f"rank {rank}" if rank is not None else "a rank"
+
+
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
               stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod",
               keep_fds: Sequence[int] = ()) -> int:
@@ -254,6 +262,8 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
         _end(procs)  # nothing outlives the launch (an exception or a second Ctrl-C included)
     if stop.received is not None:
         return REQUEUE_EXIT_CODE
+    if code:  # a rank killed (SIGKILL, OOM) cannot say so itself
+        record_rank_death(run_dir, started, _who_failed(procs, code, engine), code)
     status_path = run_dir / "status.json"
     if status_path.exists():
         status = atomic.read_json(status_path)

@@ -787,7 +787,8 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     during start-up is not lost (by default the trainer makes and installs its own)."""
     _check(cfg)
     folder_lock.check_apart("RUN_DIR", cfg.run_dir, "DATASET_DIR", cfg.dataset)
-    world = init_world(cfg.engine)
+    world = init_world(cfg.engine, stop_reason=(
+        lambda: stop.reason if stop.requested else None) if stop else None)
     trainer = _Trainer(cfg, world, stop)
     try:
         with trainer.stop:  # (already installed by the command: then this is a no-op)
