@@ -28,8 +28,9 @@ broken: the second writer gets one line naming the holder (host, pid, since when
 nothing is written. The holder that finds its record replaced (only possible across hosts
 whose flock does not reach each other, after six missed beats) logs it and stops beating.
 
-On release the record is emptied (an empty file is a free lock); the file is never deleted
-(deleting a flock'ed file lets two processes lock two different files of the same name).
+On release the file is removed, while still locked; a writer that got the flock on a file
+no longer at its path opens the path again, so two writers never hold two files of the same
+name. A killed writer's file stays (with its record) until the next writer releases it.
 """
 
 from __future__ import annotations
@@ -192,7 +193,11 @@ class FolderLock:
             self._thread.join(timeout=5)
         with contextlib.suppress(OSError):
             if not self.lost:
+                # removed while still locked: whoever opened it meanwhile sees it is no
+                # longer the file at `path` once it gets the flock, and starts again
                 os.ftruncate(self.fd, 0)
+                if _same_file(self.fd, self.path):
+                    self.path.unlink()
         os.close(self.fd)  # (releases the flock unless a child still has the descriptor)
         self.fd = -1
 
@@ -211,20 +216,34 @@ def acquire(folder: str | Path, what: str, *, part: str | None = None,
     FOLDER only; `path` names the lock file outright (label's parts keep theirs)."""
     folder = Path(folder)
     path = Path(path) if path is not None else lock_path(folder, part)
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot take the writer's lock {path}: {e.strerror or e}") \
+                from None
+        try:
+            lock = _acquire_fd(fd, folder, path, what, heartbeat_s, stale_s)
+        except BaseException:
+            os.close(fd)
+            raise
+        if lock is not None:
+            return lock
+        os.close(fd)  # the file was removed by its releasing holder meanwhile: again
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise UserError(f"cannot take the writer's lock {path}: {e.strerror or e}") from None
-    try:
-        return _acquire_fd(fd, folder, path, what, heartbeat_s, stale_s)
-    except BaseException:
-        os.close(fd)
-        raise
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _acquire_fd(fd: int, folder: Path, path: Path, what: str, heartbeat_s: float,
-                stale_s: float) -> FolderLock:
+                stale_s: float) -> FolderLock | None:
+    """The lock on `fd`, UserError if held by another, None if the file at `path` is no
+    longer the one opened (its holder removed it on release: open it again)."""
     import fcntl
 
     try:
@@ -237,6 +256,8 @@ def _acquire_fd(fd: int, folder: Path, path: Path, what: str, heartbeat_s: float
             flock_free = None  # no flock on this filesystem: the record alone decides
         else:
             raise UserError(f"cannot take the writer's lock {path}: {e.strerror or e}") from None
+    if flock_free is not False and not _same_file(fd, path):
+        return None
     try:
         holder = _read_record(fd)
     except (ValueError, KeyError, TypeError):
