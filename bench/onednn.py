@@ -114,7 +114,7 @@ def _train_step(tf, images: Path, batch: int, steps: int) -> tuple[float, float]
 
     def run() -> None:
         for k in range(steps):
-            loss, _ = step(*batches[k % len(batches)], no_stop)
+            loss, *_ = step(*batches[k % len(batches)], no_stop)
         loss.numpy()
 
     return _timed(run)

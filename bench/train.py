@@ -128,7 +128,7 @@ def in_memory_worker(a, dataset: Path) -> dict:
             index += 1
             optimizer.learning_rate.assign(
                 schedule.at_step(int(state.global_step.numpy()), a.steps))
-            _, stop = step(images, labels, no_stop)
+            _, stop, _finite = step(images, labels, no_stop)
             bool(stop)  # the trainer reads the stop flag after every step
         seconds.append(time.perf_counter() - t0)
     result = _summary(seconds, a.steps * a.batch_size)

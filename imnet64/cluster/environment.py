@@ -28,6 +28,7 @@ SELF_LAUNCHED_VAR = "IMNET64_SELF_LAUNCHED"  # "1" in ranks `train --np N` start
 STARTED_AT_VAR = "IMNET64_STARTED_AT"  # the launching process's start time, for its ranks
 LAUNCH_ID_VAR = "IMNET64_LAUNCH_ID"  # marks every process `train --np N` started, at any depth
 SLURM_TEMPLATES_VAR = "IMNET64_SLURM_TEMPLATES"  # the slurm/ folder of a checkout
+PEER_TIMEOUT_VAR = "IMNET64_PEER_TIMEOUT"  # seconds a tf.distribute rank waits for its peers
 TFHUB_CACHE_VAR = "TFHUB_CACHE_DIR"
 ENGINE_VAR = "IMNET64_ENGINE"  # slurm/train.sh's --engine
 
@@ -177,6 +178,7 @@ class Environment:
     tfhub_cache_dir: str | None
     tf_config: str | None  # TF_CONFIG, stripped: a tf.distribute cluster and this task in it
     engine: str | None  # IMNET64_ENGINE (slurm/train.sh's --engine), stripped
+    peer_timeout: str | None  # IMNET64_PEER_TIMEOUT as given (checked where it is used)
     variables: Mapping[str, str]
 
     @classmethod
@@ -199,6 +201,7 @@ class Environment:
             tfhub_cache_dir=_text(env, TFHUB_CACHE_VAR),
             tf_config=env.get("TF_CONFIG", "").strip() or None,
             engine=env.get(ENGINE_VAR, "").strip() or None,
+            peer_timeout=env.get(PEER_TIMEOUT_VAR, "").strip() or None,
             variables=MappingProxyType(env),
         )
 

@@ -64,6 +64,7 @@ from imnet64.cluster.environment import (
     with_variables,
 )
 from imnet64.cluster.preemption import REQUEUE_EXIT_CODE, STARTED_ENV, STOP_FILE, StopRequest
+from imnet64.cluster.rank_death import record_rank_death
 from imnet64.errors import UserError
 
 LAUNCHED_ENV = SELF_LAUNCHED_VAR
@@ -235,21 +236,30 @@ def training_started(run_dir: Path, since: float) -> bool:
         return False
 
 
+def _who_failed(procs: Sequence[subprocess.Popen], code: int, engine: str) -> str:
+    if engine != "tf":
+        return "a rank (horovodrun reports it above)"
+    rank = next((i for i, p in enumerate(procs) if p.returncode == code), None)
+    return f"rank {rank}" if rank is not None else "a rank"
+
+
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
-              stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod") -> int:
+              stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod",
+              keep_fds: Sequence[int] = ()) -> int:
     """Run the ranks of `engine` (horovodrun, or one process per tf rank); returns the exit
     code this command should give.
 
     `stop` is the command's stop request, installed before anything else: a signal it
     received (before or while the ranks run) becomes RUN_DIR/stop-request for them. Given
     signals instead (the first one the requeue signal), a request for them and SIGTERM and
-    SIGINT is installed for the time the ranks run."""
+    SIGINT is installed for the time the ranks run. `keep_fds`: descriptors the children
+    inherit (RUN_DIR's lock)."""
     if not isinstance(stop, StopRequest):
         signals = list(stop)
         own = StopRequest(dict.fromkeys([*signals, signal.SIGTERM, signal.SIGINT]),
                           requeue_signal=signals[0] if signals else None)
         with own:
-            return run_ranks(np_, child_args, run_dir, own, engine)
+            return run_ranks(np_, child_args, run_dir, own, engine, keep_fds)
     started = time.time()
     run_dir = Path(run_dir)
 
@@ -280,6 +290,7 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
                 break  # a signal while starting them: start no more
             procs.append(subprocess.Popen(child.command,
                                           env=with_variables({**launched, **child.env}),
+                                          pass_fds=tuple(keep_fds),
                                           preexec_fn=partial(_child_setup, ignore)))
         code = wait_all(procs, give_up=stopped_while_starting)
         if code is None:
@@ -296,6 +307,8 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
         launch_tree.end(launch_id)  # nor what the children started (horovodrun's ranks)
     if stop.received is not None:
         return REQUEUE_EXIT_CODE
+    if code:  # a rank killed (SIGKILL, OOM) cannot say so itself
+        record_rank_death(run_dir, started, _who_failed(procs, code, engine), code)
     status_path = run_dir / "status.json"
     if status_path.exists():
         status = atomic.read_json(status_path)

@@ -46,18 +46,21 @@ collectives and starts this task's gRPC server): call `init_tf_world` first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
 import re
+import signal
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from imnet64.cluster.devices import pin_gpu, set_cpu_threads
 from imnet64.cluster.environment import Environment
+from imnet64.cluster.peer_wait import timeout_from, wait_for_peers
 from imnet64.errors import UserError
 
 import numpy as np
@@ -281,19 +284,44 @@ class TFWorld:
             self.sum([0.0], "barrier")
 
 
-def init_tf_world(env: Mapping[str, str] | None = None) -> TFWorld:
-    """This process's place, devices and threads, then the strategy when there are peers."""
-    where = placement(Environment.read(env))
+@contextlib.contextmanager
+def _python_signal_handlers_kept() -> Iterator[None]:
+    """Put Python's signal handlers back after the block. MWMS starts TensorFlow's
+    coordination service, whose preemption notifier installs a C++ SIGTERM handler over
+    Python's: SIGTERM then only records a notice inside TensorFlow, and a rank went on
+    training to the end when its launcher was killed (its PDEATHSIG is SIGTERM) or
+    `kill` was sent to it (issue 24, item 10)."""
+    kept = {sig: signal.getsignal(sig) for sig in signal.valid_signals()
+            if sig not in (signal.SIGKILL, signal.SIGSTOP)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            # Python's own handlers only (SIG_DFL would drop TensorFlow's crash handlers)
+            if callable(handler) and signal.getsignal(sig) is handler:
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(sig, handler)  # the C-level trampoline again
+
+
+def init_tf_world(env: Mapping[str, str] | None = None,
+                  stop_reason: Callable[[], str | None] | None = None) -> TFWorld:
+    """This process's place, devices and threads, then the strategy when there are peers
+    (after a bounded wait for them that `stop_reason` can end: imnet64.cluster.peer_wait)."""
+    environment = Environment.read(env)
+    where = placement(environment)
     pin_gpu(where.local_rank)
     set_cpu_threads(where.local_size)
     if where.size == 1:
         log.debug("tf.distribute world: one process")
         return TFWorld(0, 1, 0, 1, None)
+    wait_for_peers(where.addresses, where.rank, where.source,
+                   timeout_from(environment.peer_timeout), stop_reason)
     gpus = len(tf.config.get_visible_devices("GPU"))
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         where.cluster_spec(), task_type="worker", task_id=where.rank,
         num_accelerators={"GPU": gpus}, rpc_layer="grpc")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    with _python_signal_handlers_kept():
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     log.info("tf.distribute world: rank %d of %d (%s), %d GPU(s)", where.rank, where.size,
              where.source, gpus)
     return TFWorld(where.rank, where.size, where.local_rank, where.local_size, strategy)

@@ -8,6 +8,7 @@ is used (and asking for more ranks is a clear error).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,14 +82,16 @@ class World:
             self.hvd.allreduce(tf.constant(0.0), op=self.hvd.Sum, name="barrier").numpy()
 
 
-def init_world(engine: str = "horovod") -> World:
+def init_world(engine: str = "horovod",
+               stop_reason: Callable[[], str | None] | None = None) -> World:
     """Initialise the engine (size 1 without a launcher) and this rank's devices and threads.
 
-    `engine` "horovod" (the default) or "tf" (tf.distribute; imnet64.cluster.tf_world)."""
+    `engine` "horovod" (the default) or "tf" (tf.distribute; imnet64.cluster.tf_world, whose
+    wait for its peers `stop_reason` can end)."""
     if check_engine("--engine", engine) == "tf":
         from imnet64.cluster.tf_world import init_tf_world
 
-        return init_tf_world()
+        return init_tf_world(stop_reason=stop_reason)
     try:
         import horovod.tensorflow as hvd
     except ImportError as e:

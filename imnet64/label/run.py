@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import imnet64
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import provenance
+from imnet64.cluster import folder_lock, provenance
 from imnet64.cluster.precision import PrecisionChoice, choose
 from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
@@ -223,27 +223,12 @@ def _existing_summary(paths: PartPaths) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _shard_lock(paths: PartPaths) -> Iterator[None]:
-    """Refuse to run a shard twice at once (e.g. a requeued job while the old one lives).
-
-    flock is advisory and some parallel filesystems do not support it; then we go on
-    without a lock rather than refuse to work.
-    """
-    import fcntl
-
-    paths.folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(
-                    f"shard {paths.stem} is being labeled by another process right now"
-                ) from None
-            # ENOLCK/EOPNOTSUPP/ENOSYS: no locking on this filesystem
+    """Refuse to run a shard twice at once (e.g. a requeued job while the old one lives):
+    the part's lock (imnet64.cluster.folder_lock: flock plus a record naming the holder,
+    which also works where the filesystem has no flock)."""
+    with folder_lock.held(paths.folder, f"imnet64 label (shard {paths.stem})",
+                          path=paths.lock):
         yield
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

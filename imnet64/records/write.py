@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import provenance
+from imnet64.cluster import folder_lock, provenance
 from imnet64.cluster.environment import ShardSlot
 from imnet64.errors import UserError
 from imnet64.formats import image64
@@ -369,7 +369,7 @@ def read_out_dir(out_dir: Path) -> OutDirState:
             state.sidecars = _read_sidecars(path)
         elif SHARD_NAME_RE.match(name) and path.is_file():
             state.shard_named.append(name)
-        elif not _is_own_temp(name):
+        elif not _is_own_temp(name) and not folder_lock.is_lock_file(name):
             state.foreign.append(name)
     return state
 
@@ -657,11 +657,22 @@ def shard_records(
     the plan exist, OUT_DIR/dataset.json. `wait_for_ranks` (default: under srun, on rank 0)
     waits for the other ranks' shards before returning. `force` replaces another dataset
     in OUT_DIR (its recorded files only) and writes beside files imnet64 did not write."""
-    started_at = time.time()
     source, out_dir = Path(source), Path(out_dir)
     _check_arguments(source, out_dir, options, num_workers)
     slot = slot or ShardSlot(0, 1, "default")
-    log = log or (lambda message: None)
+    # one writer per OUT_DIR; the ranks of one job each lock their own part of it
+    part = f"rank-{slot.index}-of-{slot.count}" if slot.count > 1 else None
+    with folder_lock.held(out_dir, "imnet64 shard-records", part=part):
+        return _shard_records(source, out_dir, options, allow_partial, num_workers, slot,
+                              progress, log or (lambda message: None), wait_for_ranks,
+                              poll_seconds, force)
+
+
+def _shard_records(source: Path, out_dir: Path, options: ShardOptions, allow_partial: bool,
+                   num_workers: int, slot: ShardSlot, progress: ProgressFn | None, log: LogFn,
+                   wait_for_ranks: bool | None, poll_seconds: float,
+                   force: bool) -> ShardResult:
+    started_at = time.time()
 
     fingerprint = source_fingerprint(source, allow_partial)
     current = _manifest_is_current(out_dir, fingerprint, options)

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import imnet64
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import provenance
+from imnet64.cluster import folder_lock, provenance
+from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
     STOP_FILE,
@@ -54,6 +55,12 @@ from imnet64.train.config import (
     option_name,
 )
 from imnet64.train.eval_step import make_eval_step
+from imnet64.train.finite import (
+    absurd_val_loss,
+    diverged,
+    step_is_finite,
+    variables_are_finite,
+)
 from imnet64.train.history import (
     CurvePlotter,
     EpochRecord,
@@ -308,9 +315,10 @@ def _space_needed(cfg: TrainConfig) -> int | None:
 
 def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState,
                     objective: Objective = HARD, *, fp16: bool = False, xla: bool = False):
-    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank):
-    a batch as the input pipeline yields it (with the soft targets also the kept-class
-    teacher mass [B, C]), and this rank's stop flag.
+    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank,
+    finite on every rank): a batch as the input pipeline yields it (with the soft targets
+    also the kept-class teacher mass [B, C]), and this rank's stop flag. `finite`: the loss
+    and the gradients (imnet64.train.finite), OR-ed over ranks in the stop flag's allreduce.
 
     The loss is `objective`'s (for hard targets the fused sparse softmax cross-entropy on
     logits, as always); its targets (the online teacher's forward pass, mixup) are computed
@@ -340,6 +348,7 @@ def make_train_step(model: tf.keras.Model, optimizer, world: World, state: Train
         grads = world.tape(tape).gradient(objective_value, variables)
         if fp16:
             grads = optimizer.get_unscaled_gradients(grads)
+        finite = step_is_finite(loss, grads, check_grads=not fp16)
         optimizer.apply_gradients(zip(grads, variables))
         n = tf.cast(tf.shape(labels)[0], tf.float64)
         state.loss_sum.assign_add(tf.cast(loss, tf.float64) * n)
@@ -349,7 +358,9 @@ def make_train_step(model: tf.keras.Model, optimizer, world: World, state: Train
             state.kl_sum.assign_add(tf.cast(kl_sum, tf.float64))
         state.global_step.assign_add(1)
         state.step_in_epoch.assign_add(1)
-        return loss, world.any_in_graph(stop)
+        # one allreduce for both flags: [stop on any rank, non-finite on any rank]
+        flags = world.any_in_graph(tf.stack([stop, tf.logical_not(finite)]))
+        return loss, flags[0], tf.logical_not(flags[1])
 
     return step
 
@@ -366,6 +377,7 @@ class _Trainer:
         self.stop = stop or StopRequest(stop_signals(requeue), requeue_signal=requeue)
         self.prepared = False  # RUN_DIR checked and config.json written: status.json is ours
         self.precision_why = ""  # why cfg.precision (resolve_precision), into config.json
+        self.lock: folder_lock.FolderLock | None = None  # RUN_DIR's writer's lock (rank 0)
 
     def setup(self) -> None:
         """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
@@ -410,8 +422,9 @@ class _Trainer:
         resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops,
                              self.teacher)
         resolved[PRECISION_WHY_KEY] = self.precision_why
-        error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names) \
-            if chief else None
+        error = self._lock_run_dir() if chief else None
+        if chief and error is None:
+            error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names)
         error = world.broadcast_object(error, name="config_check")
         if error:
             raise UserError(error)
@@ -450,6 +463,17 @@ class _Trainer:
         self.eval_step = make_eval_step(self.model)
         val = self.manifest.splits.get("val")
         self.has_val = val is not None and val.count > 0
+
+    def _lock_run_dir(self) -> str | None:
+        """Rank 0: RUN_DIR's lock (one writer per folder), unless `train --np` started this
+        rank: its launcher holds the lock for all its ranks. An error message or None."""
+        if Environment.read().self_launched:
+            return None
+        try:
+            self.lock = folder_lock.acquire(self.run_dir, "imnet64 train")
+        except UserError as e:
+            return str(e)
+        return None
 
     def _restore(self) -> tuple[str | None, str | None]:
         """Rank 0: restore the newest checkpoint that restores. (path or None, error)."""
@@ -530,6 +554,7 @@ class _Trainer:
         # end-of-epoch values as averaging only there (the moving average is linear), and
         # rank 0's copy, the one saved, then stands for all ranks.
         self.sync_batchnorm()
+        self.check_weights_finite()
         totals = self.world.sum([v.numpy() for v in self.state.sums], name="ckpt_sums")
         for v, total in zip(self.state.sums, totals):
             v.assign(total if self.world.is_chief else 0.0)
@@ -537,6 +562,25 @@ class _Trainer:
             if self.world.is_chief else None
         self.world.barrier()
         return path
+
+    def diverged(self, what: str, epoch: int, step: int, lr: float):
+        """The error that ends a diverged run (raised on every rank at the same point)."""
+        kept = self.checkpoints.latest_path if self.checkpoints else "rank 0's newest"
+        return diverged(what, epoch, step, lr, self.cfg.precision, kept)
+
+    def check_weights_finite(self, epoch: int | None = None, step: int | None = None,
+                             lr: float | None = None) -> None:
+        """Before a checkpoint: a weight that is inf or NaN ends the run (every rank holds
+        the same weights, so every rank raises)."""
+        if variables_are_finite(self.model.variables):
+            return
+        state = self.state
+        raise self.diverged(
+            "a weight is not finite",
+            int(state.epoch.numpy()) + 1 if epoch is None else epoch,
+            int(state.step_in_epoch.numpy()) if step is None else step,
+            self.schedule.at_step(int(state.global_step.numpy()), self.steps) if lr is None
+            else lr)
 
     def dump_weights(self) -> None:
         if not self.cfg.dump_weights:
@@ -617,8 +661,12 @@ class _Trainer:
             lr = self.schedule.at_step(global_step, self.steps)
             self.optimizer.learning_rate.assign(lr)
             images, labels, *teacher_mass = batch  # (the mass with soft targets only)
-            loss, stop_all = self.train_step(images, labels, tf.constant(stop.requested),
-                                             *teacher_mass)
+            loss, stop_all, finite = self.train_step(images, labels,
+                                                     tf.constant(stop.requested), *teacher_mass)
+            if not bool(finite):  # every rank sees the same flag: all stop at this step
+                raise self.diverged(f"the loss ({float(loss):.3g} on this rank's batch) or a "
+                                    "gradient is not finite", epoch + 1,
+                                    int(state.step_in_epoch.numpy()), lr)
             if t_first is None:  # the first step of a session includes tracing: not timed
                 t_first = time.perf_counter()
             else:
@@ -666,6 +714,11 @@ class _Trainer:
         val = self.validate()
         val_loss, val_acc = val.loss, val.accuracy
         lr = self.schedule.at_step(int(state.global_step.numpy()), self.steps)
+        if self.has_val and absurd_val_loss(val_loss, self.manifest.num_classes):
+            raise self.diverged(f"val_loss {val_loss:.3g} (a uniform guess scores "
+                                f"{math.log(self.manifest.num_classes):.3g})", epoch + 1,
+                                self.steps, lr)
+        self.check_weights_finite(epoch + 1, self.steps, lr)
         record = EpochRecord(
             epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
             val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=self._rate,
@@ -762,7 +815,9 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     `stop`: the command's stop request, installed as early as possible so that a signal
     during start-up is not lost (by default the trainer makes and installs its own)."""
     _check(cfg)
-    world = init_world(cfg.engine)
+    folder_lock.check_apart("RUN_DIR", cfg.run_dir, "DATASET_DIR", cfg.dataset)
+    world = init_world(cfg.engine, stop_reason=(
+        lambda: stop.reason if stop.requested else None) if stop else None)
     cfg, precision = resolve_precision(cfg, world)  # --precision auto: once, rank 0's choice
     trainer = _Trainer(cfg, world, stop)
     trainer.precision_why = precision.why
@@ -775,3 +830,6 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
         trainer.record_failure(e)
         trainer.release()
         raise
+    finally:
+        if trainer.lock:
+            trainer.lock.release()

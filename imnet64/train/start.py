@@ -8,7 +8,7 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
-from imnet64.cluster import launch, rank_limits
+from imnet64.cluster import folder_lock, launch, rank_limits
 from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import StopRequest
 from imnet64.train.config import TrainConfig
@@ -30,5 +30,11 @@ def ranks_to_start(np: str | int | None, oversubscribe: bool = False) -> int:
 def start_ranks(cfg: TrainConfig, ranks: int,
                 stop: StopRequest | Iterable[signal.Signals]) -> int:
     """Run `imnet64 train` with `cfg`'s options on `ranks` local ranks of `cfg.engine`; the
-    exit code this command should give (see imnet64.cluster.launch.run_ranks for `stop`)."""
-    return launch.run_ranks(ranks, cfg.to_argv(), Path(cfg.run_dir), stop, cfg.engine)
+    exit code this command should give (see imnet64.cluster.launch.run_ranks for `stop`).
+
+    RUN_DIR's writer's lock is taken here, for all the ranks (they inherit its descriptor,
+    so it lasts until the last of them ends, even if this process is killed)."""
+    folder_lock.check_apart("RUN_DIR", cfg.run_dir, "DATASET_DIR", cfg.dataset)
+    with folder_lock.held(cfg.run_dir, "imnet64 train") as lock:
+        return launch.run_ranks(ranks, cfg.to_argv(), Path(cfg.run_dir), stop, cfg.engine,
+                                keep_fds=(lock.fd,))
