@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from imnet64 import disk_errors
 from imnet64.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,9 @@ def acquire(folder: str | Path, what: str, *, part: str | None = None,
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise UserError(f"cannot take the writer's lock {path}: {e.strerror or e}") \
+            # a full or read-only folder is said as every writer says it (disk_errors)
+            raise (disk_errors.as_user_error(e, folder, "the writer's lock")
+                   or UserError(f"cannot take the writer's lock {path}: {e.strerror or e}")) \
                 from None
         try:
             lock = _acquire_fd(fd, folder, path, what, heartbeat_s, stale_s)
