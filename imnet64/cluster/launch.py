@@ -243,6 +243,14 @@ def _who_failed(procs: Sequence[subprocess.Popen], code: int, engine: str) -> st
     return f"rank {rank}" if rank is not None else "a rank"
 
 
+def _remove_own_stop_file(run_dir: Path, since: float) -> None:
+    """Remove RUN_DIR's stop file if this launch wrote it (written since `since`)."""
+    path = run_dir / STOP_FILE
+    with contextlib.suppress(OSError):
+        if path.stat().st_mtime >= since:
+            path.unlink()
+
+
 def run_ranks(np_: int, child_args: list[str], run_dir: Path,
               stop: StopRequest | Iterable[signal.Signals], engine: str = "horovod",
               keep_fds: Sequence[int] = ()) -> int:
@@ -300,6 +308,9 @@ def run_ranks(np_: int, child_args: list[str], run_dir: Path,
                   file=sys.stderr, flush=True)
             _end(procs, STARTUP_GRACE_S)
             launch_tree.end(launch_id, STARTUP_GRACE_S)
+            # the request was for the ranks just ended: the stop file forward() wrote must
+            # not stop the rerun, which may start within the staleness margin of it
+            _remove_own_stop_file(run_dir, started)
             return REQUEUE_EXIT_CODE
     finally:
         stop.on_signal = None
