@@ -166,6 +166,9 @@ class FolderLock:
     def __init__(self, path: Path, fd: int, holder: Holder, heartbeat_s: float):
         self.path, self.fd, self.holder = path, fd, holder
         self.lost = False
+        # folders acquire() made for the lock, deepest first: removed again on release if
+        # nothing else was written into them (a refused or failed run leaves no empty folder)
+        self.created: list[Path] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,),
                                         name="folder-lock-heartbeat", daemon=True)
@@ -201,12 +204,20 @@ class FolderLock:
                     self.path.unlink()
         os.close(self.fd)  # (releases the flock unless a child still has the descriptor)
         self.fd = -1
+        for folder in self.created:
+            with contextlib.suppress(OSError):  # not empty: something was written, keep it
+                folder.rmdir()
 
     def __enter__(self) -> FolderLock:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# a releasing holder removes the lock file (and the folders it made, if empty) while another
+# writer may be opening it: that writer opens it again, up to this many times
+_ATTEMPTS = 20
 
 
 def acquire(folder: str | Path, what: str, *, part: str | None = None,
@@ -217,10 +228,16 @@ def acquire(folder: str | Path, what: str, *, part: str | None = None,
     FOLDER only; `path` names the lock file outright (label's parts keep theirs)."""
     folder = Path(folder)
     path = Path(path) if path is not None else lock_path(folder, part)
-    while True:
+    missing = _missing_folders(path.parent)
+    for attempt in range(_ATTEMPTS):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            if attempt < _ATTEMPTS - 1:  # an empty folder a releasing holder removed
+                continue
+            raise UserError(f"cannot take the writer's lock {path}: its folder keeps "
+                            "disappearing") from None
         except OSError as e:
             # a full or read-only folder is said as every writer says it (disk_errors)
             raise (disk_errors.as_user_error(e, folder, "the writer's lock")
@@ -232,8 +249,19 @@ def acquire(folder: str | Path, what: str, *, part: str | None = None,
             os.close(fd)
             raise
         if lock is not None:
+            lock.created = missing
             return lock
         os.close(fd)  # the file was removed by its releasing holder meanwhile: again
+    raise UserError(f"cannot take the writer's lock {path}: it keeps being replaced")
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _same_file(fd: int, path: Path) -> bool:
