@@ -195,7 +195,9 @@ def test_deleting_an_iterator_mid_stream_does_not_wait_for_tf_data_threads(manif
     (main) thread waited out the rest of that thread's sleep, up to an epoch's length: a
     quarter of the epochs stalled. Here: an iterator held ~0.36 s (the model thread then
     sleeps until ~0.63 s) is dropped 24 times; none may take more than 0.15 s (normal: a few
-    ms). Before the fix about 1 in 6 took ~0.25 s."""
+    ms). Before the fix about 1 in 6 took ~0.25 s (4 of 24 expected). One slow drop is
+    allowed: a loaded machine can stall any thread once (seen in CI beside a demo run:
+    0.35 s once in 24), while the bug stalls several (more than one in 24 with 93 %)."""
     m = manifests["many"]
     drops = []
     for i in range(24):
@@ -207,4 +209,4 @@ def test_deleting_an_iterator_mid_stream_does_not_wait_for_tf_data_threads(manif
         start = time.perf_counter()
         del iterator
         drops.append(time.perf_counter() - start)
-    assert max(drops) < 0.15, [round(d, 3) for d in drops]
+    assert sorted(drops)[-2] < 0.15, [round(d, 3) for d in drops]
