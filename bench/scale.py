@@ -80,6 +80,7 @@ def cli(*args: str) -> list[str]:
 def run_timed(cmd: list[str], first: re.Pattern | None, log: Path) -> dict:
     """Run `cmd` under /usr/bin/time; its wall, CPU, peak RSS and time to the first line
     matching `first` (from process start). Output goes to `log`; stdout is returned too."""
+    load_before = os.getloadavg()[0]
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf_:
         start = time.monotonic()
         proc = subprocess.Popen(["/usr/bin/time", "-f", "%e %U %S %M", "-o", tf_.name, *cmd],
@@ -103,6 +104,7 @@ def run_timed(cmd: list[str], first: re.Pattern | None, log: Path) -> dict:
         fields = Path(tf_.name).read_text().split()
     wall, user, system, rss_kb = (float(v) for v in fields[-4:])
     return {"exit_code": proc.returncode, "wall_s": wall, "cpu_s": round(user + system, 2),
+            "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "peak_rss_mb": round(rss_kb / 1024, 1),
             "first_s": round(first_at[0], 2) if first_at else None,
             "stdout": out, "error": next((ln.strip() for ln in reversed(lines)
@@ -150,7 +152,10 @@ def figures(runs: list[dict], images: int, written: Path | None) -> dict:
             "peak_rss_mb_each": [r["peak_rss_mb"] for r in runs],
             "first_s": max(firsts) if firsts else None,
             "disk_bytes_per_image": round(size / images, 1) if images else None,
-            "files_written": files}
+            "files_written": files,
+            # the machine's 1-minute load average before and after each process: wall
+            # figures taken at a load above the 2 cores are other people's time too
+            "load_1min": [r["load_1min"] for r in runs]}
 
 
 class StageFailed(Exception):
@@ -272,6 +277,12 @@ def add_ratios(by_size: dict[int, dict]) -> None:
         base = by_size[have[0]]["stages"][stage]
         for n in have:
             f = by_size[n]["stages"][stage]
+            # the goal allows RSS to grow by a stated number of bytes per image beyond 1.10x:
+            # this is the growth per added image against the smallest N
+            f["rss_growth_bytes_per_image"] = (
+                round((f["peak_rss_mb"] - base["peak_rss_mb"]) * 2**20
+                      / (f["images"] - base["images"]), 1)
+                if f["images"] > base["images"] else None)
             f["ratio_to_smallest"] = {
                 k: round(f[k] / base[k], 3) for k in RATIO_KEYS
                 if isinstance(f.get(k), (int, float)) and isinstance(base.get(k), (int, float))
@@ -279,27 +290,48 @@ def add_ratios(by_size: dict[int, dict]) -> None:
 
 
 def projection(by_size: dict[int, dict], target: int, capped: bool) -> dict[str, float]:
-    """Each stage's wall seconds at `target` images: its start-up (time to the first image
-    or step) at the largest N kept as is, the rest scaled by images (train: per epoch, left
-    out when `capped` by --train-steps)."""
-    largest = max(by_size)
+    """Each stage's wall seconds at `target` images, from the line wall = fixed + per-image x
+    images through its two largest sizes (one size: its time to the first image or step is
+    taken as the fixed part). A stage whose first-image time is not measured (evaluate) or
+    whose start-up grows with N is projected right this way, which scaling one size's wall
+    is not. Train: one whole epoch (train split) on 1 rank; left out when `capped` by
+    --train-steps, whose figures are steps x batch whatever N is."""
+    sizes = sorted(n for n in by_size if by_size[n].get("stages"))
+    largest = sizes[-1]
     out = {}
     for stage, f in by_size[largest]["stages"].items():
-        tasks = LABEL_TASKS if stage == "label" else 1
-        fixed = min((f["first_s"] or 0.0) * tasks, f["wall_s"])
-        scale = target / largest
         if stage.startswith("train-") and capped:
-            continue  # a capped epoch's end (validation, checkpoint) would be scaled too
-        if stage.startswith("train-") and by_size[largest].get("counts", {}).get("splits"):
-            scale = by_size[largest]["counts"]["splits"]["train"] * target / largest / f["images"]
-        out[stage] = round(fixed + (f["wall_s"] - fixed) * scale, 0)
+            continue
+        images = _stage_images_at(by_size[largest], stage, target, largest)
+        have = [n for n in sizes if stage in by_size[n]["stages"]]
+        per_image = 0.0
+        if len(have) >= 2:
+            a, b = (by_size[n]["stages"][stage] for n in have[-2:])
+            per_image = (b["wall_s"] - a["wall_s"]) / max(b["images"] - a["images"], 1)
+            fixed = min(max(b["wall_s"] - per_image * b["images"], 0.0), b["wall_s"])
+        if per_image <= 0:  # one size, or noise (a loaded machine) made the line fall
+            tasks = LABEL_TASKS if stage == "label" else 1
+            fixed = min((f["first_s"] or 0.0) * tasks, f["wall_s"])
+            per_image = (f["wall_s"] - fixed) / f["images"]
+        out[stage] = round(fixed + per_image * images, 0)
     return out
+
+
+def _stage_images_at(result: dict, stage: str, target: int, n: int) -> float:
+    """The images `stage` handles when the input has `target` images instead of `n`: label
+    and shard-records all of them; train and the input pipeline the train split; evaluate
+    the val split (both in the same proportions as at `n`)."""
+    splits = result.get("counts", {}).get("splits")
+    if stage in ("label", "shard-records") or not splits:
+        return target
+    part = splits["val"] if stage == "evaluate" else splits["train"]
+    return part * target / n
 
 
 def table(layout: str, by_size: dict[int, dict]) -> list[str]:
     head = (f"{'stage':<16}{'N':>9}{'images':>9}{'wall s':>9}{'img/s':>9}{'CPU ms/img':>11}"
-            f"{'RSS MB':>8}{'first s':>8}{'B/img':>9}{'files':>7}   x smallest N: "
-            "CPU/img RSS first B/img files")
+            f"{'RSS MB':>8}{'first s':>8}{'B/img':>9}{'files':>7}{'load':>6}   x smallest N: "
+            "CPU/img RSS first B/img files; RSS growth B/img")
     lines = [f"layout {layout}", head]
     for stage in stage_order(by_size):
         for n in sorted(by_size):
@@ -311,10 +343,12 @@ def table(layout: str, by_size: dict[int, dict]) -> list[str]:
                 f"{stage:<16}{n:>9}{f['images']:>9}{f['wall_s']:>9.1f}"
                 f"{f['images_per_s'] or 0:>9.1f}{1000 * (f['cpu_s_per_image'] or 0):>11.2f}"
                 f"{f['peak_rss_mb']:>8.0f}{_num(f['first_s']):>8}"
-                f"{_num(f['disk_bytes_per_image']):>9}{f['files_written']:>7}   "
+                f"{_num(f['disk_bytes_per_image']):>9}{f['files_written']:>7}"
+                f"{_num(_peak_load(f)):>6}   "
                 + " ".join(_num(r.get(k)) for k in ("cpu_s_per_image", "peak_rss_mb",
                                                      "first_s", "disk_bytes_per_image",
-                                                     "files_written")))
+                                                     "files_written"))
+                + f"; {_num(f.get('rss_growth_bytes_per_image'))}")
     for n in sorted(by_size):
         r = by_size[n]
         if "tar_index" in r:
@@ -326,6 +360,12 @@ def table(layout: str, by_size: dict[int, dict]) -> list[str]:
                      + (f"; FAILED: {r['failed']}" if "failed" in r else "")
                      + "".join(f"; COUNTS WRONG: {p}" for p in count_problems(r)))
     return lines
+
+
+def _peak_load(f: dict) -> float | None:
+    """The highest 1-minute load average seen around a stage's processes (None: not kept)."""
+    loads = [v for pair in f.get("load_1min", []) for v in pair]
+    return max(loads) if loads else None
 
 
 def stage_order(by_size: dict[int, dict]) -> list[str]:
@@ -340,6 +380,22 @@ def _num(v) -> str:
         return "-"
     return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1000 else f"{v:,.0f}" if \
         isinstance(v, float) else str(v)
+
+
+def report(results: dict) -> int:
+    """The tables and 1.28 M projection of a saved run (ratios and projection recomputed)."""
+    print(f"machine: {results['machine']}\nteacher: {results['teacher']}; engines "
+          f"{', '.join(results['engines'])}; train steps {results['train_steps'] or 'epoch'}")
+    for layout, lay in results["layouts"].items():
+        by_size = {int(n): r for n, r in lay["sizes"].items()}
+        add_ratios(by_size)
+        print("\n".join(table(layout, by_size)))
+        ok = {n: r for n, r in by_size.items() if r.get("stages")}
+        if ok:
+            print(f"projected wall at N={FULL:,}: " + ", ".join(
+                f"{k} {v / 60:.1f} min"
+                for k, v in projection(ok, FULL, bool(results["train_steps"])).items()))
+    return 0
 
 
 def make_tiny_teacher(work: Path) -> Path:
@@ -382,7 +438,11 @@ def main() -> int:
     parser.add_argument("--work", help="folder for inputs and outputs [a temporary one]")
     parser.add_argument("--keep", action="store_true", help="keep each N's outputs")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--report", metavar="JSON",
+                        help="print the tables and projection of a saved --json run; run nothing")
     args = parser.parse_args()
+    if args.report:
+        return report(json.loads(Path(args.report).read_text()))
     args.engines = [e for e in args.engines.split(",") if e]
     sizes = sorted(int(s) for s in args.sizes.split(","))
     layouts = scale_inputs.LAYOUTS if args.layout == "both" else (args.layout,)
@@ -432,7 +492,7 @@ def main() -> int:
         if args.full:
             print("\n".join(table(layout, by_size)), flush=True)
         if ok:
-            print(f"projected wall at N={FULL:,} (the largest N's start-up, the rest x N; "
+            print(f"projected wall at N={FULL:,} (a line through the two largest N; "
                   "train: one whole epoch, 1 rank, unless --train-steps; label: "
                   f"{args.teacher} teacher, 4 tasks in a row): "
                   + ", ".join(f"{k} {v / 60:.1f} min" for k, v in
