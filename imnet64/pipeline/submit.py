@@ -1,5 +1,6 @@
 """`imnet64 submit`'s orchestration: which label shards to run, the three jobs of the
-pipeline with their own time limits, and their submission as an afterok chain.
+pipeline with their own time limits, and their scripts as an afterok chain for --dry-run
+(imnet64.cluster.slurm_submit.submit_chain submits the chain).
 
 imnet64.cluster.slurm_stage_jobs builds each stage's Job from its options (checked with
 imnet64.cluster.sbatch_values), imnet64.cluster.slurm_submit renders its script and talks to
