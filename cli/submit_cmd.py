@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from imnet64.cluster import slurm_submit as sb
-from imnet64.pipeline.submit import (
-    LabelSettings,
-    ShardSettings,
-    TrainSettings,
-    dry_run_scripts,
-    pipeline_jobs,
-    plan_label,
-    submit_chained,
-)
+from imnet64.cluster.sbatch_values import parse_count
+from imnet64.cluster.slurm_stage_jobs import Common, LabelSettings, ShardSettings, TrainSettings
+from imnet64.pipeline.submit import dry_run_scripts, pipeline_jobs, plan_label
 
 import click
 
@@ -28,42 +22,49 @@ class Count(click.ParamType):
             return value
         opts = param.opts if param else ["value"]
         option = next((o for o in opts if o.startswith("--")), opts[0])
-        return sb.parse_count(option, str(value))
+        return parse_count(option, str(value))
 
 
 COUNT = Count()
 
 
-def common_options(f):
-    """Options every `submit` command takes (applied bottom-up, listed top-down in --help)."""
-    options = [
-        click.option("--partition", "-p", default=None, help="Slurm partition."),
-        click.option("--account", "-A", default=None, help="Slurm account to charge."),
-        click.option("--time", "-t", "time_limit", default=None,
-                     help="Time limit, e.g. 04:00:00 [the template's]."),
-        click.option("--job-name", default=None, help="Job name [imnet64-<stage>]."),
-        click.option("--image", default=None, metavar="FILE",
-                     help="Run imnet64 from this Apptainer image (apptainer exec --nv)."),
-        click.option("--cmd", default=None,
-                     help="Command that runs imnet64 on the nodes [this environment's "
-                          "imnet64]."),
-        click.option("--work", default=None, metavar="DIR",
-                     help="Base folder of the default inputs/outputs [./work on the nodes]."),
-        click.option("--log-dir", default=None, metavar="DIR",
-                     help="Folder for the job logs (created) [the current folder]."),
-        click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="--OPT[=VALUE]",
-                     help="Any other sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)."),
-        click.option("--template", default=None, metavar="FILE",
-                     help="Your own copy of the template to render instead."),
-        click.option("--dry-run", is_flag=True, help="Print the script instead of submitting."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def options(*decorators):
+    """One decorator adding click options in the order given (as --help lists them)."""
+
+    def add(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return add
 
 
-def _common(kw: dict) -> sb.Common:
-    return sb.Common(
+# Options every `submit` command takes.
+common_options = options(
+    click.option("--partition", "-p", default=None, help="Slurm partition."),
+    click.option("--account", "-A", default=None, help="Slurm account to charge."),
+    click.option("--time", "-t", "time_limit", default=None,
+                 help="Time limit, e.g. 04:00:00 [the template's]."),
+    click.option("--job-name", default=None, help="Job name [imnet64-<stage>]."),
+    click.option("--image", default=None, metavar="FILE",
+                 help="Run imnet64 from this Apptainer image (apptainer exec --nv)."),
+    click.option("--cmd", default=None,
+                 help="Command that runs imnet64 on the nodes [this environment's "
+                      "imnet64]."),
+    click.option("--work", default=None, metavar="DIR",
+                 help="Base folder of the default inputs/outputs [./work on the nodes]."),
+    click.option("--log-dir", default=None, metavar="DIR",
+                 help="Folder for the job logs (created) [the current folder]."),
+    click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="--OPT[=VALUE]",
+                 help="Any other sbatch option, e.g. --sbatch-arg=--qos=high (repeatable)."),
+    click.option("--template", default=None, metavar="FILE",
+                 help="Your own copy of the template to render instead."),
+    click.option("--dry-run", is_flag=True, help="Print the script instead of submitting."),
+)
+
+
+def _common(kw: dict) -> Common:
+    return Common(
         partition=kw.pop("partition"), account=kw.pop("account"), time=kw.pop("time_limit"),
         job_name=kw.pop("job_name"), log_dir=kw.pop("log_dir"), image=kw.pop("image"),
         cmd=kw.pop("cmd"), work=kw.pop("work"), sbatch_args=list(kw.pop("sbatch_args")),
@@ -86,29 +87,29 @@ def submit() -> None:
     """
 
 
-def label_options(f):
-    f = click.option("--mem-per-task", default=None, metavar="SIZE",
-                     help="Memory of each label task, e.g. 8G [the template's: 3G, from the "
-                          "measured 1.86 GB peak; see slurm/label.sh].")(f)
-    f = click.option("--cpus-per-task", type=COUNT, default=None, metavar="N",
-                     help="CPUs of each label task [the template's: 2, as measured].")(f)
-    f = click.option("--gpus-per-task", type=COUNT, default=None, metavar="N",
-                     help="GPUs of each label task for the teacher [none: CPU partitions "
-                          "refuse any GPU request].")(f)
-    f = click.option("--label-args", default=None, metavar="ARGS",
-                     help='More `imnet64 label` options, e.g. "--batch-size 128".')(f)
-    f = click.option("--teacher", default=None,
-                     help="TF Hub handle, SavedModel folder or 'offline' [the CLI's].")(f)
-    f = click.option("--label-dir", default=None, metavar="DIR",
-                     help="Label output folder [WORK/labeled].")(f)
-    f = click.option("--input", "input_path", default=None, metavar="PATH",
-                     help="Images: folder, list file or .tar, or ImageNet64 batch files "
-                     "(a file, a folder of them, the downloaded zip) [WORK/images].")(f)
-    f = click.option("--max-parallel", type=COUNT, default=None, metavar="K",
-                     help="At most K array tasks at once.")(f)
-    f = click.option("--shards", type=COUNT, default=None, metavar="N",
-                     help="Number of shards = array tasks [the template's: 8].")(f)
-    return f
+label_options = options(
+    click.option("--shards", type=COUNT, default=None, metavar="N",
+                 help="Number of shards = array tasks [the template's: 8]."),
+    click.option("--max-parallel", type=COUNT, default=None, metavar="K",
+                 help="At most K array tasks at once."),
+    click.option("--input", "input_path", default=None, metavar="PATH",
+                 help="Images: folder, list file or .tar, or ImageNet64 batch files "
+                 "(a file, a folder of them, the downloaded zip) [WORK/images]."),
+    click.option("--label-dir", default=None, metavar="DIR",
+                 help="Label output folder [WORK/labeled]."),
+    click.option("--teacher", default=None,
+                 help="TF Hub handle, SavedModel folder or 'offline' [the CLI's]."),
+    click.option("--label-args", default=None, metavar="ARGS",
+                 help='More `imnet64 label` options, e.g. "--batch-size 128".'),
+    click.option("--gpus-per-task", type=COUNT, default=None, metavar="N",
+                 help="GPUs of each label task for the teacher [none: CPU partitions "
+                      "refuse any GPU request]."),
+    click.option("--cpus-per-task", type=COUNT, default=None, metavar="N",
+                 help="CPUs of each label task [the template's: 2, as measured]."),
+    click.option("--mem-per-task", default=None, metavar="SIZE",
+                 help="Memory of each label task, e.g. 8G [the template's: 3G, from the "
+                      "measured 1.86 GB peak; see slurm/label.sh]."),
+)
 
 
 def _label_settings(kw: dict) -> LabelSettings:
@@ -136,13 +137,18 @@ def submit_label(dry_run, missing_only, **kw) -> None:
     _run(plan.job, dry_run)
 
 
-def shard_options(f):
-    f = click.option("--shard-args", default=None, metavar="ARGS",
-                     help='More `imnet64 shard-records` options, e.g. "--val-fraction 0.05".'
-                     )(f)
-    f = click.option("--dataset", default=None, metavar="DIR",
-                     help="Dataset output folder [WORK/dataset].")(f)
-    return f
+shard_options = options(
+    click.option("--dataset", default=None, metavar="DIR",
+                 help="Dataset output folder [WORK/dataset]."),
+    click.option("--shard-args", default=None, metavar="ARGS",
+                 help='More `imnet64 shard-records` options, e.g. "--val-fraction 0.05".'),
+)
+
+
+def _shard_settings(kw: dict, ntasks_key: str) -> ShardSettings:
+    """`submit shard` takes the task count as --ntasks, `submit pipeline` as --shard-tasks."""
+    return ShardSettings(label_dir=kw["label_dir"], dataset=kw["dataset"],
+                         ntasks=kw[ntasks_key], args=kw["shard_args"])
 
 
 @submit.command("shard")
@@ -153,34 +159,32 @@ def shard_options(f):
 @common_options
 def submit_shard(dry_run, **kw) -> None:
     """The shard-records job (slurm/shard.sh): several tasks write the TFRecord shards."""
-    settings = ShardSettings(label_dir=kw["label_dir"], dataset=kw["dataset"],
-                             ntasks=kw["ntasks"], args=kw["shard_args"])
-    _run(settings.job(_common(kw)), dry_run)
+    _run(_shard_settings(kw, "ntasks").job(_common(kw)), dry_run)
 
 
-def train_options(f):
-    f = click.option("--train-args", default=None, metavar="ARGS",
-                     help='More `imnet64 train` options, e.g. "--epochs 40".')(f)
-    f = click.option("--engine", default=None, metavar="ENGINE",
-                     help="Training engine: horovod (srun --mpi=pmix) or tf (tf.distribute, "
-                          "one srun task per rank) [horovod].")(f)
-    f = click.option("--max-restarts", type=COUNT, default=None, metavar="N",
-                     help="Stop requeueing after N reruns (0: never requeue) [50].")(f)
-    f = click.option("--signal-time", type=COUNT, default=None, metavar="S",
-                     help="Seconds before the time limit to checkpoint and requeue [120].")(f)
-    f = click.option("--signal", default=None,
-                     help="Signal passed to the ranks to checkpoint [USR1; NCCL users: USR2].")(f)
-    f = click.option("--gpus-per-node", type=COUNT, default=None,
-                     help="GPUs per node, 0 for none [1].")(f)
-    f = click.option("--allow-gpu-mismatch", is_flag=True,
-                     help="Accept --ntasks-per-node other than --gpus-per-node (idle or "
-                          "shared GPUs).")(f)
-    f = click.option("--ntasks-per-node", type=COUNT, default=None,
-                     help="Ranks per node [one per GPU: --gpus-per-node's].")(f)
-    f = click.option("--nodes", "-N", type=COUNT, default=None, help="Nodes [1].")(f)
-    f = click.option("--run-dir", default=None, metavar="DIR",
-                     help="Run folder; an existing one resumes [WORK/runs/<name>-<job id>].")(f)
-    return f
+train_options = options(
+    click.option("--run-dir", default=None, metavar="DIR",
+                 help="Run folder; an existing one resumes [WORK/runs/<name>-<job id>]."),
+    click.option("--nodes", "-N", type=COUNT, default=None, help="Nodes [1]."),
+    click.option("--ntasks-per-node", type=COUNT, default=None,
+                 help="Ranks per node [one per GPU: --gpus-per-node's]."),
+    click.option("--allow-gpu-mismatch", is_flag=True,
+                 help="Accept --ntasks-per-node other than --gpus-per-node (idle or "
+                      "shared GPUs)."),
+    click.option("--gpus-per-node", type=COUNT, default=None,
+                 help="GPUs per node, 0 for none [1]."),
+    click.option("--signal", default=None,
+                 help="Signal passed to the ranks to checkpoint [USR1; NCCL users: USR2]."),
+    click.option("--signal-time", type=COUNT, default=None, metavar="S",
+                 help="Seconds before the time limit to checkpoint and requeue [120]."),
+    click.option("--max-restarts", type=COUNT, default=None, metavar="N",
+                 help="Stop requeueing after N reruns (0: never requeue) [50]."),
+    click.option("--engine", default=None, metavar="ENGINE",
+                 help="Training engine: horovod (srun --mpi=pmix) or tf (tf.distribute, "
+                      "one srun task per rank) [horovod]."),
+    click.option("--train-args", default=None, metavar="ARGS",
+                 help='More `imnet64 train` options, e.g. "--epochs 40".'),
+)
 
 
 def _train_settings(kw: dict) -> TrainSettings:
@@ -219,14 +223,12 @@ def submit_pipeline(dry_run, **kw) -> None:
     ones already submitted are cancelled.
     """
     stage_times = {s: kw.pop(f"{s}_time") for s in sb.STAGES}
-    shard = ShardSettings(label_dir=kw["label_dir"], dataset=kw["dataset"],
-                          ntasks=kw["shard_tasks"], args=kw["shard_args"])
-    jobs = pipeline_jobs(_common(kw), _label_settings(kw), shard, _train_settings(kw),
-                         stage_times)
+    jobs = pipeline_jobs(_common(kw), _label_settings(kw), _shard_settings(kw, "shard_tasks"),
+                         _train_settings(kw), stage_times)
     if dry_run:
         for stage, script in dry_run_scripts(jobs):
             click.echo(f"# ---- {stage} " + "-" * 60)
             click.echo(script, nl=False)
         return
-    for stage, job_id in submit_chained(jobs):
-        click.echo(f"{stage} {job_id}")
+    for job, job_id in zip(jobs, sb.submit_chain(jobs)):
+        click.echo(f"{job.stage} {job_id}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from imnet64.cluster import slurm_submit as sb
 from imnet64.cluster.preemption import DEFAULT_SIGNAL, REQUEUE_EXIT_CODE
+from imnet64.cluster.slurm_stage_jobs import Common, TrainSettings
 
 import pytest
 from imnet64_cli.main import main
@@ -210,7 +211,7 @@ def test_max_restarts_sets_the_requeue_cap_train_sh_reads(capsys):
     assert code == 2 and out == "" and err.startswith("error: --max-restarts '-1'"), err
     for bad in (-1, True, "3", 2.0):
         with pytest.raises(sb.UserError, match="--max-restarts"):
-            sb.train_job(sb.Common(), max_restarts=bad)
+            TrainSettings(max_restarts=bad).job(Common())
 
 
 def test_a_requeued_label_task_names_only_itself(tmp_path):

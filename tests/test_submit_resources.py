@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from imnet64.cluster import slurm_submit as sb
+from imnet64.cluster.slurm_stage_jobs import Common, TrainSettings
 
 import pytest
 from imnet64_cli.main import main
@@ -182,7 +183,7 @@ def test_max_restarts_train_sh_cannot_compare_is_refused(capsys):
     err = refused(capsys, "train", "--max-restarts", "99999999999999999999")
     assert "--max-restarts" in err and "at most" in err
     with pytest.raises(sb.UserError, match="--max-restarts"):
-        sb.train_job(sb.Common(), max_restarts=10**18)
+        TrainSettings(max_restarts=10**18).job(Common())
     code, out, err = run_cli(capsys, "train", "--max-restarts", str(10**18 - 1), "--dry-run")
     assert code == 0, err  # the largest train.sh takes (18 digits)
 

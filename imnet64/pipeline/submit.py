@@ -1,8 +1,10 @@
 """`imnet64 submit`'s orchestration: which label shards to run, the three jobs of the
-pipeline with their own time limits, and their submission as an afterok chain.
+pipeline with their own time limits, and their scripts as an afterok chain for --dry-run
+(imnet64.cluster.slurm_submit.submit_chain submits the chain).
 
-imnet64.cluster.slurm_submit renders and validates each job's script and talks to sbatch;
-the CLI (imnet64_cli.submit_cmd) only parses options and shows what this returns.
+imnet64.cluster.slurm_stage_jobs builds each stage's Job from its options (checked with
+imnet64.cluster.sbatch_values), imnet64.cluster.slurm_submit renders its script and talks to
+sbatch; the CLI (imnet64_cli.submit_cmd) only parses options and shows what this returns.
 """
 
 from __future__ import annotations
@@ -15,59 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imnet64.cluster import slurm_submit as sb
+from imnet64.cluster.sbatch_values import check_text
+from imnet64.cluster.slurm_stage_jobs import Common, LabelSettings, ShardSettings, TrainSettings
 from imnet64.errors import UserError
-
-
-@dataclass(frozen=True)
-class LabelSettings:
-    """What `submit label` (and the pipeline's label stage) takes beyond the common options."""
-
-    input_path: str | None = None
-    label_dir: str | None = None
-    teacher: str | None = None
-    shards: int | None = None
-    max_parallel: int | None = None
-    args: str | None = None
-    gpus_per_task: int | None = None
-    cpus_per_task: int | None = None
-    mem_per_task: str | None = None
-
-    def job(self, common: sb.Common, only: list[int] | None = None) -> sb.Job:
-        return sb.label_job(common, input_path=self.input_path, label_dir=self.label_dir,
-                            teacher=self.teacher, shards=self.shards, only=only,
-                            max_parallel=self.max_parallel, args=self.args,
-                            gpus_per_task=self.gpus_per_task,
-                            cpus_per_task=self.cpus_per_task, mem_per_task=self.mem_per_task)
-
-
-@dataclass(frozen=True)
-class ShardSettings:
-    label_dir: str | None = None
-    dataset: str | None = None
-    ntasks: int | None = None
-    args: str | None = None
-
-    def job(self, common: sb.Common) -> sb.Job:
-        return sb.shard_job(common, label_dir=self.label_dir, dataset=self.dataset,
-                            ntasks=self.ntasks, args=self.args)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    dataset: str | None = None
-    run_dir: str | None = None
-    nodes: int | None = None
-    ntasks_per_node: int | None = None
-    gpus_per_node: int | None = None
-    signal: str | None = None
-    signal_time: int | None = None
-    args: str | None = None
-    max_restarts: int | None = None
-    engine: str | None = None  # IMNET64_ENGINE: horovod (the template's default) or tf
-    allow_gpu_mismatch: bool = False  # ranks per node other than GPUs per node
-
-    def job(self, common: sb.Common) -> sb.Job:
-        return sb.train_job(common, **dataclasses.asdict(self))
 
 
 def missing_label_shards(label_dir: str | os.PathLike, num_shards: int) -> list[int]:
@@ -89,28 +41,28 @@ class LabelPlan:
     only: list[int] | None = None
 
 
-def plan_label(common: sb.Common, label: LabelSettings, missing_only: bool) -> LabelPlan:
+def plan_label(common: Common, label: LabelSettings, missing_only: bool) -> LabelPlan:
     if not missing_only:
         return LabelPlan(label.job(common))
     if label.shards is None or not label.label_dir:
         raise UserError("--missing-only needs --label-dir and --shards")
-    sb.check_text("--label-dir", label.label_dir)
+    check_text("--label-dir", label.label_dir)
     only = missing_label_shards(label.label_dir, label.shards)
     return LabelPlan(label.job(common, only) if only else None, only)
 
 
-def _with_time(common: sb.Common, stage: str, time_limit: str | None) -> sb.Common:
+def _with_time(common: Common, stage: str, time_limit: str | None) -> Common:
     """`common` with the stage's own time limit (--label-time, ...) when one is given."""
     if time_limit is None:
         return common
     return dataclasses.replace(common, time=time_limit, time_option=f"--{stage}-time")
 
 
-def pipeline_jobs(common: sb.Common, label: LabelSettings, shard: ShardSettings,
+def pipeline_jobs(common: Common, label: LabelSettings, shard: ShardSettings,
                   train: TrainSettings, stage_times: Mapping[str, str | None]) -> list[sb.Job]:
     """label (array) -> shard-records -> train: one Job per stage, in sb.STAGES order."""
     if common.template is not None:
-        sb.check_text("--template", common.template)
+        check_text("--template", common.template)
         raise UserError("--template names one file; the pipeline uses the three templates")
     times = {stage: stage_times.get(stage) for stage in sb.STAGES}
     jobs = [label.job(_with_time(common, "label", times["label"])),
@@ -131,9 +83,3 @@ def dry_run_scripts(jobs: list[sb.Job]) -> Iterator[tuple[str, str]]:
         if i:
             job.sbatch["--dependency"] = f"afterok:<{sb.STAGES[i - 1]}-job-id>"
         yield job.stage, job.render()
-
-
-def submit_chained(jobs: list[sb.Job]) -> list[tuple[str, str]]:
-    """(stage, job id) of each job, submitted as an afterok chain (the ones submitted are
-    cancelled when sbatch refuses a later one)."""
-    return [(job.stage, job_id) for job, job_id in zip(jobs, sb.submit_chain(jobs))]
