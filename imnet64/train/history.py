@@ -74,6 +74,20 @@ def _session_provenance(run_dir: Path) -> dict:
     return block if isinstance(block, dict) else provenance.collect()
 
 
+def accuracy_axis_top(values: list[float]) -> float:
+    """The accuracy axis' top: 1.2 x the best value drawn, at least 0.05, at most 1. At 1000
+    classes a young run's accuracy is a few percent, which a fixed [0, 1] axis draws as a
+    flat line on the floor."""
+    best = max((v for v in values if math.isfinite(v)), default=1.0)
+    return min(1.0, max(0.05, 1.2 * best))
+
+
+def epoch_axis_range(epochs: list[int]) -> tuple[float, float]:
+    """Half an epoch of margin each side: with one or two epochs the default range is a
+    fraction of an epoch wide and the integer locator falls back to ticks like 0.945."""
+    return min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5
+
+
 def plot_curves(run_dir: Path, records: list[EpochRecord]) -> Path:
     """The seed's figure: accuracy (train vs val) above, cross-entropy below, per epoch.
     (matplotlib's object API, not pyplot: safe to call from a background thread.)"""
@@ -91,17 +105,21 @@ def plot_curves(run_dir: Path, records: list[EpochRecord]) -> Path:
     top.plot(epochs, series("val_accuracy"), marker="o", label="Validation Accuracy")
     top.legend(loc="lower right")
     top.set_ylabel("Accuracy")
-    top.set_ylim([min(top.get_ylim()[0], 0.0), 1])
+    top.set_ylim([0.0, accuracy_axis_top(series("accuracy") + series("val_accuracy"))])
     top.set_title("Training and Validation Accuracy")
     bottom.plot(epochs, series("loss"), marker="o", label="Training Loss")
     bottom.plot(epochs, series("val_loss"), marker="o", label="Validation Loss")
     bottom.legend(loc="upper right")
     bottom.set_ylabel("Cross Entropy")
     # not the seed's fixed [0, 2]: with 1000 classes the loss starts near ln(1000) = 6.9
-    bottom.set_ylim([0, None])
+    losses = [v for v in series("loss") + series("val_loss") if math.isfinite(v)]
+    bottom.set_ylim([0, 1.1 * max(losses) if losses else None])  # the highest point inside
     bottom.set_title("Training and Validation Loss")
     bottom.set_xlabel("epoch")
-    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    # min_n_ticks=1: with one epoch there is one whole number on the axis, and the default
+    # (2) makes the locator give up its integer rule
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    bottom.set_xlim(*epoch_axis_range(epochs))
     fig.tight_layout()
     path = Path(run_dir) / CURVES
     with atomic.atomic_path(path) as tmp:
