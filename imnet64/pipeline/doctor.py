@@ -463,15 +463,15 @@ def auto_precision() -> str:
 def read_tensorflow(quick: bool) -> tuple[TensorFlowInfo, int | None]:
     """TensorFlow facts, and the number of GPUs it lists (None when not imported)."""
     from imnet64.cluster.machine import (
-        _cpuinfo,
         cpu_flags,
         describe,
         onednn_state,
+        read_cpuinfo,
         tensorflow_version,
     )
 
     info = TensorFlowInfo(tensorflow_version(), False)
-    flags = cpu_flags(_cpuinfo())
+    flags = cpu_flags(read_cpuinfo())
     cpu = describe()
     info.machine = f"{cpu.cpu}, {cpu.cores} cores, {cpu.memory_gib:g} GiB, " + (
         " ".join(cpu.extensions) or "no AVX2")
@@ -548,7 +548,7 @@ def _check_offline_teacher(environment: Environment) -> tuple[TeacherCheck, list
     home = environment.home
     path = offline.offline_teacher_dir(home)
     check = _teacher_check(OFFLINE_SPEC, "offline", path, str(home),
-                           offline._is_current_build(path))
+                           offline.is_current_build(path))
     if check.present:
         return check, []
     try:
