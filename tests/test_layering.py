@@ -1,9 +1,11 @@
 """The layering of issue 14: import-linter's contracts (pyproject.toml) hold, and only
-imnet64.cluster touches the process environment (imnet64.cluster.environment reads it)."""
+imnet64.cluster touches the process environment (imnet64.cluster.environment reads it) or
+names a launcher's variables (issue 25: doctor had re-parsed about 20 of them)."""
 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (ROOT / "imnet64", ROOT / "cli")
 ALLOWED = ROOT / "imnet64" / "cluster"
 ENV_FUNCTIONS = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+# A string that is a launcher variable's name or prefix: what reading one takes
+# (env["SLURM_PROCID"], k.startswith("PMI")). Slurm, OpenMPI, PMI/PMIx (and MPICH's
+# MPI_LOCAL*), Horovod, tf.distribute; a message that names one for the user
+# ("SLURM_PROCID=3 is not a rank of ...") is not a name alone and stays allowed.
+LAUNCHER_VARIABLE = re.compile(
+    r"(SLURMD?|OMPI|PMIX?|HOROVOD)(_[A-Z0-9_]*)?|MPI_LOCAL[A-Z]*|TF_CONFIG|GPU_DEVICE_ORDINAL")
 
 
 def environment_uses(source: str) -> list[str]:
@@ -26,6 +34,16 @@ def environment_uses(source: str) -> list[str]:
             names = {alias.name for alias in node.names} & ENV_FUNCTIONS
             found += [f"line {node.lineno}: from {node.module} import {n}" for n in names]
     return found
+
+
+def launcher_variable_names(source: str) -> list[str]:
+    """String constants in `source` that are a launcher variable's name or prefix, as
+    "line N: 'NAME'" (f-string parts count: f"{x}" around a name does not hide it)."""
+    found = [node for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and LAUNCHER_VARIABLE.fullmatch(node.value)]
+    found.sort(key=lambda node: (node.lineno, node.col_offset))
+    return [f"line {node.lineno}: {node.value!r}" for node in found]
 
 
 def test_the_checker_sees_each_kind_of_use():
@@ -46,6 +64,32 @@ def test_only_the_cluster_package_touches_the_environment():
                 offenders[str(path.relative_to(ROOT))] = uses
     assert offenders == {}, ("read the environment through imnet64.cluster.environment."
                              f"Environment instead: {offenders}")
+
+
+def test_the_launcher_variable_checker_sees_names_not_messages():
+    planted = ("env.get('SLURM_NTASKS')\nk.startswith(('PMI', 'OMPI_COMM_WORLD'))\n"
+               "env['HOROVOD_RANK']\n'TF_CONFIG' in env\nenv.get('SLURMD_NODENAME')\n"
+               "_int(env, 'MPI_LOCALRANKID')\n")
+    assert [u.split(": ", 1)[1] for u in launcher_variable_names(planted)] == [
+        "'SLURM_NTASKS'", "'PMI'", "'OMPI_COMM_WORLD'", "'HOROVOD_RANK'", "'TF_CONFIG'",
+        "'SLURMD_NODENAME'", "'MPI_LOCALRANKID'"]
+    messages = ("p = f'SLURM_PROCID={procid} is not a rank'\n"
+                "h = 'Default: SLURM_ARRAY_TASK_COUNT, SLURM_NTASKS, 1.'\n"
+                "e = ('horovod', 'slurm-batch', 'TF_XLA_FLAGS', 'CUDA_VISIBLE_DEVICES')\n")
+    assert launcher_variable_names(messages) == []
+
+
+def test_only_the_cluster_package_names_launcher_variables():
+    offenders = {}
+    for package in PACKAGES:
+        for path in sorted(package.rglob("*.py")):
+            if path.is_relative_to(ALLOWED):
+                continue
+            names = launcher_variable_names(path.read_text())
+            if names:
+                offenders[str(path.relative_to(ROOT))] = names
+    assert offenders == {}, ("ask imnet64.cluster (environment, launcher_layout) for what "
+                             f"the launcher's variables say instead: {offenders}")
 
 
 def test_import_linter_contracts_are_kept():
