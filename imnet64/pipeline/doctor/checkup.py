@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from imnet64.cluster import launch_checks, provenance
 from imnet64.cluster.environment import Environment
-from imnet64.cluster.launcher_layout import gpu_list_count, read_launcher
+from imnet64.cluster.launcher_layout import Launcher, gpu_list_count, read_launcher
 from imnet64.pipeline.doctor import probes
 from imnet64.pipeline.doctor.disk import DEFAULT_IMAGE_BYTES, check_disk
 from imnet64.pipeline.doctor.frameworks import (
@@ -19,7 +19,7 @@ from imnet64.pipeline.doctor.frameworks import (
 )
 from imnet64.pipeline.doctor.gpus import gpu_problems, parse_gpus, read_gpus
 from imnet64.pipeline.doctor.launcher import launcher_problems
-from imnet64.pipeline.doctor.report import Report
+from imnet64.pipeline.doctor.report import HorovodBuild, Report, TensorFlowInfo
 from imnet64.pipeline.doctor.teacher import check_teacher
 
 
@@ -50,23 +50,10 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
         horovod.probe = probe_horovod()
     problems, notes = launcher_problems(launcher, env, horovod)
     problems += gpu_problems(gpu_info, launcher, np_text)
-    if horovod.error:
-        problems.append(f"Horovod {horovod.version} is installed but does not import: "
-                        f"{horovod.error}")
-    elif horovod.version is None and launcher.size > 1:
-        notes.append(f"{launcher.kind} started {launcher.size} ranks and Horovod is not "
-                     "installed: train them with --engine tf")
-    if tf_info.error:
-        problems.append(f"TensorFlow {tf_info.version} does not import: {tf_info.error}")
+    problems += _stack_problems(horovod, tf_info, launcher, notes)
     problems += launch_checks.environment_problems(environment)
-    if np_ and launcher.kind == "none":  # what `train --np N` would refuse here
-        from imnet64.cluster import rank_limits
-        from imnet64.errors import UserError
-
-        try:
-            rank_limits.check_local_ranks(np_, rank_limits.this_machine(gpu_info.visible or 0))
-        except UserError as e:
-            problems.append(str(e))
+    if np_ and launcher.kind == "none":
+        problems += _too_many_ranks(np_, gpu_info.visible or 0)
     teacher_check = None
     if check_teacher_:
         teacher_check, teacher_problems = check_teacher(teacher, environment, network)
@@ -85,3 +72,30 @@ def diagnose(*, env: Mapping[str, str] | None = None, teacher: str | None = None
                  + " (imnet64 train --engine)")
     return Report(launcher, gpu_info, horovod, tf_info, teacher_check, disk, made_by,
                   problems, notes, engines)
+
+
+def _stack_problems(horovod: HorovodBuild, tf_info: TensorFlowInfo, launcher: Launcher,
+                    notes: list[str]) -> list[str]:
+    """Horovod or TensorFlow installed but broken; several ranks and no Horovod (a note)."""
+    problems = []
+    if horovod.error:
+        problems.append(f"Horovod {horovod.version} is installed but does not import: "
+                        f"{horovod.error}")
+    elif horovod.version is None and launcher.size > 1:
+        notes.append(f"{launcher.kind} started {launcher.size} ranks and Horovod is not "
+                     "installed: train them with --engine tf")
+    if tf_info.error:
+        problems.append(f"TensorFlow {tf_info.version} does not import: {tf_info.error}")
+    return problems
+
+
+def _too_many_ranks(np_: int, visible_gpus: int) -> list[str]:
+    """What `train --np N` would refuse here (more local ranks than this machine holds)."""
+    from imnet64.cluster import rank_limits
+    from imnet64.errors import UserError
+
+    try:
+        rank_limits.check_local_ranks(np_, rank_limits.this_machine(visible_gpus))
+    except UserError as e:
+        return [str(e)]
+    return []
