@@ -35,14 +35,30 @@ def read_gpus(env: Mapping[str, str], expected: int | None, tensorflow: int | No
 
 
 def gpu_problems(gpus: Gpus, launcher: Launcher, np_text: str | None) -> list[str]:
-    """GPUs asked for but not visible, GPUs no rank uses, ranks sharing a GPU."""
-    problems: list[str] = []
+    """GPUs asked for but not visible, GPUs no rank uses, ranks sharing a GPU, GPUs
+    TensorFlow does not see."""
     where = f"CUDA_VISIBLE_DEVICES={gpus.cuda_visible_devices}" \
         if gpus.cuda_visible_devices is not None else f"nvidia-smi: {gpus.nvidia_smi}" \
         if gpus.nvidia_smi is not None else "no nvidia-smi, CUDA_VISIBLE_DEVICES unset"
     visible = gpus.visible or 0
-    asked = gpus.expected not in (None, 0) or bool(gpus.granted)  # --gpus 0: a CPU job
-    if np_text == "auto" and asked and visible == 0:
+    problems = _asked_but_not_visible(gpus, np_text, where) + _ranks_against_gpus(
+        gpus, launcher, where)
+    if gpus.tensorflow == 0 and visible > 0:
+        problems.append(f"{visible} GPU(s) visible ({where}) but TensorFlow sees none: a "
+                        "CPU-only TensorFlow, or no CUDA driver here (in a container: "
+                        "apptainer exec --nv / docker run --gpus all)")
+    return problems
+
+
+def _asked(gpus: Gpus) -> bool:
+    return gpus.expected not in (None, 0) or bool(gpus.granted)  # --gpus 0: a CPU job
+
+
+def _asked_but_not_visible(gpus: Gpus, np_text: str | None, where: str) -> list[str]:
+    """GPUs that --gpus, --np auto or Slurm's grant expect but this process does not see."""
+    problems: list[str] = []
+    visible = gpus.visible or 0
+    if np_text == "auto" and _asked(gpus) and visible == 0:
         why = (f"--gpus {'all' if gpus.expected == -1 else gpus.expected}"
                if gpus.expected not in (None, 0) else f"Slurm granted {gpus.granted}")
         problems.append(f"--np auto would start 1 rank on the CPU: no GPU is visible here "
@@ -56,7 +72,14 @@ def gpu_problems(gpus: Gpus, launcher: Launcher, np_text: str | None) -> list[st
     if gpus.granted and visible == 0 and gpus.cuda_visible_devices is None:
         problems.append(f"Slurm granted {gpus.granted} GPU(s) on this node but none is visible "
                         "(CUDA_VISIBLE_DEVICES unset, no nvidia-smi)")
-    in_play = asked or visible > 0 or bool(gpus.tensorflow)
+    return problems
+
+
+def _ranks_against_gpus(gpus: Gpus, launcher: Launcher, where: str) -> list[str]:
+    """GPUs on this node no rank will use, and ranks that would share a GPU."""
+    problems: list[str] = []
+    visible = gpus.visible or 0
+    in_play = _asked(gpus) or visible > 0 or bool(gpus.tensorflow)
     ranks = launcher.local_size
     here = gpus.granted or visible
     if launcher.kind in ("slurm", "slurm-batch") and not gpus.per_task and here > ranks >= 1:
@@ -75,8 +98,4 @@ def gpu_problems(gpus: Gpus, launcher: Launcher, np_text: str | None) -> list[st
                 "would share a GPU (Horovod pins local rank % GPUs) and run out of memory or "
                 "hang in NCCL; ask one GPU per rank (--gpus-per-node "
                 f"{ranks}, or --gpus-per-task 1) or fewer ranks per node")
-    if gpus.tensorflow == 0 and visible > 0:
-        problems.append(f"{visible} GPU(s) visible ({where}) but TensorFlow sees none: a "
-                        "CPU-only TensorFlow, or no CUDA driver here (in a container: "
-                        "apptainer exec --nv / docker run --gpus all)")
     return problems
