@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +54,21 @@ def test_the_checker_sees_each_kind_of_use():
     assert environment_uses("import os\nos.path.join('a')\n") == []
 
 
-def test_only_the_cluster_package_touches_the_environment():
+def offenders_outside_cluster(finder: Callable[[str], list[str]]) -> dict[str, list[str]]:
+    """What `finder` finds in each module of PACKAGES outside imnet64/cluster/."""
     offenders = {}
     for package in PACKAGES:
         for path in sorted(package.rglob("*.py")):
             if path.is_relative_to(ALLOWED):
                 continue
-            uses = environment_uses(path.read_text())
-            if uses:
-                offenders[str(path.relative_to(ROOT))] = uses
+            found = finder(path.read_text())
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    return offenders
+
+
+def test_only_the_cluster_package_touches_the_environment():
+    offenders = offenders_outside_cluster(environment_uses)
     assert offenders == {}, ("read the environment through imnet64.cluster.environment."
                              f"Environment instead: {offenders}")
 
@@ -80,14 +87,7 @@ def test_the_launcher_variable_checker_sees_names_not_messages():
 
 
 def test_only_the_cluster_package_names_launcher_variables():
-    offenders = {}
-    for package in PACKAGES:
-        for path in sorted(package.rglob("*.py")):
-            if path.is_relative_to(ALLOWED):
-                continue
-            names = launcher_variable_names(path.read_text())
-            if names:
-                offenders[str(path.relative_to(ROOT))] = names
+    offenders = offenders_outside_cluster(launcher_variable_names)
     assert offenders == {}, ("ask imnet64.cluster (environment, launcher_layout) for what "
                              f"the launcher's variables say instead: {offenders}")
 
