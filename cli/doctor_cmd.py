@@ -78,14 +78,14 @@ def _teacher_rows(t) -> Rows:
 
 
 def _disk_rows(d) -> Rows:
-    from imnet64.pipeline.doctor import _size
+    from imnet64.pipeline.doctor import size_text
 
     measured = "" if d.folder == d.measured_at else f" (measured at {d.measured_at})"
     inodes = f"{d.free_inodes} inodes" if d.free_inodes is not None else "inodes not reported"
-    rows = [("folder", d.folder + measured), ("free", f"{_size(d.free_bytes)}, {inodes}")]
+    rows = [("folder", d.folder + measured), ("free", f"{size_text(d.free_bytes)}, {inodes}")]
     if d.images is not None:
         rows += [("planned", f"{d.images} images ({d.stage}): about "
-                             f"{_size(d.needed_bytes or 0)}, {d.needed_inodes} files"),
+                             f"{size_text(d.needed_bytes or 0)}, {d.needed_inodes} files"),
                  ("estimate", d.estimate)]
     return rows
 

@@ -61,7 +61,8 @@ class Machine:
         return {**asdict(self), "extensions": list(self.extensions), "line": self.line()}
 
 
-def _cpuinfo() -> str:
+def read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo, or "" where there is none (not Linux, or unreadable)."""
     try:
         return Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -192,7 +193,7 @@ def _memory_gib() -> float:
 def describe(cpuinfo: str | None = None, env: dict[str, str] | os._Environ = os.environ
              ) -> Machine:
     """This machine (or the one `cpuinfo` describes), as the process sees it now."""
-    info = _cpuinfo() if cpuinfo is None else cpuinfo
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
     flags = cpu_flags(info)
     onednn, why = onednn_state(flags, env, ask_tensorflow=cpuinfo is None)
     bf16, bf16_why = fast_bf16(flags, env, gpu_capabilities() if cpuinfo is None else ())

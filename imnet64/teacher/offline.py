@@ -108,7 +108,9 @@ def offline_teacher_dir(home: Path | None = None) -> Path:
     return (home or imnet64_home()) / "teachers" / OFFLINE_TEACHER_DIRNAME
 
 
-def _is_current_build(path: Path) -> bool:
+def is_current_build(path: Path) -> bool:
+    """`path` holds a complete offline teacher of this build (BUILD_VERSION) from the pinned
+    weights (WEIGHTS_SHA256): the one to use as is, never rebuilt."""
     try:
         meta = atomic.read_json(path / METADATA_FILE)
     except (OSError, ValueError):
@@ -122,7 +124,7 @@ def ensure_offline_teacher(home: Path | None = None) -> Path:
     under $IMNET64_HOME/teachers/. Safe when several processes start at once: each builds into
     its own temporary directory and the first rename wins."""
     path = offline_teacher_dir(Path(home) if home else None)
-    if _is_current_build(path):
+    if is_current_build(path):
         return path
     stale = None
     if path.exists():  # an older build (or debris): move it aside, never half-overwrite
@@ -132,11 +134,11 @@ def ensure_offline_teacher(home: Path | None = None) -> Path:
     try:
         build_offline_teacher(path)
     except UserError:
-        if _is_current_build(path):  # another process won the race
+        if is_current_build(path):  # another process won the race
             return path
         raise
     except OSError:
-        if _is_current_build(path):
+        if is_current_build(path):
             return path
         raise
     finally:
