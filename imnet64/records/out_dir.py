@@ -18,7 +18,8 @@ from typing import Any
 from imnet64 import atomic
 from imnet64.cluster import folder_lock
 from imnet64.errors import UserError
-from imnet64.formats.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR
+from imnet64.formats.manifest import FORMAT, MANIFEST_NAME, RUN_SIDECAR, ShardInfo
+from imnet64.formats.shard_check import check_shard
 from imnet64.formats.shard_sidecar import SIDECAR_DIR
 from imnet64.records.options import ShardOptions
 from imnet64.records.source import labels_dir
@@ -42,10 +43,16 @@ def manifest_is_current(out_dir: Path, fingerprint: str, options: ShardOptions) 
 def _shards_as_listed(out_dir: Path, manifest: dict[str, Any]) -> bool:
     """Every shard file the manifest lists is there, of the size it lists."""
     try:
-        return all((out_dir / shard["file"]).stat().st_size == shard["bytes"]
+        return all(check_shard(out_dir, _listed(shard), "size").ok
                    for split in manifest["splits"].values() for shard in split["shards"])
-    except (OSError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return False
+
+
+def _listed(shard: Any) -> ShardInfo:
+    """A raw manifest entry as a ShardInfo (KeyError or TypeError if it is not one); only
+    its file and bytes are needed for a size check."""
+    return ShardInfo(shard["file"], shard.get("examples"), shard["bytes"], shard.get("sha256"))
 
 
 @dataclass

@@ -8,12 +8,13 @@ plan. A shard is written by one process alone, and what it holds depends only on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imnet64 import atomic
 from imnet64.errors import UserError
 from imnet64.formats import image64
+from imnet64.formats.shard_check import check_shard
 from imnet64.formats.shard_sidecar import ShardSidecar, sidecar_path
 from imnet64.records.source import ItemReader, SourceRef
 from imnet64.records.split import Example, KeptClass, PlannedShard
@@ -127,7 +128,8 @@ def finished_sidecar(out_dir: Path, plan: PlannedShard, plan_hash: str) -> Shard
         sidecar = ShardSidecar.from_json(atomic.read_json(sidecar_path(out_dir, plan.file)))
         if sidecar.plan != plan_hash:
             return None
-        if (out_dir / plan.file).stat().st_size != sidecar.bytes:
+        # the file the plan names (the sidecar names the same one unless edited by hand)
+        if not check_shard(out_dir, replace(sidecar.shard_info, file=plan.file), "size").ok:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
