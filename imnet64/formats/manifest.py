@@ -38,6 +38,7 @@ from imnet64 import atomic
 from imnet64.atomic import sha256_file
 from imnet64.errors import UserError
 from imnet64.formats import image64, provenance, read_back
+from imnet64.formats.shard_check import check_shard
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "imnet64-dataset"
@@ -112,15 +113,12 @@ class Manifest:
             if name not in self.splits:
                 continue
             for shard in self.splits[name].shards:
-                path = self.root / shard.file
-                try:
-                    size = path.stat().st_size
-                except OSError as e:
-                    problems.append(f"shard {path} cannot be read ({e.strerror or e})")
-                    continue
-                if size != shard.bytes:
-                    problems.append(f"shard {path} has {size} bytes, its manifest says "
-                                    f"{shard.bytes} (truncated or replaced)")
+                found = check_shard(self.root, shard, "size")
+                if found.error is not None:
+                    problems.append(f"shard {found.path} cannot be read ({found.why_unreadable})")
+                elif not found.size_ok:
+                    problems.append(f"shard {found.path} has {found.size} bytes, its manifest "
+                                    f"says {shard.bytes} (truncated or replaced)")
         return problems
 
     def damaged_shards(self, split: str, files: list[Path] | None = None) -> list[str]:
@@ -131,14 +129,11 @@ class Manifest:
         for shard in self.split(split).shards:
             if wanted is not None and shard.file not in wanted:
                 continue
-            path = self.root / shard.file
-            try:
-                digest = sha256_file(path)
-            except OSError as e:
-                problems.append(f"shard {path} cannot be read ({e.strerror or e})")
-                continue
-            if digest != shard.sha256:
-                problems.append(f"shard {path} is damaged (its sha256 differs from the "
+            found = check_shard(self.root, shard, "sha256")
+            if found.error is not None:
+                problems.append(f"shard {found.path} cannot be read ({found.why_unreadable})")
+            elif not found.sha256_ok:
+                problems.append(f"shard {found.path} is damaged (its sha256 differs from the "
                                 "manifest's)")
         return problems
 

@@ -1,7 +1,8 @@
 """`imnet64 inspect`: what a dataset holds (from its manifest) and whether its shards are intact.
 
 `summarize` reads only the manifest. `verify` re-reads every shard: size, sha256 and record
-count must equal the manifest's; any difference is a problem (the CLI exits 1).
+count must equal the manifest's (formats.shard_check, at its "full" depth), and every label
+must name a class; any difference is a problem (the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from imnet64.atomic import sha256_file
 from imnet64.formats.manifest import Manifest, dataset_provenance
-from imnet64.formats.tfrecord_file import RecordFileError, count_records, iter_records
+from imnet64.formats.shard_check import ShardCheck, check_shard
+from imnet64.formats.tfrecord_file import RecordFileError, iter_records
 from imnet64.progress import ProgressFn
 from imnet64.records.progress_count import ProgressCount
 
@@ -105,27 +106,10 @@ def verify(manifest: Manifest, progress: ProgressFn | None = None) -> list[str]:
     shards = [s for info in manifest.splits.values() for s in info.shards]
     on_bytes = ProgressCount(progress, sum(s.bytes for s in shards))
     for shard in shards:
-        path = manifest.root / shard.file
-        if not path.is_file():
-            problems.append(f"{shard.file}: missing")
-            continue
-        size = path.stat().st_size
-        if size != shard.bytes:
-            problems.append(f"{shard.file}: {size} bytes, manifest says {shard.bytes}")
-        sha = sha256_file(path, on_bytes)
-        if sha != shard.sha256:
-            problems.append(
-                f"{shard.file}: sha256 {sha[:16]}... differs from the manifest's "
-                f"{shard.sha256[:16]}..."
-            )
-        try:
-            records = count_records(path)
-        except RecordFileError as e:
-            problems.append(f"{shard.file}: {e}")
-            continue
-        if records != shard.examples:
-            problems.append(f"{shard.file}: {records} records, manifest says {shard.examples}")
-        problems += _label_problems(manifest, shard.file, found_counts)
+        check = check_shard(manifest.root, shard, "full", on_bytes)
+        problems += _shard_problems(check)
+        if check.records is not None:  # the file was read and its records counted
+            problems += _label_problems(manifest, shard.file, found_counts)
     for name, info in manifest.splits.items():
         found = [found_counts.get((name, c), 0) for c in range(manifest.num_classes)]
         if not problems and found != list(info.class_counts):
@@ -135,6 +119,26 @@ def verify(manifest: Manifest, progress: ProgressFn | None = None) -> list[str]:
             problems.append(f"split {name}: shard examples do not add up to its count {info.count}")
         if sum(info.class_counts) != info.count:
             problems.append(f"split {name}: class counts do not add up to its count {info.count}")
+    return problems
+
+
+def _shard_problems(found: ShardCheck) -> list[str]:
+    """`found`'s differences from the manifest, one line each, named by the shard's file."""
+    shard = found.shard
+    if not found.regular_file:
+        return [f"{shard.file}: missing"]
+    problems = []
+    if not found.size_ok:
+        problems.append(f"{shard.file}: {found.size} bytes, manifest says {shard.bytes}")
+    if found.error is not None:  # vanished or unreadable after the stat
+        return problems + [f"{shard.file}: cannot be read ({found.why_unreadable})"]
+    if not found.sha256_ok:
+        problems.append(f"{shard.file}: sha256 {found.sha256[:16]}... differs from the "
+                        f"manifest's {shard.sha256[:16]}...")
+    if found.record_error is not None:
+        return problems + [f"{shard.file}: {found.record_error}"]
+    if not found.records_ok:
+        problems.append(f"{shard.file}: {found.records} records, manifest says {shard.examples}")
     return problems
 
 
