@@ -382,20 +382,45 @@ def _num(v) -> str:
         isinstance(v, float) else str(v)
 
 
-def report(results: dict) -> int:
+def report(results: dict, markdown: bool = False) -> int:
     """The tables and 1.28 M projection of a saved run (ratios and projection recomputed)."""
     print(f"machine: {results['machine']}\nteacher: {results['teacher']}; engines "
           f"{', '.join(results['engines'])}; train steps {results['train_steps'] or 'epoch'}")
     for layout, lay in results["layouts"].items():
         by_size = {int(n): r for n, r in lay["sizes"].items()}
         add_ratios(by_size)
-        print("\n".join(table(layout, by_size)))
         ok = {n: r for n, r in by_size.items() if r.get("stages")}
-        if ok:
+        projected = projection(ok, FULL, bool(results["train_steps"])) if ok else {}
+        print("\n".join(markdown_table(layout, by_size, projected) if markdown
+                        else table(layout, by_size)))
+        if projected and not markdown:
             print(f"projected wall at N={FULL:,}: " + ", ".join(
-                f"{k} {v / 60:.1f} min"
-                for k, v in projection(ok, FULL, bool(results["train_steps"])).items()))
+                f"{k} {v / 60:.1f} min" for k, v in projected.items()))
     return 0
+
+
+def markdown_table(layout: str, by_size: dict[int, dict], projected: dict[str, float]
+                   ) -> list[str]:
+    """Per stage and N: the figures, the ratios to the smallest N, and the 1.28 M wall."""
+    lines = [f"layout `{layout}`", "",
+             "| stage | N | images/s | CPU ms/image | peak RSS MB | first image/step s "
+             "| disk B/image | files | CPU/image vs smallest N | RSS vs smallest N "
+             "| RSS growth B/image | 1.28 M wall (projected) |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for stage in stage_order(by_size):
+        have = [n for n in sorted(by_size) if stage in by_size[n].get("stages", {})]
+        for n in have:
+            f = by_size[n]["stages"][stage]
+            r = f.get("ratio_to_smallest", {})
+            wall = projected.get(stage) if n == have[-1] else None
+            lines.append(
+                f"| {stage} | {n:,} | {f['images_per_s'] or 0:,.0f} "
+                f"| {1000 * (f['cpu_s_per_image'] or 0):.2f} | {f['peak_rss_mb']:,.0f} "
+                f"| {_num(f['first_s'])} | {_num(f['disk_bytes_per_image'])} "
+                f"| {f['files_written']} | {_num(r.get('cpu_s_per_image'))} "
+                f"| {_num(r.get('peak_rss_mb'))} | {_num(f.get('rss_growth_bytes_per_image'))} "
+                f"| {'' if wall is None else f'{wall / 60:.1f} min'} |")
+    return lines
 
 
 def make_tiny_teacher(work: Path) -> Path:
@@ -440,9 +465,11 @@ def main() -> int:
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--report", metavar="JSON",
                         help="print the tables and projection of a saved --json run; run nothing")
+    parser.add_argument("--markdown", action="store_true",
+                        help="with --report: one Markdown table per layout (for the README)")
     args = parser.parse_args()
     if args.report:
-        return report(json.loads(Path(args.report).read_text()))
+        return report(json.loads(Path(args.report).read_text()), args.markdown)
     args.engines = [e for e in args.engines.split(",") if e]
     sizes = sorted(int(s) for s in args.sizes.split(","))
     layouts = scale_inputs.LAYOUTS if args.layout == "both" else (args.layout,)
