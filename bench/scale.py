@@ -275,6 +275,15 @@ def add_ratios(by_size: dict[int, dict]) -> None:
             f = by_size[n]["stages"][stage]
             f["wall_per_image"] = round(f["wall_s"] / f["images"], 6) if f["images"] else None
         base = by_size[have[0]]["stages"][stage]
+        for prev, n in zip(have, have[1:]):
+            # CPU per added image between two sizes: the per-image cost without the fixed
+            # part (process start-up, TensorFlow's import), which the plain CPU per image of
+            # a small N carries; flat cost = the same marginal figure at every step of N
+            a, f = by_size[prev]["stages"][stage], by_size[n]["stages"][stage]
+            added = f["images"] - a["images"]
+            f["marginal_cpu_ms_per_image"] = round(
+                1000 * (f["cpu_s_per_image"] * f["images"] - a["cpu_s_per_image"] * a["images"])
+                / added, 4) if added > 0 else None
         for n in have:
             f = by_size[n]["stages"][stage]
             # the goal allows RSS to grow by a stated number of bytes per image beyond 1.10x:
@@ -404,9 +413,9 @@ def markdown_table(layout: str, by_size: dict[int, dict], projected: dict[str, f
     """Per stage and N: the figures, the ratios to the smallest N, and the 1.28 M wall."""
     lines = [f"layout `{layout}`", "",
              "| stage | N | images/s | CPU ms/image | peak RSS MB | first image/step s "
-             "| disk B/image | files | CPU/image vs smallest N | RSS vs smallest N "
-             "| RSS growth B/image | 1.28 M wall (projected) |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| disk B/image | files | CPU/image vs smallest N | marginal CPU ms/image "
+             "| RSS vs smallest N | RSS growth B/image | 1.28 M wall (projected) |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for stage in stage_order(by_size):
         have = [n for n in sorted(by_size) if stage in by_size[n].get("stages", {})]
         for n in have:
@@ -418,6 +427,7 @@ def markdown_table(layout: str, by_size: dict[int, dict], projected: dict[str, f
                 f"| {1000 * (f['cpu_s_per_image'] or 0):.2f} | {f['peak_rss_mb']:,.0f} "
                 f"| {_num(f['first_s'])} | {_num(f['disk_bytes_per_image'])} "
                 f"| {f['files_written']} | {_num(r.get('cpu_s_per_image'))} "
+                f"| {_num(f.get('marginal_cpu_ms_per_image'))} "
                 f"| {_num(r.get('peak_rss_mb'))} | {_num(f.get('rss_growth_bytes_per_image'))} "
                 f"| {'' if wall is None else f'{wall / 60:.1f} min'} |")
     return lines
