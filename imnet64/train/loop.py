@@ -30,7 +30,7 @@ from pathlib import Path
 
 import imnet64
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import folder_lock, provenance
+from imnet64.cluster import folder_lock, peer_loss, provenance
 from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
@@ -836,9 +836,10 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
             trainer.setup()
             return trainer.run()
     except BaseException as e:
-        trainer.record_failure(e)
+        error = peer_loss.as_peer_lost(e, world.rank, world.size) or e  # a peer gone: one line
+        trainer.record_failure(error)
         trainer.release()
-        raise
+        raise error from (e if error is not e else e.__cause__)
     finally:
         if trainer.reserve:
             trainer.reserve.drop()
