@@ -68,13 +68,17 @@ class RunState:
     def line(self) -> str:
         """One line for a person: the state, where the run is, and why (or the error)."""
         s = self.status
-        where = f"epoch {s.epoch}/{s.epochs}, step {s.step_in_epoch}/{s.steps_per_epoch}"
+        where = f"{s.epoch}/{s.epochs} epochs done" + (
+            f", step {s.step_in_epoch}/{s.steps_per_epoch} of the next" if s.step_in_epoch
+            else "")
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.time))
         if self.state == DIED:
-            return (f"died: status.json says running ({where}, since {since}) but {self.why}; "
-                    "rerun the same train command to resume")
+            return (f"died: status.json says running since {since} ({where} when it started) "
+                    f"but {self.why}; rerun the same train command to resume")
+        if self.state == "running":  # status.json is written when the state changes only
+            return f"running since {since} ({where} when it started)"
         detail = s.error or s.reason
-        return f"{self.state}: {where}, since {since}" + (f"; {detail}" if detail else "")
+        return f"{self.state}: {where}, at {since}" + (f"; {detail}" if detail else "")
 
 
 def current(run_dir: str | Path, host: str | None = None) -> RunState | None:
