@@ -95,7 +95,7 @@ def current(run_dir: str | Path, host: str | None = None) -> RunState | None:
     again = run_files.read_status(run_dir)
     if again is not None and (again.state != "running" or again.time != status.time):
         return current(run_dir, host)
-    if status.host is not None and status.pid is not None:
+    if status.host is not None and status.pid is not None and f"pid {status.pid}" not in why:
         why += f" (status.json was written by pid {status.pid} on host {status.host})"
     return RunState(DIED, status, why)
 
