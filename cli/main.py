@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "shard-records": ("records_cmd", "shard_records", "Write training TFRecord shards."),
     "inspect": ("records_cmd", "inspect", "Summarise (and verify) a dataset of shards."),
     "train": ("train_cmd", "train", "Train the encoder (Horovod or tf.distribute)."),
+    "train-status": ("train_status_cmd", "train_status",
+                     "What a run is doing, or how it ended (died: killed)."),
     "evaluate": ("evaluate_cmd", "evaluate", "Loss, top-1/top-5, confusions of a run."),
     "export": ("export_cmd", "export", "Export a trained run as a SavedModel or Keras file."),
     "model-summary": ("train_cmd", "model_summary", "Layer table with params and FLOPs."),

@@ -47,12 +47,26 @@ def _kind(error: BaseException) -> str | None:
     return None
 
 
+def is_no_space(error: BaseException) -> bool:
+    """The error says the disk (or the quota) is full, in any library's words."""
+    return _kind(error) == "no space"
+
+
 def _existing(folder: Path) -> Path:
     """`folder` or its nearest existing parent (what disk_usage can be asked about)."""
     folder = Path(os.path.abspath(folder))
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
+
+
+def _no_inode(folder: Path) -> bool:
+    """The filesystem has inodes to give and none is left (ENOSPC with bytes to spare)."""
+    try:
+        st = os.statvfs(_existing(folder))
+    except OSError:
+        return False
+    return st.f_files > 0 and st.f_favail == 0
 
 
 def free_bytes(folder: str | os.PathLike) -> int | None:
@@ -89,9 +103,10 @@ def as_user_error(error: BaseException, folder: str | os.PathLike, what: str,
         need = needed() if needed else None
         need_text = (f"about {size_text(need)} free" if need
                      else "more free space than is left")
+        inodes = " but no inode (no new file can be made there)" if _no_inode(shown) else ""
         return UserError(f"no space left in {shown} writing {what}: it needs {need_text}, "
-                         f"{size_text(free)} is free; free some space and rerun the same "
-                         "command (it resumes; nothing half-written is kept as done)")
+                         f"{size_text(free)} is free{inodes}; free some space and rerun the "
+                         "same command (it resumes; nothing half-written is kept as done)")
     if kind == "read-only":
         return UserError(f"{shown} is on a read-only file system: cannot write {what}; "
                          "give a writable folder")

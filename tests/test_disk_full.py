@@ -140,3 +140,68 @@ def test_a_read_only_output_folder_is_one_line(command, dataset, base_run, tmp_p
         argv[1] = tmp_path / "imgs"
     refused(argv, capsys, "read-only file system")
     assert snapshot(tmpfs) == before
+
+
+def _no_inode_left(mnt: Path) -> list[Path]:
+    """Use up the tmpfs's inodes (mounted with few): no file or folder can be made, as on a
+    filesystem out of inodes; returns the fillers (remove them to make room)."""
+    fillers = []
+    while True:
+        try:
+            fillers.append(mnt / f"inode-{len(fillers)}")
+            fillers[-1].touch()
+        except OSError:
+            return fillers[:-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no-inode-at-start", "full-from-the-start", "full-mid-way"])
+def test_label_on_a_full_disk_then_the_rerun_labels_as_an_uninterrupted_run(
+        case, tmp_path, capsys, offline_teacher_dir):
+    """The 36 photos' part needs about 260 KB. Out of inodes, OUT_DIR's check refuses before
+    the teacher is loaded; with no byte (or 128 KB) free the shard starts, and the disk is
+    (becomes) full while its part is written."""
+    from imnet64.formats.label_parts import part_paths
+    from imnet64.formats.label_status import label_status
+    from imnet64.pipeline.sample_images import write_sample
+
+    photos = tmp_path / "photos"
+    write_sample(photos, 36, per_folder=12)
+    argv = ["label", photos, None, "--teacher", offline_teacher_dir, "--batch-size", "8"]
+    # the uninterrupted run, on a disk with room
+    assert cli_main([a if a is not None else tmp_path / "whole" for a in argv]) == 0
+    capsys.readouterr()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = _mount("-t", "tmpfs", "-o", "size=3m,nr_inodes=64", "tmpfs", str(mnt))
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        out = mnt / "out"
+        fillers = _no_inode_left(mnt) if case == "no-inode-at-start" else \
+            [fill(mnt, leave=0 if case == "full-from-the-start" else 128 << 10)]
+        assert cli_main([a if a is not None else out for a in argv]) == 2
+        err = capsys.readouterr().err
+        line = one_error_line(err)
+        for text in ("no space left in ", "it needs about 259.", "free some space and rerun"):
+            assert text in line, line
+        assert str(out) in line, line
+        assert ("but no inode" in line) == (case == "no-inode-at-start"), line
+        # out of inodes: refused before the teacher is loaded; else the labeling had begun
+        assert ("teacher: " in err) == (case != "no-inode-at-start"), err
+        # nothing that looks complete: no summary (the done marker), no final part file
+        paths = part_paths(out, 0, 1)
+        assert not paths.summary.exists() and not paths.tfrecord.exists(), line
+        if out.exists():
+            assert not label_status(out, 1).complete
+        for filler in fillers:
+            filler.unlink()
+        assert cli_main([a if a is not None else out for a in argv]) == 0
+        capsys.readouterr()
+        assert label_status(out, 1).complete
+        whole = part_paths(tmp_path / "whole", 0, 1)
+        assert paths.csv.read_bytes() == whole.csv.read_bytes()
+        assert paths.tfrecord.read_bytes() == whole.tfrecord.read_bytes()
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

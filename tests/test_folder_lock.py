@@ -30,15 +30,15 @@ HOST = socket.gethostname()
 HOLD = """
 import sys, time
 from imnet64.cluster import folder_lock
-lock = folder_lock.acquire(sys.argv[1], "test holder")
+lock = folder_lock.acquire(sys.argv[1], "test holder", part=(sys.argv[2:] or [None])[0])
 print("held", flush=True)
 time.sleep(600)
 """
 
 
-def _holder_process(folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
-                            text=True, env=env())
+def _holder_process(folder: Path, part: str | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), *([part] if part else [])],
+                            stdout=subprocess.PIPE, text=True, env=env())
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 
@@ -119,6 +119,47 @@ def test_folders_that_nest_are_refused(tmp_path):
     folder_lock.check_apart("RUN_DIR", tmp_path / "a", "DATASET_DIR", tmp_path / "b")
 
 
+def test_the_whole_folder_and_its_rank_parts_exclude_each_other(tmp_path):
+    """Issue 24's last round: a single-rank writer (the whole folder) and the ranks of a
+    multi-rank job (each its part rank-i-of-n) did not see each other."""
+    folder = tmp_path / "out"
+    whole = _holder_process(folder)  # a live writer of the whole folder, another process
+    try:
+        with pytest.raises(UserError, match=rf"test holder on host {HOST}, pid {whole.pid}.*"
+                                            r"\(the whole folder\)"):
+            folder_lock.acquire(folder, "rank 0", part=folder_lock.rank_part(0, 2))
+        assert not (folder / ".imnet64-rank-0-of-2.lock").exists()  # refused: released
+    finally:
+        whole.kill()
+        whole.wait()
+    # the whole-folder writer was killed: its lock no longer counts; the ranks of one job
+    # (one count) run together, and then the whole folder is refused while any of them lives
+    with folder_lock.held(folder, "rank 0", part=folder_lock.rank_part(0, 2)), \
+            folder_lock.held(folder, "rank 1", part=folder_lock.rank_part(1, 2)):
+        with pytest.raises(UserError, match=r"rank 0 on host .* \(its part rank-0-of-2\)"):
+            folder_lock.acquire(folder, "single rank")
+        # a job of another rank count deals the shards otherwise: refused too
+        with pytest.raises(UserError, match=r"\(its part rank-[01]-of-2\)"):
+            folder_lock.acquire(folder, "rank 0 of 3", part=folder_lock.rank_part(0, 3))
+    folder_lock.acquire(folder, "single rank").release()  # all released: free
+
+
+def test_a_rank_part_held_by_another_process_refuses_the_whole_and_a_killed_one_does_not(
+        tmp_path):
+    folder = tmp_path / "out"
+    rank = _holder_process(folder, folder_lock.rank_part(1, 2))
+    try:
+        with pytest.raises(UserError, match=rf"pid {rank.pid}.*\(its part rank-1-of-2\)"):
+            folder_lock.acquire(folder, "single rank")
+        # the same job's other rank is welcome
+        folder_lock.acquire(folder, "rank 0", part=folder_lock.rank_part(0, 2)).release()
+    finally:
+        rank.send_signal(signal.SIGKILL)
+        rank.wait()
+    assert (folder / ".imnet64-rank-1-of-2.lock").exists()  # left by kill -9, with its record
+    folder_lock.acquire(folder, "single rank").release()
+
+
 # ---- the commands ------------------------------------------------------------------------
 
 
@@ -194,6 +235,33 @@ def test_a_held_lock_refuses_the_command_and_nothing_is_written(command, dataset
     assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"test holder on host {HOST}, pid {holder.pid}, since" in done.stderr
     assert [p.name for p in folder.iterdir()] == [".imnet64.lock"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("held", ["whole", "rank part"])
+def test_single_and_multi_rank_shard_records_refuse_each_other(held, tmp_path):
+    """The real command, as a rank of a 2-rank Slurm step (SLURM_PROCID/SLURM_NTASKS) while
+    a single-rank writer holds the folder, and as a single-rank run while a rank holds its
+    part: one `error:` line naming the holder, nothing written."""
+    folder = tmp_path / "out"
+    root = sample(tmp_path, 10)[0]
+    if held == "whole":
+        holder = _holder_process(folder)
+        extra = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    else:
+        holder = _holder_process(folder, folder_lock.rank_part(0, 2))
+        extra = {}
+    try:
+        done = subprocess.run(cli("shard-records", root, folder), env={**env(), **extra},
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"test holder on host {HOST}, pid {holder.pid}, since" in done.stderr
+    assert [p.name for p in folder.iterdir()] == [
+        ".imnet64.lock" if held == "whole" else ".imnet64-rank-0-of-2.lock"]
 
 
 def test_train_into_its_own_dataset_folder_is_refused(dataset, tmp_path):

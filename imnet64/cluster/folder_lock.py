@@ -31,6 +31,15 @@ whose flock does not reach each other, after six missed beats) logs it and stops
 On release the file is removed, while still locked; a writer that got the flock on a file
 no longer at its path opens the path again, so two writers never hold two files of the same
 name. A killed writer's file stays (with its record) until the next writer releases it.
+
+The whole folder and its parts exclude each other: a writer of the whole folder refuses
+while a live writer holds a part lock (FOLDER/.imnet64-<part>.lock) and the reverse, and
+parts of one job's ranks (`rank_part(i, n)`: "rank-i-of-n") refuse parts of another rank
+count (a job of 3 ranks deals shards differently from one of 2). Each writer writes its own
+record first and then looks at the others' records (`live_holder`, from the record alone:
+never a flock of someone else's file, which would make that file's writer fail its own
+flock for a moment), so of two writers that meet, the later one always sees the earlier;
+both may refuse, never both write.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -62,6 +72,14 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 def lock_path(folder: str | Path, part: str | None = None) -> Path:
     return Path(folder) / (f".imnet64-{part}.lock" if part else ".imnet64.lock")
+
+
+def rank_part(index: int, count: int) -> str:
+    """The part a rank of a job of `count` ranks locks: parts of one count run together."""
+    return f"rank-{index}-of-{count}"
+
+
+_RANK_PART = re.compile(r"^\.imnet64-rank-\d+-of-(\d+)\.lock$")
 
 
 def is_lock_file(name: str) -> bool:
@@ -160,6 +178,40 @@ def judge(holder: Holder, flock_free: bool | None, now: float | None = None,
     return None
 
 
+def live_holder(path: Path, host: str | None = None,
+                stale_s: float = STALE_S) -> Holder | None:
+    """The writer holding the lock file at `path` if it still lives, judged from its record
+    alone (this host: its pid runs, with the recorded start time; another host: a heartbeat
+    younger than `stale_s`). None: no lock file, a released (empty) or unreadable one, or a
+    holder that is gone."""
+    try:
+        holder = Holder.parse(Path(path).read_bytes()[:RECORD_BYTES * 2])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if holder is None or judge(holder, flock_free=False, host=host, stale_s=stale_s):
+        return None
+    return holder
+
+
+def why_not_held(path: Path, host: str | None = None, stale_s: float = STALE_S) -> str | None:
+    """Why no live writer holds the lock at `path` (None: one does), in words for a reader
+    (e.g. a status.json that still says "running")."""
+    try:
+        data = Path(path).read_bytes()[:RECORD_BYTES * 2]
+    except FileNotFoundError:
+        return f"no writer holds its lock (no {Path(path).name})"
+    except OSError as e:
+        return f"its lock {path} cannot be read ({e.strerror or e})"
+    try:
+        holder = Holder.parse(data)
+    except (ValueError, KeyError, TypeError):
+        return f"its lock {Path(path).name} holds no readable record"
+    if holder is None:
+        return f"its lock {Path(path).name} was released"
+    stale = judge(holder, flock_free=False, host=host, stale_s=stale_s)
+    return f"its writer ({holder.describe()}) is gone: {stale}" if stale else None
+
+
 class FolderLock:
     """A held lock: `fd` (for children that must keep it), `holder`; `release()` ends it."""
 
@@ -250,9 +302,39 @@ def acquire(folder: str | Path, what: str, *, part: str | None = None,
             raise
         if lock is not None:
             lock.created = missing
+            try:
+                _refuse_overlapping(lock, folder, part, path, stale_s)
+            except BaseException:
+                lock.release()
+                raise
             return lock
         os.close(fd)  # the file was removed by its releasing holder meanwhile: again
     raise UserError(f"cannot take the writer's lock {path}: it keeps being replaced")
+
+
+def _refuse_overlapping(lock: FolderLock, folder: Path, part: str | None, path: Path,
+                       stale_s: float) -> None:
+    """UserError naming a live writer whose lock overlaps the one just taken: the whole
+    folder against any of its parts, a rank part against the whole folder and against the
+    parts of another rank count (see the module's docstring)."""
+    whole = lock_path(folder)
+    if path == whole:
+        others = sorted(p for p in folder.glob(".imnet64-*.lock") if p != whole)
+    elif path == lock_path(folder, part) and part is not None:
+        mine = _RANK_PART.match(path.name)
+        others = [whole]
+        if mine:
+            others += sorted(p for p in folder.glob(".imnet64-rank-*-of-*.lock")
+                             if (m := _RANK_PART.match(p.name)) and m.group(1) != mine.group(1))
+    else:
+        return  # a lock file named outright (label's parts): its own
+    for other in others:
+        holder = live_holder(other, stale_s=stale_s)
+        if holder is not None and holder.token != lock.holder.token:
+            what = "the whole folder" if other == whole else \
+                f"its part {other.name[len('.imnet64-'):-len('.lock')]}"
+            raise UserError(f"{folder} is being written by {holder.describe()} ({what}): one "
+                            "writer per folder; wait for it to end, or stop it")
 
 
 def _missing_folders(folder: Path) -> list[Path]:

@@ -167,16 +167,22 @@ def _why_not_writable(folder: Path, error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def writable_problem(folder: Path, what: str, probe_name: str) -> str | None:
+def writable_problem(folder: Path, what: str, probe_name: str,
+                     needed: Callable[[], int | None] | None = None) -> str | None:
     """None if `folder` exists (it is created if missing) and a file can be made in it, else
     a one-line reason. Creating (then removing) a real file is the only check that holds on
     read-only mounts, quotas and ACLs, and for root (whom permission bits do not stop).
     `probe_name`: the file the temporary is named after (atomic.temp_path_for), so that a
-    leftover of a kill is recognised as this shard's temporary file."""
+    leftover of a kill is recognised as this shard's temporary file. A full disk is said as
+    every stage says it (disk_errors), with `needed()`: the free space the outputs need."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic.temp_path_for(folder / probe_name).unlink()
     except OSError as e:
+        if disk_errors.is_no_space(e):
+            # named after the output folder, not the parent a mkdir failed in
+            return str(disk_errors.as_user_error(OSError(e.errno, e.strerror), folder, what,
+                                                 needed))
         return f"cannot write {what} to {folder}: {_why_not_writable(folder, e)}"
     return None
 
@@ -504,7 +510,8 @@ def _output_problem(input_path: Path, out_dir: Path, index: int, count: int,
     raised."""
     _check_request(input_path, out_dir, index, count, export_dir)
     paths = part_paths(out_dir, index, count)
-    problem = writable_problem(paths.folder, "label outputs", paths.summary.name)
+    problem = writable_problem(paths.folder, "label outputs", paths.summary.name,
+                               lambda: _part_bytes(input_path, count))
     if problem and not paths.summary.is_file():
         raise UserError(problem)
     if export_dir is not None:
@@ -560,6 +567,8 @@ def _relabel(plan: LabelPlan, options: LabelOptions, teacher: Any, problem: str 
     try:
         return label_shard(plan, teacher, options, progress, log)
     except OSError as e:  # e.g. the disk filled up: inputs never raise (rejects)
+        if disk_errors.is_no_space(e):
+            raise  # said by `run`'s disk_errors line: the folder and the space needed
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"cannot write label outputs to {plan.paths.folder}: "
                         f"{e.strerror or e}{where}") from None
@@ -577,8 +586,14 @@ def _export(plan: LabelPlan, export_dir: str | os.PathLike, copy: bool, log: Log
     log(f"--export-folders: {made} entries in {export_dir}")
 
 
+def _part_bytes(input_path: str | os.PathLike, count: int) -> int:
+    """The free space one shard's part needs: about its share of INPUT's bytes (the part
+    holds each image's encoded bytes)."""
+    return disk_errors.tree_bytes(input_path) // max(1, count)
+
+
 @disk_errors.reports("the label part", lambda a: a["out_dir"],
-                     lambda a: disk_errors.tree_bytes(a["input_path"]) // max(1, a["count"]))
+                     lambda a: _part_bytes(a["input_path"], a["count"]))
 def run(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import imnet64
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import folder_lock, provenance
+from imnet64.cluster import folder_lock, peer_loss, provenance
 from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
@@ -44,7 +44,7 @@ from imnet64.errors import UserError
 from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
-from imnet64.train import run_files, shard_errors
+from imnet64.train import run_files, run_state, shard_errors
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
 from imnet64.train.config import (
     OPTIONS,
@@ -378,6 +378,7 @@ class _Trainer:
         self.prepared = False  # RUN_DIR checked and config.json written: status.json is ours
         self.precision_why = ""  # why cfg.precision (resolve_precision), into config.json
         self.lock: folder_lock.FolderLock | None = None  # RUN_DIR's writer's lock (rank 0)
+        self.reserve: run_state.SpaceReserve | None = None  # room to say "failed" (rank 0)
 
     def setup(self) -> None:
         """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
@@ -424,6 +425,7 @@ class _Trainer:
         resolved[PRECISION_WHY_KEY] = self.precision_why
         error = self._lock_run_dir() if chief else None
         if chief and error is None:
+            run_state.note_previous_session(self.run_dir)
             error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names)
         error = world.broadcast_object(error, name="config_check")
         if error:
@@ -538,7 +540,7 @@ class _Trainer:
                 "step_in_epoch": int(self.state.step_in_epoch.numpy()),
                 "global_step": int(self.state.global_step.numpy()),
                 "epochs": self.cfg.epochs, "steps_per_epoch": self.steps,
-                "time": time.time(), **extra})
+                "time": time.time(), **run_state.writer(), **extra})
 
     def sync_batchnorm(self) -> None:
         """Each rank's BatchNorm moving statistics come from its own batches: average them
@@ -632,8 +634,11 @@ class _Trainer:
                 self.set_status("stopped", reason="signal SIGINT again: stopped at once, "
                                 "without a checkpoint", exit_code=130)
             else:
-                code = error.exit_code if isinstance(error, UserError) else 1
-                self.set_status("failed", error=one_line(error), exit_code=code)
+                line, code = run_state.failure_line(
+                    error, self.run_dir, _RUN_FILES, lambda: _space_needed(self.cfg)) or (
+                    one_line(error), error.exit_code if isinstance(error, UserError) else 1)
+                run_state.write_status(self.reserve, lambda: self.set_status(
+                    "failed", error=line, exit_code=code))
         except Exception as e:  # noqa: BLE001  (never hide the error being reported)
             log.warning("could not write %s: %s", self.run_dir / STATUS, e)
 
@@ -788,6 +793,7 @@ class _Trainer:
                         "training without validation; no val_loss, no best checkpoint "
                         "(evaluate and export use the latest)", self.manifest.root)
         self.set_status("running")
+        self.reserve = run_state.SpaceReserve(self.run_dir) if w.is_chief else None
         with stop:
             while True:
                 # a request that came during start-up or validation (the epoch's checkpoint
@@ -807,7 +813,10 @@ class _Trainer:
         return self.result("finished")
 
 
-@disk_errors.reports("the run's checkpoints and files", lambda a: a["cfg"].run_dir,
+_RUN_FILES = "the run's checkpoints and files"  # what a disk error names
+
+
+@disk_errors.reports(_RUN_FILES, lambda a: a["cfg"].run_dir,
                      lambda a: _space_needed(a["cfg"]))
 def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
     """Train (or resume) the run in `cfg.run_dir`. Rank 0 alone writes files.
@@ -827,9 +836,12 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
             trainer.setup()
             return trainer.run()
     except BaseException as e:
-        trainer.record_failure(e)
+        error = peer_loss.as_peer_lost(e, world.rank, world.size) or e  # a peer gone: one line
+        trainer.record_failure(error)
         trainer.release()
-        raise
+        raise error from (e if error is not e else e.__cause__)
     finally:
+        if trainer.reserve:
+            trainer.reserve.drop()
         if trainer.lock:
             trainer.lock.release()

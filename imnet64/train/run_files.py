@@ -72,7 +72,8 @@ class BestRecord:
 @dataclass(frozen=True)
 class StatusRecord:
     """status.json (Trainer.set_status): the fields every state has; more (checkpoint,
-    reason, error, exit_code) depending on the state."""
+    reason, error, exit_code) depending on the state; host and pid of its writer (since
+    issue 24's round 3: absent in older files)."""
 
     state: str
     epoch: int
@@ -81,6 +82,10 @@ class StatusRecord:
     epochs: int
     steps_per_epoch: int
     time: float
+    error: str | None = None
+    reason: str | None = None
+    host: str | None = None
+    pid: int | None = None
 
 
 def read_config(run_dir: str | Path) -> dict:
