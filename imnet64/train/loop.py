@@ -1,9 +1,10 @@
-"""`imnet64 train`: the encoder on a dataset's shards, one process or many Horovod ranks.
+"""`imnet64 train`: the trainer, which runs the encoder on a dataset's shards, one process or
+many ranks (Horovod or tf.distribute, imnet64.cluster.world).
 
-A custom loop on `hvd.DistributedGradientTape` (Horovod's Keras callbacks are broken on
-TF >= 2.16). Per step: the learning rate from the seed's schedule at t = global_step /
-steps_per_epoch, a forward/backward pass with gradients averaged over ranks, an Adam update,
-and a stop flag OR-ed over ranks in the same allreduce round. Per epoch: BatchNorm
+A custom loop (Horovod's Keras callbacks are broken on TF >= 2.16). Per step (the step
+itself: imnet64.train.train_step): the learning rate from the seed's schedule at
+t = global_step / steps_per_epoch, a forward/backward pass with gradients averaged over ranks,
+an Adam update, and a stop flag OR-ed over ranks in the same allreduce round. Per epoch: BatchNorm
 statistics averaged over ranks, validation on every rank's part of the val split, metrics
 summed over ranks, then rank 0 writes history.json, curves.png, TensorBoard scalars and a
 checkpoint (plus the best one by validation loss).
@@ -12,7 +13,8 @@ Restarting the same command in the same RUN_DIR resumes from the newest checkpoi
 restores (damaged ones are skipped and set aside, see checkpoints.py): same epoch, step,
 optimizer state and learning rate. Each epoch reads the data in an order fixed by (seed,
 epoch), and a resume inside an epoch skips the batches already trained on. A resume with
-other options, or with another dataset (other class names or shards), is refused.
+other options, or with another dataset (other class names or shards), is refused
+(imnet64.train.run_dir.prepare_run_dir); the options alone are checked by TrainConfig.check.
 
 status.json says what the run is doing or how it ended: running, finished, preempted /
 stopped (a stop signal: checkpointed, exit 75), or failed (with the error's one line).
@@ -25,12 +27,11 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import imnet64
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import folder_lock, provenance
+from imnet64.cluster import folder_lock
 from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
@@ -41,26 +42,13 @@ from imnet64.cluster.preemption import (
 )
 from imnet64.cluster.world import World, init_world
 from imnet64.errors import UserError
-from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
 from imnet64.train import run_files, shard_errors
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
-from imnet64.train.config import (
-    OPTIONS,
-    PRECISION_CHOICES,
-    PRECISIONS,
-    TARGETS,
-    TrainConfig,
-    option_name,
-)
+from imnet64.train.config import PRECISIONS, TrainConfig
 from imnet64.train.eval_step import make_eval_step
-from imnet64.train.finite import (
-    absurd_val_loss,
-    diverged,
-    step_is_finite,
-    variables_are_finite,
-)
+from imnet64.train.finite import absurd_val_loss, diverged, variables_are_finite
 from imnet64.train.history import (
     CurvePlotter,
     EpochRecord,
@@ -68,39 +56,21 @@ from imnet64.train.history import (
     load_history,
     write_history,
 )
-from imnet64.train.model import ARCHS, flops_per_image
-from imnet64.train.objective import HARD, Objective
-from imnet64.train.online_teacher import OnlineTeacher, load_online_teacher
+from imnet64.train.model import flops_per_image
+from imnet64.train.objective import Objective
+from imnet64.train.online_teacher import load_online_teacher
 from imnet64.train.peak_flops import mfu, peak_per_rank
 from imnet64.train.precise_bn import precise_statistics
 from imnet64.train.precision import WHY_KEY as PRECISION_WHY_KEY
 from imnet64.train.precision import resolve_precision
-from imnet64.train.run_dir import CLASSES, CONFIG, STATUS
+from imnet64.train.run_dir import STATUS, prepare_run_dir, resolved_config
 from imnet64.train.schedule import Schedule
+from imnet64.train.train_step import make_optimizer, make_train_step
 
 import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
-
-# These decide what training computes; a resume with other values would not continue the
-# same run (different schedule, batches or model), so it is refused.
-RESUME_MUST_MATCH = (
-    "arch", "repeats", "widths", "recompute", "epochs", "warmup_epochs", "batch_size",
-    "lr_max", "init_scale", "final_scale", "lr_scaling", "precision", "seed", "augment",
-    "shuffle", "world_size", "steps_per_epoch", "num_classes", "targets", "temperature",
-    "mixup", "online_teacher_sha256",
-)
-# what a config.json written before distillation existed means by its missing keys
-MISSING_MEANS = {"targets": "hard", "temperature": 1.0, "mixup": 0.0,
-                 "online_teacher_sha256": None}
-# config.json key -> what the user changes to fix a difference (error messages)
-OPTION_NAMES = {
-    **{key: option_name(key) for key in RESUME_MUST_MATCH if key in OPTIONS},
-    "world_size": "number of ranks (--np)", "num_classes": "classes of the dataset",
-    "online_teacher_sha256": "the online teacher's weights (--teacher)",
-}
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -131,58 +101,6 @@ class ValScores:
 # ---- setup ---------------------------------------------------------------------------------
 
 
-def _check(cfg: TrainConfig) -> None:
-    """Every option on its own; each message names the option that fixes it."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    need(cfg.precision in PRECISION_CHOICES,
-         f"--precision must be one of {', '.join(PRECISION_CHOICES)} (got {cfg.precision!r})")
-    need(cfg.epochs >= 1, f"--epochs must be at least 1 (got {cfg.epochs})")
-    need(cfg.batch_size >= 1, f"--batch-size must be at least 1 (got {cfg.batch_size})")
-    need(0 <= cfg.warmup_epochs < cfg.epochs,
-         f"--warmup-epochs ({cfg.warmup_epochs:g}) must be at least 0 and less than --epochs "
-         f"({cfg.epochs}): lower --warmup-epochs or raise --epochs")
-    need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1,
-         f"--steps-per-epoch must be at least 1 (got {cfg.steps_per_epoch})")
-    need(cfg.lr_max > 0 and math.isfinite(cfg.lr_max),
-         f"--lr-max must be a number above 0 (got {cfg.lr_max:g})")
-    need(cfg.init_scale >= 0 and math.isfinite(cfg.init_scale),
-         f"--lr-init-scale must be 0 or more (got {cfg.init_scale:g})")
-    need(cfg.final_scale >= 0 and math.isfinite(cfg.final_scale),
-         f"--lr-final-scale must be 0 or more (got {cfg.final_scale:g})")
-    need(cfg.keep_checkpoints >= 1,
-         f"--keep-checkpoints must be at least 1 (got {cfg.keep_checkpoints})")
-    need(cfg.checkpoint_every >= 0,
-         f"--checkpoint-every must be 0 (per epoch only) or more (got {cfg.checkpoint_every})")
-    need(cfg.log_every >= 0, f"--log-every must be 0 or more seconds (got {cfg.log_every:g})")
-    need(cfg.peak_flops is None or cfg.peak_flops > 0,
-         f"--peak-flops must be above 0 (got {cfg.peak_flops})")
-    need(cfg.targets in TARGETS,
-         f"--targets must be one of {', '.join(TARGETS)} (got {cfg.targets!r})")
-    need(cfg.temperature > 0 and math.isfinite(cfg.temperature),
-         f"--temperature must be a number above 0 (got {cfg.temperature:g})")
-    need(cfg.targets != "hard" or cfg.temperature == 1,
-         f"--temperature {cfg.temperature:g} needs --targets soft or online (hard labels "
-         "have no temperature)")
-    need(cfg.mixup >= 0 and math.isfinite(cfg.mixup),
-         f"--mixup must be 0 (off) or an alpha above 0 (got {cfg.mixup:g})")
-    need(cfg.teacher is None or cfg.targets == "online",
-         "--teacher is the online teacher: it needs --targets online")
-    need(cfg.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
-    need(len(cfg.repeats) == len(cfg.widths) and len(cfg.repeats) > 0,
-         f"--repeats and --widths need the same number of levels (got {len(cfg.repeats)} "
-         f"and {len(cfg.widths)})")
-    need(min(cfg.repeats) >= 1, f"--repeats must be at least 1 per level (got {cfg.repeats})")
-    need(min(cfg.widths) >= 1, f"--widths must be at least 1 per level (got {cfg.widths})")
-    try:
-        parse_signal(cfg.signal)
-    except UserError as e:
-        raise UserError(f"--signal: {e}") from None
-
-
 def _check_dataset(manifest: Manifest) -> None:
     """What training needs of a dataset, checked before anything is written: at least two
     classes, and every shard there with the size its manifest says (one stat per file; the
@@ -191,97 +109,6 @@ def _check_dataset(manifest: Manifest) -> None:
         raise UserError(f"dataset {manifest.root} has {manifest.num_classes} class(es): "
                         "training a classifier needs at least 2 classes")
     shard_errors.check_sizes(manifest, ["train", "val"])
-
-
-def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
-              schedule: Schedule, flops: int, teacher: OnlineTeacher | None) -> dict:
-    """The run's config.json: the options, plus everything derived from them."""
-    d = asdict(cfg)
-    d.pop("dump_weights")
-    d.pop("teacher")  # recorded as the teacher it resolved to (online_teacher)
-    d.pop("restart_if_damaged")  # what this session does on damage, not what the run is
-    d.update(
-        repeats=list(cfg.repeats), widths=list(cfg.widths),
-        dataset=str(Path(cfg.dataset).resolve()),
-        dataset_fingerprint=manifest.fingerprint,
-        num_classes=manifest.num_classes,
-        train_examples=manifest.split("train").count,
-        world_size=world.size,
-        steps_per_epoch=steps,
-        global_batch_size=cfg.batch_size * world.size,
-        lr_scale=world.size if cfg.lr_scaling else 1,
-        schedule=schedule.to_json(),
-        flops_per_image=flops,
-        # --targets online: the frozen teacher in the step (not in checkpoints)
-        online_teacher=teacher.to_json() if teacher else None,
-        online_teacher_sha256=teacher.sha256 if teacher else None,
-        model=cfg.model_config(manifest.num_classes).to_json(),
-        versions={"imnet64": imnet64.__version__, "tensorflow": tf.__version__},
-        # this session's code, host and job, and the teacher that labeled the dataset
-        provenance=provenance.collect(**provenance_schema.teacher_fields(manifest.raw)),
-    )
-    return d
-
-
-def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[str]) -> str | None:
-    """Why a resumed run's dataset is not the one it was trained on (None if it is): other
-    class names (class ids would change meaning under the trained head) or other shards
-    (another dataset's fingerprint). A moved or copied dataset is the same dataset."""
-    old_names = run_files.read_classes(run_dir, old["num_classes"])
-    if old_names is not None and list(old_names) != list(class_names):
-        first = next((i for i, (a, b) in enumerate(zip(old_names, class_names)) if a != b),
-                     min(len(old_names), len(class_names)))
-        a = old_names[first] if first < len(old_names) else None
-        b = class_names[first] if first < len(class_names) else None
-        return (f"{run_dir} was trained on other class names than dataset "
-                f"{resolved['dataset']} has (class {first}: {a!r} -> {b!r}): resume with the "
-                f"dataset it started with ({old.get('dataset')}), or use a new RUN_DIR")
-    fingerprint = old.get("dataset_fingerprint")
-    if fingerprint and fingerprint != resolved["dataset_fingerprint"]:
-        return (f"{run_dir} was trained on another dataset ({old.get('dataset')}, fingerprint "
-                f"{fingerprint[:12]}) than {resolved['dataset']} (fingerprint "
-                f"{resolved['dataset_fingerprint'][:12]}): the same class names but other "
-                "shards; resume with the dataset it started with, or use a new RUN_DIR")
-    if old.get("dataset") != resolved["dataset"]:
-        log.info("resuming with dataset %s: the same dataset as %s (same fingerprint)"
-                 if fingerprint else "resuming with dataset %s (the run started with %s)",
-                 resolved["dataset"], old.get("dataset"))
-    return None
-
-
-def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> str | None:
-    """Rank 0: write config.json for a new run, or check a resumed run's. Returns an error
-    message (to be raised on every rank) or None."""
-    try:  # a damaged file of the run: one line naming it, nothing changed
-        run_files.check_layout(run_dir)
-        old = run_files.read_config(run_dir) if (run_dir / CONFIG).exists() else None
-        run_files.read_history_rows(run_dir, EpochRecord)
-        other = _other_dataset(run_dir, old, resolved, class_names) if old else None
-    except UserError as e:
-        return str(e)
-    path = run_dir / CONFIG
-    if old is not None:
-        diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k, MISSING_MEANS.get(k))!r} -> "
-                 f"{resolved[k]!r}"
-                 for k in RESUME_MUST_MATCH if old.get(k, MISSING_MEANS.get(k)) != resolved[k]]
-        if diffs:
-            return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
-                    "rerun with the same options to resume, or use a new RUN_DIR")
-        if other:
-            return other
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in run_files.remove_temporaries(run_dir):
-        log.info("removed %s (left by an interrupted session)", leftover)
-    atomic.write_json(path, resolved)
-    atomic.write_json(run_dir / CLASSES, class_names)
-    return None
-
-
-def _make_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
-    optimizer = tf.keras.optimizers.Adam(learning_rate=cfg.lr_max)
-    if cfg.precision == "fp16":
-        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def _all_variables(*roots) -> list[tf.Variable]:
@@ -308,61 +135,6 @@ def _space_needed(cfg: TrainConfig) -> int | None:
         except Exception:  # noqa: BLE001  (an estimate is not worth another error)
             return None
     return one * (cfg.keep_checkpoints + 2) + (1 << 20)
-
-
-# ---- steps ---------------------------------------------------------------------------------
-
-
-def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState,
-                    objective: Objective = HARD, *, fp16: bool = False, xla: bool = False):
-    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank,
-    finite on every rank): a batch as the input pipeline yields it (with the soft targets
-    also the kept-class teacher mass [B, C]), and this rank's stop flag. `finite`: the loss
-    and the gradients (imnet64.train.finite), OR-ed over ranks in the stop flag's allreduce.
-
-    The loss is `objective`'s (for hard targets the fused sparse softmax cross-entropy on
-    logits, as always); its targets (the online teacher's forward pass, mixup) are computed
-    before the tape. With `xla` the student's forward and backward computation is compiled
-    by XLA; the teacher, the allreduce and the update stay outside it (Horovod's ops are
-    not XLA ops).
-    """
-    variables = model.trainable_variables
-
-    def forward(images, labels, targets):
-        logits = tf.cast(model(images, training=True), tf.float32)
-        losses, kl = objective.losses(logits, labels, targets)
-        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-        kl_sum = tf.reduce_sum(kl) if kl is not None else tf.constant(0.0)
-        return tf.reduce_mean(losses), tf.reduce_sum(tf.cast(hits, tf.float32)), kl_sum
-
-    if xla:
-        forward = tf.function(forward, jit_compile=True)
-
-    @tf.function
-    def step(images, labels, stop, teacher_mass=None):
-        images, labels, targets = objective.prepare((images, labels, teacher_mass),
-                                                    state.global_step)
-        with tf.GradientTape() as tape:
-            loss, correct, kl_sum = forward(images, labels, targets)
-            objective_value = optimizer.get_scaled_loss(loss) if fp16 else loss
-        grads = world.tape(tape).gradient(objective_value, variables)
-        if fp16:
-            grads = optimizer.get_unscaled_gradients(grads)
-        finite = step_is_finite(loss, grads, check_grads=not fp16)
-        optimizer.apply_gradients(zip(grads, variables))
-        n = tf.cast(tf.shape(labels)[0], tf.float64)
-        state.loss_sum.assign_add(tf.cast(loss, tf.float64) * n)
-        state.correct.assign_add(tf.cast(correct, tf.float64))
-        state.seen.assign_add(n)
-        if state.kl_sum is not None:
-            state.kl_sum.assign_add(tf.cast(kl_sum, tf.float64))
-        state.global_step.assign_add(1)
-        state.step_in_epoch.assign_add(1)
-        # one allreduce for both flags: [stop on any rank, non-finite on any rank]
-        flags = world.any_in_graph(tf.stack([stop, tf.logical_not(finite)]))
-        return loss, flags[0], tf.logical_not(flags[1])
-
-    return step
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -404,7 +176,7 @@ class _Trainer:
         self.model = cfg.model_config(self.manifest.num_classes).build(
             policy=PRECISIONS[cfg.precision])
         self.flops = flops_per_image(self.model)
-        self.optimizer = _make_optimizer(cfg)
+        self.optimizer = make_optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
         # each rank loads its own copy of the frozen teacher (never in a checkpoint)
         self.teacher = load_online_teacher(cfg.teacher, self.manifest) \
@@ -419,12 +191,12 @@ class _Trainer:
     def _setup_run_dir(self) -> None:
         """Rank 0 checks or writes config.json and restores; then every rank has its state."""
         cfg, world, chief = self.cfg, self.world, self.world.is_chief
-        resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops,
-                             self.teacher)
+        resolved = resolved_config(cfg, self.manifest, world, self.steps, self.schedule,
+                                   self.flops, self.teacher)
         resolved[PRECISION_WHY_KEY] = self.precision_why
         error = self._lock_run_dir() if chief else None
         if chief and error is None:
-            error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names)
+            error = prepare_run_dir(self.run_dir, resolved, self.manifest.class_names)
         error = world.broadcast_object(error, name="config_check")
         if error:
             raise UserError(error)
@@ -814,7 +586,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
 
     `stop`: the command's stop request, installed as early as possible so that a signal
     during start-up is not lost (by default the trainer makes and installs its own)."""
-    _check(cfg)
+    cfg.check()
     folder_lock.check_apart("RUN_DIR", cfg.run_dir, "DATASET_DIR", cfg.dataset)
     world = init_world(cfg.engine, stop_reason=(
         lambda: stop.reason if stop.requested else None) if stop else None)
