@@ -355,22 +355,38 @@ class _Trainer:
         bn = [v for v in self.parts.model.non_trainable_variables if "moving_" in v.name]
         self.world.average_variables(bn, name="bn_stats")
 
-    def save_checkpoint(self) -> str | None:
-        """Collective: every rank calls it at the same step."""
-        # The epoch's running sums of all ranks go into rank 0's copy (saved); the others
-        # restart from zero, so an epoch's metrics stay exact across a resume.
-        # Averaging BatchNorm statistics now and again at the epoch's end gives the same
-        # end-of-epoch values as averaging only there (the moving average is linear), and
-        # rank 0's copy, the one saved, then stands for all ranks.
+    def save_checkpoint(self, at: tuple[int, int, float] | None = None,
+                        close_epoch: Callable[[np.ndarray], None] | None = None
+                        ) -> tuple[str | None, float]:
+        """Every save (mid-epoch, on a stop, at an epoch's end) is this one sequence, called
+        by every rank at the same point, so that every rank issues the same collectives in
+        the same order whoever saves (tf.distribute numbers them per process): the weights
+        checked finite (no collective; `at`: the (epoch, step, lr) an error names), the
+        epoch's running sums of all ranks folded into rank 0's copy (one allreduce), then
+        `close_epoch(totals)` at an epoch's end (every rank; rank 0 writes its history
+        there), rank 0 writes the checkpoint, and a barrier. The BatchNorm statistics are
+        equal on every rank before (the caller averaged or recomputed them): rank 0's copy,
+        the one saved, stands for all ranks. Returns the checkpoint's path (rank 0; None on
+        the others) and this rank's seconds in the barrier (waiting for rank 0's writes)."""
         p, w = self.parts, self.world
-        self.sync_batchnorm()
-        self.check_weights_finite()
+        self.check_weights_finite(*(at or ()))
+        # The others restart from zero, so an epoch's metrics stay exact across a resume.
         totals = w.sum([v.numpy() for v in p.state.sums], name="ckpt_sums")
         for v, total in zip(p.state.sums, totals):
             v.assign(total if w.is_chief else 0.0)
+        if close_epoch is not None:
+            close_epoch(totals)
         path = p.checkpoints.save(int(p.state.global_step.numpy())) if w.is_chief else None
+        t_barrier = time.perf_counter()
         w.barrier()
-        return path
+        return path, time.perf_counter() - t_barrier
+
+    def save_in_epoch(self) -> str | None:
+        """A checkpoint inside an epoch (every N steps, or on a stop); collective.
+        Averaging BatchNorm statistics now and again at the epoch's end gives the same
+        end-of-epoch values as averaging only there (the moving average is linear)."""
+        self.sync_batchnorm()
+        return self.save_checkpoint()[0]
 
     def diverged(self, what: str, epoch: int, step: int, lr: float):
         """The error that ends a diverged run (raised on every rank at the same point)."""
@@ -414,7 +430,7 @@ class _Trainer:
     def preempt(self, stop: StopRequest) -> TrainResult:
         # nothing new since the restored (or last written) checkpoint, or nothing trained
         # at all yet: nothing is written (the path is the restored one, or None)
-        path = self.save_checkpoint()
+        path = self.save_in_epoch()
         reason = stop.reason
         state = self.parts.state
         self.info("stop requested (%s): checkpoint %s at epoch %d step %d; exit %d to requeue",
@@ -491,7 +507,7 @@ class _Trainer:
                 timed_steps += 1
             if cfg.checkpoint_every and (global_step + 1) % cfg.checkpoint_every == 0 \
                     and not bool(stop_all):
-                self.save_checkpoint()
+                self.save_in_epoch()
             if bool(stop_all):
                 return None
             if w.is_chief and timed_steps and time.monotonic() - last_log >= cfg.log_every:
@@ -528,8 +544,6 @@ class _Trainer:
         # BatchNorm statistics of these weights, not the lagging moving averages (collective)
         precise_statistics(p.model, manifest, self.cfg, p.steps, epoch, w, p.data_threads,
                            self.guarded)
-        loss_sum, correct, seen, *kl_sum = w.sum([v.numpy() for v in state.sums],
-                                                 name="train_sums")
         val = self.validate()
         val_loss, val_acc = val.loss, val.accuracy
         lr = p.schedule.at_step(int(state.global_step.numpy()), p.steps)
@@ -537,33 +551,38 @@ class _Trainer:
             raise self.diverged(f"val_loss {val_loss:.3g} (a uniform guess scores "
                                 f"{math.log(manifest.num_classes):.3g})", epoch + 1,
                                 p.steps, lr)
-        self.check_weights_finite(epoch + 1, p.steps, lr)
-        record = EpochRecord(
-            epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
-            val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=outcome.images_per_s,
-            seconds=outcome.seconds, mfu=mfu(outcome.images_per_s, p.flops, p.peak_total),
-            input_stall_pct=outcome.input_stall_pct,
-            kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
-            val_agreement=val.agreement)
-        state.epoch.assign(epoch + 1)
-        state.step_in_epoch.assign(0)
-        state.reset_sums()
-        improved = math.isfinite(val_loss) and val_loss < float(state.best_val_loss.numpy())
-        if improved:
-            state.best_val_loss.assign(val_loss)
-        if w.is_chief:
-            p.history.append(record)
-            # history first, checkpoint second: a kill in between redoes this epoch, and the
-            # rerun replaces its history row
-            write_history(self.run_dir, p.history)
-            p.curves.submit(p.history)  # drawn in the background: nobody waits for it
-            p.tensorboard.epoch(record)
+        records: list[EpochRecord] = []
+
+        def close_epoch(totals: np.ndarray) -> None:
+            """The epoch's row from the train sums of all ranks; the counters move on, and
+            rank 0 writes history first, checkpoint second: a kill in between redoes this
+            epoch, and the rerun replaces its history row."""
+            loss_sum, correct, seen, *kl_sum = totals
+            record = EpochRecord(
+                epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
+                val_loss=val_loss, val_accuracy=val_acc, lr=lr,
+                images_per_s=outcome.images_per_s, seconds=outcome.seconds,
+                mfu=mfu(outcome.images_per_s, p.flops, p.peak_total),
+                input_stall_pct=outcome.input_stall_pct,
+                kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
+                val_agreement=val.agreement)
+            records.append(record)
+            state.epoch.assign(epoch + 1)
+            state.step_in_epoch.assign(0)
+            state.reset_sums()
+            improved = math.isfinite(val_loss) and val_loss < float(state.best_val_loss.numpy())
             if improved:
-                p.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val_loss)
-            p.checkpoints.save(int(state.global_step.numpy()))
-        t_barrier = time.perf_counter()
-        w.barrier()
-        record = self._record_rank0_wait(record, time.perf_counter() - t_barrier)
+                state.best_val_loss.assign(val_loss)
+            if w.is_chief:
+                p.history.append(record)
+                write_history(self.run_dir, p.history)
+                p.curves.submit(p.history)  # drawn in the background: nobody waits for it
+                p.tensorboard.epoch(record)
+                if improved:
+                    p.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val_loss)
+
+        _, waited = self.save_checkpoint(at=(epoch + 1, p.steps, lr), close_epoch=close_epoch)
+        record = self._record_rank0_wait(records[0], waited)
         util = f" | MFU {100 * record.mfu:.2f}%" if record.mfu is not None else ""
         waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
             if record.rank0_wait_s is not None else ""
