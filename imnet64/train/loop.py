@@ -59,7 +59,7 @@ from imnet64.train.history import (
 )
 from imnet64.train.model import flops_per_image
 from imnet64.train.objective import Objective
-from imnet64.train.online_teacher import load_online_teacher
+from imnet64.train.online_teacher import OnlineTeacher, load_online_teacher
 from imnet64.train.peak_flops import mfu, peak_per_rank
 from imnet64.train.precise_bn import precise_statistics
 from imnet64.train.precision import WHY_KEY as PRECISION_WHY_KEY
@@ -207,17 +207,7 @@ class _Trainer:
         base = Schedule(cfg.lr_max, cfg.init_scale, cfg.final_scale, cfg.warmup_epochs,
                         cfg.epochs - cfg.warmup_epochs)
         schedule = base.scaled(world.size if cfg.lr_scaling else 1)
-        model = cfg.model_config(manifest.num_classes).build(policy=PRECISIONS[cfg.precision])
-        flops = flops_per_image(model)
-        optimizer = make_optimizer(cfg)
-        optimizer.build(model.trainable_variables)  # slots exist before restore
-        # each rank loads its own copy of the frozen teacher (never in a checkpoint)
-        teacher = load_online_teacher(cfg.teacher, manifest) if cfg.targets == "online" \
-            else None
-        objective = Objective(
-            cfg.targets, manifest.num_classes, cfg.temperature, cfg.mixup, cfg.seed,
-            *((teacher.teacher, teacher.teacher_ids) if teacher else ()))
-        state = TrainState(with_kl=objective.reports_kl)
+        model, flops, optimizer, teacher, objective, state = _build_model(cfg, manifest)
         self.counters = (state, steps)
 
         # rank 0 checks or writes config.json and restores; then every rank has its state
@@ -551,37 +541,11 @@ class _Trainer:
             raise self.diverged(f"val_loss {val_loss:.3g} (a uniform guess scores "
                                 f"{math.log(manifest.num_classes):.3g})", epoch + 1,
                                 p.steps, lr)
-        records: list[EpochRecord] = []
-
-        def close_epoch(totals: np.ndarray) -> None:
-            """The epoch's row from the train sums of all ranks; the counters move on, and
-            rank 0 writes history first, checkpoint second: a kill in between redoes this
-            epoch, and the rerun replaces its history row."""
-            loss_sum, correct, seen, *kl_sum = totals
-            record = EpochRecord(
-                epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
-                val_loss=val_loss, val_accuracy=val_acc, lr=lr,
-                images_per_s=outcome.images_per_s, seconds=outcome.seconds,
-                mfu=mfu(outcome.images_per_s, p.flops, p.peak_total),
-                input_stall_pct=outcome.input_stall_pct,
-                kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
-                val_agreement=val.agreement)
-            records.append(record)
-            state.epoch.assign(epoch + 1)
-            state.step_in_epoch.assign(0)
-            state.reset_sums()
-            improved = math.isfinite(val_loss) and val_loss < float(state.best_val_loss.numpy())
-            if improved:
-                state.best_val_loss.assign(val_loss)
-            if w.is_chief:
-                p.history.append(record)
-                write_history(self.run_dir, p.history)
-                p.curves.submit(p.history)  # drawn in the background: nobody waits for it
-                p.tensorboard.epoch(record)
-                if improved:
-                    p.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val_loss)
-
-        _, waited = self.save_checkpoint(at=(epoch + 1, p.steps, lr), close_epoch=close_epoch)
+        records: list[EpochRecord] = []  # (the row close_epoch makes, for the log below)
+        _, waited = self.save_checkpoint(
+            at=(epoch + 1, p.steps, lr),
+            close_epoch=lambda totals: records.append(
+                self._close_epoch(epoch, outcome, val, lr, totals)))
         record = self._record_rank0_wait(records[0], waited)
         util = f" | MFU {100 * record.mfu:.2f}%" if record.mfu is not None else ""
         waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
@@ -593,6 +557,38 @@ class _Trainer:
                   "| %.1f images/s%s | input stall %.1f%%%s", epoch + 1, self.cfg.epochs,
                   record.loss, kl, record.accuracy, val_text, lr, record.images_per_s,
                   util, record.input_stall_pct, waits)
+
+    def _close_epoch(self, epoch: int, outcome: EpochOutcome, val: ValScores, lr: float,
+                     totals: np.ndarray) -> EpochRecord:
+        """Inside the epoch's checkpoint sequence: the epoch's row from the train sums of all
+        ranks (`totals`); the counters move on, and rank 0 writes history first, checkpoint
+        second: a kill in between redoes this epoch, and the rerun replaces its history
+        row."""
+        w, p = self.world, self.parts
+        state = p.state
+        loss_sum, correct, seen, *kl_sum = totals
+        record = EpochRecord(
+            epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
+            val_loss=val.loss, val_accuracy=val.accuracy, lr=lr,
+            images_per_s=outcome.images_per_s, seconds=outcome.seconds,
+            mfu=mfu(outcome.images_per_s, p.flops, p.peak_total),
+            input_stall_pct=outcome.input_stall_pct,
+            kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
+            val_agreement=val.agreement)
+        state.epoch.assign(epoch + 1)
+        state.step_in_epoch.assign(0)
+        state.reset_sums()
+        improved = math.isfinite(val.loss) and val.loss < float(state.best_val_loss.numpy())
+        if improved:
+            state.best_val_loss.assign(val.loss)
+        if w.is_chief:
+            p.history.append(record)
+            write_history(self.run_dir, p.history)
+            p.curves.submit(p.history)  # drawn in the background: nobody waits for it
+            p.tensorboard.epoch(record)
+            if improved:
+                p.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val.loss)
+        return record
 
     def _record_rank0_wait(self, record: EpochRecord, waited: float) -> EpochRecord:
         """`waited`: this rank's time in the barrier after rank 0's end-of-epoch writes. The
@@ -645,6 +641,24 @@ class _Trainer:
         if p.tensorboard:
             p.tensorboard.close()
         return self.result("finished")
+
+
+def _build_model(cfg: TrainConfig, manifest: Manifest) -> tuple[
+        tf.keras.Model, int, tf.keras.optimizers.Optimizer, OnlineTeacher | None, Objective,
+        TrainState]:
+    """The model (its FLOPs per image), optimizer, online teacher, objective and counters,
+    freshly initialised (restored, or broadcast from rank 0, afterwards)."""
+    model = cfg.model_config(manifest.num_classes).build(policy=PRECISIONS[cfg.precision])
+    flops = flops_per_image(model)
+    optimizer = make_optimizer(cfg)
+    optimizer.build(model.trainable_variables)  # slots exist before restore
+    # each rank loads its own copy of the frozen teacher (never in a checkpoint)
+    teacher = load_online_teacher(cfg.teacher, manifest) if cfg.targets == "online" else None
+    objective = Objective(
+        cfg.targets, manifest.num_classes, cfg.temperature, cfg.mixup, cfg.seed,
+        *((teacher.teacher, teacher.teacher_ids) if teacher else ()))
+    state = TrainState(with_kl=objective.reports_kl)
+    return model, flops, optimizer, teacher, objective, state
 
 
 def _steps_per_epoch(cfg: TrainConfig, manifest: Manifest, world: World) -> int:
