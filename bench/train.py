@@ -96,7 +96,7 @@ def in_memory_worker(a, dataset: Path) -> dict:
     from imnet64.formats.image64 import SIZE
     from imnet64.formats.manifest import load_manifest
     from imnet64.train.checkpoints import TrainState
-    from imnet64.train.input_pipeline import InputOptions, training_dataset
+    from imnet64.train.input_pipeline import InputOptions, records_dataset
     from imnet64.train.model import build_model, flops_per_image
     from imnet64.train.peak_flops import mfu, peak_per_rank
     from imnet64.train.schedule import Schedule
@@ -116,7 +116,7 @@ def in_memory_worker(a, dataset: Path) -> dict:
     step = make_train_step(model, optimizer, world, state)
     schedule = Schedule(1e-3, warmup_epochs=1, final_epochs=a.epochs - 1)
     # decode everything once; then batches are tensors in memory (cycled)
-    ds = training_dataset(manifest, "train", a.batch_size,
+    ds = records_dataset(manifest, "train", a.batch_size,
                           InputOptions(shuffle=False, repeat=False))
     batches = [(images, labels) for images, labels in ds]
     no_stop = tf.constant(False)

@@ -304,7 +304,7 @@ class _Trainer:
         options = data.InputOptions(shuffle=cfg.shuffle, augment=cfg.augment,
                                     seed=cfg.seed * 1000 + epoch, parallelism=p.data_threads,
                                     with_soft_labels=p.objective.needs_soft_labels)
-        ds = data.training_dataset(p.manifest, "train", cfg.batch_size, options,
+        ds = data.records_dataset(p.manifest, "train", cfg.batch_size, options,
                                   rank=w.rank, size=w.size)
         return ds.skip(skip).take(p.steps - skip)
 
@@ -314,7 +314,7 @@ class _Trainer:
             return ValScores()
         options = dataclasses.replace(data.ONE_PASS, parallelism=p.data_threads,
                                       with_soft_labels=True)
-        ds = data.training_dataset(p.manifest, "val", cfg.batch_size, options,
+        ds = data.records_dataset(p.manifest, "val", cfg.batch_size, options,
                                   rank=w.rank, size=w.size)
         sums = np.zeros(6)
         for images, labels, teacher_mass in self.guarded(ds, "val"):
