@@ -12,7 +12,7 @@ Per process, after one untimed pass of each (graph tracing):
   label          imnet64.label.run.label_shard on --images real 64x64 photos with the offline
                  teacher: decode, resize to 224, teacher, softmax/top-k, records + CSV
   teacher alone  teacher.logits on the same photos, preloaded and resized (its ceiling)
-  train step     imnet64.train.loop.make_train_step (Adam) on in-memory uint8 batches of the
+  train step     imnet64.train.train_step.make_train_step (Adam) on in-memory uint8 batches of the
                  photos: the seed encoder (widths 32,64,128, repeats 3,3,3), 1001 classes
 
   .venv/bin/python bench/onednn.py [--images 256] [--rounds 3] [--train-steps 8]
@@ -92,8 +92,8 @@ def _train_step(tf, images: Path, batch: int, steps: int) -> tuple[float, float]
     from imnet64.label.image_decode import decode_image
     from imnet64.label.inputs import open_inputs
     from imnet64.train.checkpoints import TrainState
-    from imnet64.train.loop import make_train_step
     from imnet64.train.model import build_model
+    from imnet64.train.train_step import make_train_step
 
     import numpy as np
 

@@ -1,6 +1,6 @@
 """Input pipeline throughput.
 
-imnet64.train.input_pipeline.training_dataset on shards vs the seed notebook's
+imnet64.train.input_pipeline.records_dataset on shards vs the seed notebook's
 pipeline on the same PNG class folders, measured side by side in one run.
 
     .venv/bin/python bench/records.py [--images 4000] [--seconds 8] [--json out.json]
@@ -10,7 +10,7 @@ Prints images/s of
           convert_image_dtype -> random_flip_left_right -> shuffle(5000) -> repeat ->
           batch -> prefetch (the notebook's `process_path` + `prepare_for_training`,
           without its cache file)
-- shards: training_dataset(png shards) with augment (pad 4 + random crop + flip), and the
+- shards: records_dataset(png shards) with augment (pad 4 + random crop + flip), and the
           same on raw-encoded shards (the png vs raw trade-off: bytes per image, images/s)
 and what one training step of the encoder (imnet64.train.model, the seed's VGG-style net at 64x64)
 consumes here: forward + backward + Adam update, images/s.
@@ -34,7 +34,7 @@ from imnet64.formats.image64 import SIZE
 from imnet64.formats.manifest import load_manifest
 from imnet64.pipeline.sample_images import write_sample
 from imnet64.records.write import ShardOptions, shard_records
-from imnet64.train.input_pipeline import InputOptions, training_dataset
+from imnet64.train.input_pipeline import InputOptions, records_dataset
 
 import numpy as np
 import tensorflow as tf
@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     pipelines = {
         "seed": lambda: seed_pipeline(tree, args.batch_size),
-        "shards_png": lambda: training_dataset(
+        "shards_png": lambda: records_dataset(
             datasets["png"], "train", args.batch_size, InputOptions(augment=True, seed=0)
         ),
-        "shards_raw": lambda: training_dataset(
+        "shards_raw": lambda: records_dataset(
             datasets["raw"], "train", args.batch_size, InputOptions(augment=True, seed=0)
         ),
     }
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'seed notebook (list_files + PNGs)':<34}{rate['seed']:>10.0f}{1.0:>8.1f}x")
     for enc in ("png", "raw"):
         r = rate[f"shards_{enc}"]
-        print(f"{'training_dataset, ' + enc + ' shards':<34}{r:>10.0f}{r / rate['seed']:>8.1f}x")
+        print(f"{'records_dataset, ' + enc + ' shards':<34}{r:>10.0f}{r / rate['seed']:>8.1f}x")
     print(
         f"I/O alone (read bytes, no decode): seed {rate['seed_io_only']:.0f} images/s "
         f"(one file open per image), shards {rate['shards_io_only']:.0f} images/s "

@@ -17,7 +17,7 @@ import time
 
 import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 from imnet64.formats.manifest import load_manifest
-from imnet64.train.input_pipeline import InputOptions, training_dataset
+from imnet64.train.input_pipeline import InputOptions, records_dataset
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
     manifest = load_manifest(args.dataset)
     options = InputOptions(repeat=False, drop_remainder=False, with_soft_labels=True)
     images = 0
-    for batch in training_dataset(manifest, args.split, args.batch_size, options):
+    for batch in records_dataset(manifest, args.split, args.batch_size, options):
         if not images:
             print(f"first batch after {time.monotonic() - start:.2f} s", file=sys.stderr,
                   flush=True)

@@ -1,7 +1,7 @@
 """Training throughput, side by side in one run, and how even it is from epoch to epoch:
 
   1. `imnet64 train` reading the TFRecord shards (the real input pipeline), 1 rank;
-  2. the same model and the same training step (imnet64.train.loop.make_train_step) fed from
+  2. the same model and the same training step (imnet64.train.train_step.make_train_step) fed from
      tensors already in memory: the ceiling the input pipeline is measured against
      (goal: pipeline / in-memory >= 0.9 in every round);
   3. `imnet64 train --np 2`: 2 Horovod ranks (same batch per rank) on this machine, vs 1,
@@ -96,11 +96,11 @@ def in_memory_worker(a, dataset: Path) -> dict:
     from imnet64.formats.image64 import SIZE
     from imnet64.formats.manifest import load_manifest
     from imnet64.train.checkpoints import TrainState
-    from imnet64.train.input_pipeline import InputOptions, training_dataset
-    from imnet64.train.loop import make_train_step
+    from imnet64.train.input_pipeline import InputOptions, records_dataset
     from imnet64.train.model import build_model, flops_per_image
     from imnet64.train.peak_flops import mfu, peak_per_rank
     from imnet64.train.schedule import Schedule
+    from imnet64.train.train_step import make_train_step
 
     import tensorflow as tf
 
@@ -116,7 +116,7 @@ def in_memory_worker(a, dataset: Path) -> dict:
     step = make_train_step(model, optimizer, world, state)
     schedule = Schedule(1e-3, warmup_epochs=1, final_epochs=a.epochs - 1)
     # decode everything once; then batches are tensors in memory (cycled)
-    ds = training_dataset(manifest, "train", a.batch_size,
+    ds = records_dataset(manifest, "train", a.batch_size,
                           InputOptions(shuffle=False, repeat=False))
     batches = [(images, labels) for images, labels in ds]
     no_stop = tf.constant(False)

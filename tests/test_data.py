@@ -12,8 +12,8 @@ from imnet64.records.write import ShardOptions, shard_records
 from imnet64.train.input_pipeline import (
     InputOptions,
     examples_per_rank,
+    records_dataset,
     steps_per_epoch,
-    training_dataset,
 )
 
 import numpy as np
@@ -25,8 +25,8 @@ TIDS = (282, 283, 286, 405, 968)
 
 
 def _ds(manifest, split, batch_size, *, rank=0, size=1, **options):
-    """training_dataset with its InputOptions given as keywords."""
-    return training_dataset(manifest, split, batch_size, InputOptions(**options), rank=rank,
+    """records_dataset with its InputOptions given as keywords."""
+    return records_dataset(manifest, split, batch_size, InputOptions(**options), rank=rank,
                             size=size)
 
 

@@ -86,7 +86,7 @@ def test_export_with_recomputed_statistics_is_the_model_evaluate_measured(short_
     the exported model predicts exactly what evaluate scored."""
     from imnet64.formats.manifest import load_manifest
     from imnet64.train.export import export_run
-    from imnet64.train.input_pipeline import ONE_PASS, training_dataset
+    from imnet64.train.input_pipeline import ONE_PASS, records_dataset
 
     dataset, moving_dir, _, _, _ = short_runs
     measured = evaluate_run(moving_dir, checkpoint="latest", write=False, precise_bn_batches=8)
@@ -94,7 +94,7 @@ def test_export_with_recomputed_statistics_is_the_model_evaluate_measured(short_
                         precise_bn_batches=8)
     serve = tf.saved_model.load(str(result.path)).signatures["serving_default"]
     hits = count = 0
-    for images, labels in training_dataset(load_manifest(dataset), "val", 64, ONE_PASS):
+    for images, labels in records_dataset(load_manifest(dataset), "val", 64, ONE_PASS):
         predicted = serve(images=images)["probabilities"].numpy().argmax(axis=1)
         hits += int((predicted == labels.numpy()).sum())
         count += len(predicted)

@@ -1,9 +1,10 @@
 """The World of a training process on tf.distribute (issue 18): the engine without Horovod.
 
-Same interface as `imnet64.cluster.world.World` (rank, size, local_rank, local_size,
-is_chief, tape, any_in_graph, sum, average_variables, broadcast_variables, broadcast_object,
-barrier), on `tf.distribute.MultiWorkerMirroredStrategy` (MWMS): one process per GPU or per
-CPU task, collectives over gRPC (ring) on CPUs, NCCL on GPUs.
+An implementation of the World protocol (imnet64.cluster.world: rank, size, local_rank,
+local_size, is_chief, tape, any_in_graph, sum, average_variables, broadcast_variables,
+broadcast_object, barrier), beside HorovodWorld (imnet64.cluster.horovod_world), on
+`tf.distribute.MultiWorkerMirroredStrategy` (MWMS): one process per GPU or per CPU task,
+collectives over gRPC (ring) on CPUs, NCCL on GPUs.
 
 Where the cluster comes from, in this order:
 - TF_CONFIG (`{"cluster": {"worker": [...]}, "task": {...}}`; a "chief" job counts as rank 0);

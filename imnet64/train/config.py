@@ -1,17 +1,20 @@
 """A training run's options, their defaults and choice lists (and evaluate's and export's),
 defined once and without TensorFlow: the CLI reads them for its options and help before
-TensorFlow loads, the
-trainer runs on a TrainConfig, and `to_argv` turns one back into the command line the ranks
-started under horovodrun parse (the CLI's self-launch and the demo)."""
+TensorFlow loads, the trainer runs on a TrainConfig once `TrainConfig.check` accepted each
+option, and `to_argv` turns one back into the command line the ranks started under
+horovodrun parse (the CLI's self-launch and the demo)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from imnet64.cluster.engines import importable_engines
 from imnet64.cluster.precision import AUTO
+from imnet64.cluster.preemption import parse_signal
+from imnet64.errors import UserError
 from imnet64.formats.image64 import SIZE
-from imnet64.train.model_config import ModelConfig
+from imnet64.train.model_config import ARCHS, ModelConfig
 from imnet64.train.schedule import Schedule
 
 # --targets: what the student learns from (imnet64.train.targets says what each one is)
@@ -80,6 +83,59 @@ class TrainConfig:
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(num_classes, self.arch, self.repeats, self.widths, self.recompute,
                            image_size=SIZE)
+
+    def check(self) -> None:
+        """Every option on its own, before anything starts; each message names the option
+        that fixes it (a UserError)."""
+        cfg = self
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(message)
+
+        need(cfg.precision in PRECISION_CHOICES,
+             f"--precision must be one of {', '.join(PRECISION_CHOICES)} (got {cfg.precision!r})")
+        need(cfg.epochs >= 1, f"--epochs must be at least 1 (got {cfg.epochs})")
+        need(cfg.batch_size >= 1, f"--batch-size must be at least 1 (got {cfg.batch_size})")
+        need(0 <= cfg.warmup_epochs < cfg.epochs,
+             f"--warmup-epochs ({cfg.warmup_epochs:g}) must be at least 0 and less than --epochs "
+             f"({cfg.epochs}): lower --warmup-epochs or raise --epochs")
+        need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1,
+             f"--steps-per-epoch must be at least 1 (got {cfg.steps_per_epoch})")
+        need(cfg.lr_max > 0 and math.isfinite(cfg.lr_max),
+             f"--lr-max must be a number above 0 (got {cfg.lr_max:g})")
+        need(cfg.init_scale >= 0 and math.isfinite(cfg.init_scale),
+             f"--lr-init-scale must be 0 or more (got {cfg.init_scale:g})")
+        need(cfg.final_scale >= 0 and math.isfinite(cfg.final_scale),
+             f"--lr-final-scale must be 0 or more (got {cfg.final_scale:g})")
+        need(cfg.keep_checkpoints >= 1,
+             f"--keep-checkpoints must be at least 1 (got {cfg.keep_checkpoints})")
+        need(cfg.checkpoint_every >= 0,
+             f"--checkpoint-every must be 0 (per epoch only) or more (got {cfg.checkpoint_every})")
+        need(cfg.log_every >= 0, f"--log-every must be 0 or more seconds (got {cfg.log_every:g})")
+        need(cfg.peak_flops is None or cfg.peak_flops > 0,
+             f"--peak-flops must be above 0 (got {cfg.peak_flops})")
+        need(cfg.targets in TARGETS,
+             f"--targets must be one of {', '.join(TARGETS)} (got {cfg.targets!r})")
+        need(cfg.temperature > 0 and math.isfinite(cfg.temperature),
+             f"--temperature must be a number above 0 (got {cfg.temperature:g})")
+        need(cfg.targets != "hard" or cfg.temperature == 1,
+             f"--temperature {cfg.temperature:g} needs --targets soft or online (hard labels "
+             "have no temperature)")
+        need(cfg.mixup >= 0 and math.isfinite(cfg.mixup),
+             f"--mixup must be 0 (off) or an alpha above 0 (got {cfg.mixup:g})")
+        need(cfg.teacher is None or cfg.targets == "online",
+             "--teacher is the online teacher: it needs --targets online")
+        need(cfg.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
+        need(len(cfg.repeats) == len(cfg.widths) and len(cfg.repeats) > 0,
+             f"--repeats and --widths need the same number of levels (got {len(cfg.repeats)} "
+             f"and {len(cfg.widths)})")
+        need(min(cfg.repeats) >= 1, f"--repeats must be at least 1 per level (got {cfg.repeats})")
+        need(min(cfg.widths) >= 1, f"--widths must be at least 1 per level (got {cfg.widths})")
+        try:
+            parse_signal(cfg.signal)
+        except UserError as e:
+            raise UserError(f"--signal: {e}") from None
 
     def to_argv(self) -> list[str]:
         """`imnet64 train`'s arguments for this config: DATASET_DIR RUN_DIR, then every option

@@ -25,7 +25,7 @@ from imnet64.formats.manifest import load_manifest
 from imnet64.train import shard_errors
 from imnet64.train.config import CHECKPOINT, EVAL_BATCH_SIZE, EVAL_SPLIT, TOP_CONFUSED
 from imnet64.train.eval_step import make_eval_step
-from imnet64.train.input_pipeline import ONE_PASS, training_dataset
+from imnet64.train.input_pipeline import ONE_PASS, records_dataset
 from imnet64.train.precise_bn import recompute_for_run
 from imnet64.train.run_dir import load_trained_run
 
@@ -143,7 +143,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | Path | None = None,
     options = dataclasses.replace(ONE_PASS, with_soft_labels=True)
     manifest.split(split)  # a UserError naming the splits there are if it has no such split
     shard_errors.check_sizes(manifest, [split])
-    batches = training_dataset(manifest, split, batch_size, options)
+    batches = records_dataset(manifest, split, batch_size, options)
     for images, labels, teacher_mass in shard_errors.guarded(batches, manifest, split):
         scores = step(images, labels, teacher_mass)
         loss_sum += float(scores["loss_sum"])

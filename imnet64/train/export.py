@@ -119,11 +119,11 @@ def _check_images(dataset: Path, n: int = 64) -> np.ndarray:
     """Real images from the run's val split if the dataset is there, else fixed random ones."""
     try:
         from imnet64.formats.manifest import load_manifest
-        from imnet64.train.input_pipeline import ONE_PASS, training_dataset
+        from imnet64.train.input_pipeline import ONE_PASS, records_dataset
 
         manifest = load_manifest(dataset)
         split = "val" if "val" in manifest.splits else next(iter(manifest.splits))
-        for images, _ in training_dataset(manifest, split, n, ONE_PASS).take(1):
+        for images, _ in records_dataset(manifest, split, n, ONE_PASS).take(1):
             return images.numpy()
         reason = f"its {split} split is empty"
     except Exception as e:  # noqa: BLE001  (no dataset: random pixels still check the export)

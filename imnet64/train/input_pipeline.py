@@ -1,4 +1,5 @@
-"""The training input pipeline: a manifest's shards -> batches of (uint8 images, int32 labels).
+"""The input pipeline of train, validation, evaluate and export (`records_dataset`): a
+manifest's shards -> batches of (uint8 images, int32 labels).
 
 Per rank: its shard files (dealt round-robin when there are at least `size` files, else all
 files with records dealt by `Dataset.shard`) -> parallel interleave of TFRecord readers ->
@@ -181,7 +182,7 @@ class InputOptions:
 ONE_PASS = InputOptions(shuffle=False, repeat=False, drop_remainder=False)
 
 
-def training_dataset(manifest: Manifest, split: str, batch_size: int,
+def records_dataset(manifest: Manifest, split: str, batch_size: int,
                      options: InputOptions = InputOptions(), *, rank: int = 0,
                      size: int = 1) -> tf.data.Dataset:
     """Batches (images uint8 [B,64,64,3], labels int32 [B]) of `split` for `rank` of `size`,

@@ -1,9 +1,10 @@
-"""`imnet64 train`: the encoder on a dataset's shards, one process or many Horovod ranks.
+"""`imnet64 train`: the trainer, which runs the encoder on a dataset's shards, one process or
+many ranks (Horovod or tf.distribute, imnet64.cluster.world).
 
-A custom loop on `hvd.DistributedGradientTape` (Horovod's Keras callbacks are broken on
-TF >= 2.16). Per step: the learning rate from the seed's schedule at t = global_step /
-steps_per_epoch, a forward/backward pass with gradients averaged over ranks, an Adam update,
-and a stop flag OR-ed over ranks in the same allreduce round. Per epoch: BatchNorm
+A custom loop (Horovod's Keras callbacks are broken on TF >= 2.16). Per step (the step
+itself: imnet64.train.train_step): the learning rate from the seed's schedule at
+t = global_step / steps_per_epoch, a forward/backward pass with gradients averaged over ranks,
+an Adam update, and a stop flag OR-ed over ranks in the same allreduce round. Per epoch: BatchNorm
 statistics averaged over ranks, validation on every rank's part of the val split, metrics
 summed over ranks, then rank 0 writes history.json, curves.png, TensorBoard scalars and a
 checkpoint (plus the best one by validation loss).
@@ -12,7 +13,8 @@ Restarting the same command in the same RUN_DIR resumes from the newest checkpoi
 restores (damaged ones are skipped and set aside, see checkpoints.py): same epoch, step,
 optimizer state and learning rate. Each epoch reads the data in an order fixed by (seed,
 epoch), and a resume inside an epoch skips the batches already trained on. A resume with
-other options, or with another dataset (other class names or shards), is refused.
+other options, or with another dataset (other class names or shards), is refused
+(imnet64.train.run_dir.prepare_run_dir); the options alone are checked by TrainConfig.check.
 
 status.json says what the run is doing or how it ended: running, finished, preempted /
 stopped (a stop signal: checkpointed, exit 75), or failed (with the error's one line).
@@ -25,12 +27,12 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import imnet64
 from imnet64 import atomic, disk_errors
-from imnet64.cluster import folder_lock, peer_loss, provenance
+from imnet64.cluster import folder_lock, peer_loss
 from imnet64.cluster.environment import Environment
 from imnet64.cluster.preemption import (
     REQUEUE_EXIT_CODE,
@@ -41,26 +43,13 @@ from imnet64.cluster.preemption import (
 )
 from imnet64.cluster.world import World, init_world
 from imnet64.errors import UserError
-from imnet64.formats import provenance as provenance_schema
 from imnet64.formats.manifest import Manifest, load_manifest
 from imnet64.train import input_pipeline as data
 from imnet64.train import run_files, run_state, shard_errors
 from imnet64.train.checkpoints import Checkpoints, TrainState, one_line
-from imnet64.train.config import (
-    OPTIONS,
-    PRECISION_CHOICES,
-    PRECISIONS,
-    TARGETS,
-    TrainConfig,
-    option_name,
-)
+from imnet64.train.config import PRECISIONS, TrainConfig
 from imnet64.train.eval_step import make_eval_step
-from imnet64.train.finite import (
-    absurd_val_loss,
-    diverged,
-    step_is_finite,
-    variables_are_finite,
-)
+from imnet64.train.finite import absurd_val_loss, diverged, variables_are_finite
 from imnet64.train.history import (
     CurvePlotter,
     EpochRecord,
@@ -68,39 +57,21 @@ from imnet64.train.history import (
     load_history,
     write_history,
 )
-from imnet64.train.model import ARCHS, flops_per_image
-from imnet64.train.objective import HARD, Objective
+from imnet64.train.model import flops_per_image
+from imnet64.train.objective import Objective
 from imnet64.train.online_teacher import OnlineTeacher, load_online_teacher
 from imnet64.train.peak_flops import mfu, peak_per_rank
 from imnet64.train.precise_bn import precise_statistics
 from imnet64.train.precision import WHY_KEY as PRECISION_WHY_KEY
 from imnet64.train.precision import resolve_precision
-from imnet64.train.run_dir import CLASSES, CONFIG, STATUS
+from imnet64.train.run_dir import STATUS, prepare_run_dir, resolved_config
 from imnet64.train.schedule import Schedule
+from imnet64.train.train_step import make_optimizer, make_train_step
 
 import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
-
-# These decide what training computes; a resume with other values would not continue the
-# same run (different schedule, batches or model), so it is refused.
-RESUME_MUST_MATCH = (
-    "arch", "repeats", "widths", "recompute", "epochs", "warmup_epochs", "batch_size",
-    "lr_max", "init_scale", "final_scale", "lr_scaling", "precision", "seed", "augment",
-    "shuffle", "world_size", "steps_per_epoch", "num_classes", "targets", "temperature",
-    "mixup", "online_teacher_sha256",
-)
-# what a config.json written before distillation existed means by its missing keys
-MISSING_MEANS = {"targets": "hard", "temperature": 1.0, "mixup": 0.0,
-                 "online_teacher_sha256": None}
-# config.json key -> what the user changes to fix a difference (error messages)
-OPTION_NAMES = {
-    **{key: option_name(key) for key in RESUME_MUST_MATCH if key in OPTIONS},
-    "world_size": "number of ranks (--np)", "num_classes": "classes of the dataset",
-    "online_teacher_sha256": "the online teacher's weights (--teacher)",
-}
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -131,58 +102,6 @@ class ValScores:
 # ---- setup ---------------------------------------------------------------------------------
 
 
-def _check(cfg: TrainConfig) -> None:
-    """Every option on its own; each message names the option that fixes it."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    need(cfg.precision in PRECISION_CHOICES,
-         f"--precision must be one of {', '.join(PRECISION_CHOICES)} (got {cfg.precision!r})")
-    need(cfg.epochs >= 1, f"--epochs must be at least 1 (got {cfg.epochs})")
-    need(cfg.batch_size >= 1, f"--batch-size must be at least 1 (got {cfg.batch_size})")
-    need(0 <= cfg.warmup_epochs < cfg.epochs,
-         f"--warmup-epochs ({cfg.warmup_epochs:g}) must be at least 0 and less than --epochs "
-         f"({cfg.epochs}): lower --warmup-epochs or raise --epochs")
-    need(cfg.steps_per_epoch is None or cfg.steps_per_epoch >= 1,
-         f"--steps-per-epoch must be at least 1 (got {cfg.steps_per_epoch})")
-    need(cfg.lr_max > 0 and math.isfinite(cfg.lr_max),
-         f"--lr-max must be a number above 0 (got {cfg.lr_max:g})")
-    need(cfg.init_scale >= 0 and math.isfinite(cfg.init_scale),
-         f"--lr-init-scale must be 0 or more (got {cfg.init_scale:g})")
-    need(cfg.final_scale >= 0 and math.isfinite(cfg.final_scale),
-         f"--lr-final-scale must be 0 or more (got {cfg.final_scale:g})")
-    need(cfg.keep_checkpoints >= 1,
-         f"--keep-checkpoints must be at least 1 (got {cfg.keep_checkpoints})")
-    need(cfg.checkpoint_every >= 0,
-         f"--checkpoint-every must be 0 (per epoch only) or more (got {cfg.checkpoint_every})")
-    need(cfg.log_every >= 0, f"--log-every must be 0 or more seconds (got {cfg.log_every:g})")
-    need(cfg.peak_flops is None or cfg.peak_flops > 0,
-         f"--peak-flops must be above 0 (got {cfg.peak_flops})")
-    need(cfg.targets in TARGETS,
-         f"--targets must be one of {', '.join(TARGETS)} (got {cfg.targets!r})")
-    need(cfg.temperature > 0 and math.isfinite(cfg.temperature),
-         f"--temperature must be a number above 0 (got {cfg.temperature:g})")
-    need(cfg.targets != "hard" or cfg.temperature == 1,
-         f"--temperature {cfg.temperature:g} needs --targets soft or online (hard labels "
-         "have no temperature)")
-    need(cfg.mixup >= 0 and math.isfinite(cfg.mixup),
-         f"--mixup must be 0 (off) or an alpha above 0 (got {cfg.mixup:g})")
-    need(cfg.teacher is None or cfg.targets == "online",
-         "--teacher is the online teacher: it needs --targets online")
-    need(cfg.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {cfg.arch!r})")
-    need(len(cfg.repeats) == len(cfg.widths) and len(cfg.repeats) > 0,
-         f"--repeats and --widths need the same number of levels (got {len(cfg.repeats)} "
-         f"and {len(cfg.widths)})")
-    need(min(cfg.repeats) >= 1, f"--repeats must be at least 1 per level (got {cfg.repeats})")
-    need(min(cfg.widths) >= 1, f"--widths must be at least 1 per level (got {cfg.widths})")
-    try:
-        parse_signal(cfg.signal)
-    except UserError as e:
-        raise UserError(f"--signal: {e}") from None
-
-
 def _check_dataset(manifest: Manifest) -> None:
     """What training needs of a dataset, checked before anything is written: at least two
     classes, and every shard there with the size its manifest says (one stat per file; the
@@ -191,97 +110,6 @@ def _check_dataset(manifest: Manifest) -> None:
         raise UserError(f"dataset {manifest.root} has {manifest.num_classes} class(es): "
                         "training a classifier needs at least 2 classes")
     shard_errors.check_sizes(manifest, ["train", "val"])
-
-
-def _resolved(cfg: TrainConfig, manifest: Manifest, world: World, steps: int,
-              schedule: Schedule, flops: int, teacher: OnlineTeacher | None) -> dict:
-    """The run's config.json: the options, plus everything derived from them."""
-    d = asdict(cfg)
-    d.pop("dump_weights")
-    d.pop("teacher")  # recorded as the teacher it resolved to (online_teacher)
-    d.pop("restart_if_damaged")  # what this session does on damage, not what the run is
-    d.update(
-        repeats=list(cfg.repeats), widths=list(cfg.widths),
-        dataset=str(Path(cfg.dataset).resolve()),
-        dataset_fingerprint=manifest.fingerprint,
-        num_classes=manifest.num_classes,
-        train_examples=manifest.split("train").count,
-        world_size=world.size,
-        steps_per_epoch=steps,
-        global_batch_size=cfg.batch_size * world.size,
-        lr_scale=world.size if cfg.lr_scaling else 1,
-        schedule=schedule.to_json(),
-        flops_per_image=flops,
-        # --targets online: the frozen teacher in the step (not in checkpoints)
-        online_teacher=teacher.to_json() if teacher else None,
-        online_teacher_sha256=teacher.sha256 if teacher else None,
-        model=cfg.model_config(manifest.num_classes).to_json(),
-        versions={"imnet64": imnet64.__version__, "tensorflow": tf.__version__},
-        # this session's code, host and job, and the teacher that labeled the dataset
-        provenance=provenance.collect(**provenance_schema.teacher_fields(manifest.raw)),
-    )
-    return d
-
-
-def _other_dataset(run_dir: Path, old: dict, resolved: dict, class_names: list[str]) -> str | None:
-    """Why a resumed run's dataset is not the one it was trained on (None if it is): other
-    class names (class ids would change meaning under the trained head) or other shards
-    (another dataset's fingerprint). A moved or copied dataset is the same dataset."""
-    old_names = run_files.read_classes(run_dir, old["num_classes"])
-    if old_names is not None and list(old_names) != list(class_names):
-        first = next((i for i, (a, b) in enumerate(zip(old_names, class_names)) if a != b),
-                     min(len(old_names), len(class_names)))
-        a = old_names[first] if first < len(old_names) else None
-        b = class_names[first] if first < len(class_names) else None
-        return (f"{run_dir} was trained on other class names than dataset "
-                f"{resolved['dataset']} has (class {first}: {a!r} -> {b!r}): resume with the "
-                f"dataset it started with ({old.get('dataset')}), or use a new RUN_DIR")
-    fingerprint = old.get("dataset_fingerprint")
-    if fingerprint and fingerprint != resolved["dataset_fingerprint"]:
-        return (f"{run_dir} was trained on another dataset ({old.get('dataset')}, fingerprint "
-                f"{fingerprint[:12]}) than {resolved['dataset']} (fingerprint "
-                f"{resolved['dataset_fingerprint'][:12]}): the same class names but other "
-                "shards; resume with the dataset it started with, or use a new RUN_DIR")
-    if old.get("dataset") != resolved["dataset"]:
-        log.info("resuming with dataset %s: the same dataset as %s (same fingerprint)"
-                 if fingerprint else "resuming with dataset %s (the run started with %s)",
-                 resolved["dataset"], old.get("dataset"))
-    return None
-
-
-def _prepare_run_dir(run_dir: Path, resolved: dict, class_names: list[str]) -> str | None:
-    """Rank 0: write config.json for a new run, or check a resumed run's. Returns an error
-    message (to be raised on every rank) or None."""
-    try:  # a damaged file of the run: one line naming it, nothing changed
-        run_files.check_layout(run_dir)
-        old = run_files.read_config(run_dir) if (run_dir / CONFIG).exists() else None
-        run_files.read_history_rows(run_dir, EpochRecord)
-        other = _other_dataset(run_dir, old, resolved, class_names) if old else None
-    except UserError as e:
-        return str(e)
-    path = run_dir / CONFIG
-    if old is not None:
-        diffs = [f"{OPTION_NAMES.get(k, k)} {old.get(k, MISSING_MEANS.get(k))!r} -> "
-                 f"{resolved[k]!r}"
-                 for k in RESUME_MUST_MATCH if old.get(k, MISSING_MEANS.get(k)) != resolved[k]]
-        if diffs:
-            return (f"{run_dir} holds a run made with other options ({'; '.join(diffs)}): "
-                    "rerun with the same options to resume, or use a new RUN_DIR")
-        if other:
-            return other
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in run_files.remove_temporaries(run_dir):
-        log.info("removed %s (left by an interrupted session)", leftover)
-    atomic.write_json(path, resolved)
-    atomic.write_json(run_dir / CLASSES, class_names)
-    return None
-
-
-def _make_optimizer(cfg: TrainConfig) -> tf.keras.optimizers.Optimizer:
-    optimizer = tf.keras.optimizers.Adam(learning_rate=cfg.lr_max)
-    if cfg.precision == "fp16":
-        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def _all_variables(*roots) -> list[tf.Variable]:
@@ -310,161 +138,130 @@ def _space_needed(cfg: TrainConfig) -> int | None:
     return one * (cfg.keep_checkpoints + 2) + (1 << 20)
 
 
-# ---- steps ---------------------------------------------------------------------------------
-
-
-def make_train_step(model: tf.keras.Model, optimizer, world: World, state: TrainState,
-                    objective: Objective = HARD, *, fp16: bool = False, xla: bool = False):
-    """A tf.function (images, labels, stop[, teacher_mass]) -> (loss, stop on any rank,
-    finite on every rank): a batch as the input pipeline yields it (with the soft targets
-    also the kept-class teacher mass [B, C]), and this rank's stop flag. `finite`: the loss
-    and the gradients (imnet64.train.finite), OR-ed over ranks in the stop flag's allreduce.
-
-    The loss is `objective`'s (for hard targets the fused sparse softmax cross-entropy on
-    logits, as always); its targets (the online teacher's forward pass, mixup) are computed
-    before the tape. With `xla` the student's forward and backward computation is compiled
-    by XLA; the teacher, the allreduce and the update stay outside it (Horovod's ops are
-    not XLA ops).
-    """
-    variables = model.trainable_variables
-
-    def forward(images, labels, targets):
-        logits = tf.cast(model(images, training=True), tf.float32)
-        losses, kl = objective.losses(logits, labels, targets)
-        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-        kl_sum = tf.reduce_sum(kl) if kl is not None else tf.constant(0.0)
-        return tf.reduce_mean(losses), tf.reduce_sum(tf.cast(hits, tf.float32)), kl_sum
-
-    if xla:
-        forward = tf.function(forward, jit_compile=True)
-
-    @tf.function
-    def step(images, labels, stop, teacher_mass=None):
-        images, labels, targets = objective.prepare((images, labels, teacher_mass),
-                                                    state.global_step)
-        with tf.GradientTape() as tape:
-            loss, correct, kl_sum = forward(images, labels, targets)
-            objective_value = optimizer.get_scaled_loss(loss) if fp16 else loss
-        grads = world.tape(tape).gradient(objective_value, variables)
-        if fp16:
-            grads = optimizer.get_unscaled_gradients(grads)
-        finite = step_is_finite(loss, grads, check_grads=not fp16)
-        optimizer.apply_gradients(zip(grads, variables))
-        n = tf.cast(tf.shape(labels)[0], tf.float64)
-        state.loss_sum.assign_add(tf.cast(loss, tf.float64) * n)
-        state.correct.assign_add(tf.cast(correct, tf.float64))
-        state.seen.assign_add(n)
-        if state.kl_sum is not None:
-            state.kl_sum.assign_add(tf.cast(kl_sum, tf.float64))
-        state.global_step.assign_add(1)
-        state.step_in_epoch.assign_add(1)
-        # one allreduce for both flags: [stop on any rank, non-finite on any rank]
-        flags = world.any_in_graph(tf.stack([stop, tf.logical_not(finite)]))
-        return loss, flags[0], tf.logical_not(flags[1])
-
-    return step
-
-
 # ---- the loop ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingParts:
+    """What the trainer works with, built once by `_Trainer.setup` before the first step.
+    Rank 0 alone writes files: `checkpoints`, `tensorboard` and `curves` are None on the
+    other ranks, and their `history` stays empty."""
+
+    manifest: Manifest
+    steps: int  # per epoch
+    schedule: Schedule
+    model: tf.keras.Model
+    flops: int  # per image, forward pass (MFU)
+    optimizer: tf.keras.optimizers.Optimizer
+    objective: Objective
+    state: TrainState  # the run's counters and the epoch's running sums (checkpointed)
+    checkpoints: Checkpoints | None
+    resumed_from: str | None  # the checkpoint restored (None: a new run)
+    history: list[EpochRecord]  # the epochs done; rank 0 appends each as it ends
+    tensorboard: TensorBoardLog | None
+    curves: CurvePlotter | None
+    data_threads: int  # tf.data threads per pipeline: this rank's share of the host's cores
+    peak_total: float | None  # FLOP/s of all ranks (None: unknown, no MFU)
+    peak_source: str
+    train_step: Callable  # imnet64.train.train_step.make_train_step
+    eval_step: Callable  # imnet64.train.eval_step.make_eval_step
+    has_val: bool  # the dataset has a non-empty val split
+
+
+@dataclass(frozen=True)
+class EpochOutcome:
+    """What training one epoch measured, for its end (`_Trainer.end_epoch`)."""
+
+    seconds: float  # the epoch's wall time in this session
+    images_per_s: float  # all ranks (the first step of a session, which traces, not timed)
+    input_stall_pct: float  # share of `seconds` blocked waiting for the next batch
+
+
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, world: World, stop: StopRequest | None = None):
+    def __init__(self, cfg: TrainConfig, world: World, stop: StopRequest | None = None,
+                 precision_why: str = ""):
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
         # the command's (installed before TensorFlow loaded), or one of our own
         requeue = parse_signal(cfg.signal)
         self.stop = stop or StopRequest(stop_signals(requeue), requeue_signal=requeue)
         self.prepared = False  # RUN_DIR checked and config.json written: status.json is ours
-        self.precision_why = ""  # why cfg.precision (resolve_precision), into config.json
+        self.precision_why = precision_why  # why cfg.precision (resolve_precision): config.json
         self.lock: folder_lock.FolderLock | None = None  # RUN_DIR's writer's lock (rank 0)
         self.reserve: run_state.SpaceReserve | None = None  # room to say "failed" (rank 0)
+        # (counters, steps per epoch) as soon as they exist: what status.json reports, also
+        # when the setup fails after RUN_DIR became ours
+        self.counters: tuple[TrainState, int] | None = None
+        self.parts: TrainingParts | None = None  # built once by setup()
+        # the next epoch's pipeline, started in the background while an epoch ends
+        self.ahead: tuple[int, data.StartedInBackground] | None = None
 
     def setup(self) -> None:
-        """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast."""
-        self._setup_model()
-        self._setup_run_dir()
-        self._setup_loop()
-
-    def _setup_model(self) -> None:
-        """The dataset, steps and schedule; the model, optimizer and counters (not restored)."""
-        cfg, world = self.cfg, self.world
-        self.manifest = load_manifest(cfg.dataset)
-        _check_dataset(self.manifest)
+        """Everything before the first step: dataset, model, RUN_DIR, restore, broadcast;
+        then history, logs, input threads, the MFU peak and the compiled steps."""
+        cfg, world, chief = self.cfg, self.world, self.world.is_chief
+        # the dataset, steps and schedule; the model, optimizer and counters (not restored)
+        manifest = load_manifest(cfg.dataset)
+        _check_dataset(manifest)
         tf.keras.utils.set_random_seed(cfg.seed)
-        self.steps = cfg.steps_per_epoch or data.steps_per_epoch(
-            self.manifest, "train", cfg.batch_size, world.size)
-        if self.steps < 1:
-            raise UserError(
-                f"the train split ({self.manifest.split('train').count} examples) is too small "
-                f"for --batch-size {cfg.batch_size} on {world.size} rank(s): lower --batch-size")
+        steps = _steps_per_epoch(cfg, manifest, world)
         base = Schedule(cfg.lr_max, cfg.init_scale, cfg.final_scale, cfg.warmup_epochs,
                         cfg.epochs - cfg.warmup_epochs)
-        self.schedule = base.scaled(world.size if cfg.lr_scaling else 1)
+        schedule = base.scaled(world.size if cfg.lr_scaling else 1)
+        model, flops, optimizer, teacher, objective, state = _build_model(cfg, manifest)
+        self.counters = (state, steps)
 
-        self.model = cfg.model_config(self.manifest.num_classes).build(
-            policy=PRECISIONS[cfg.precision])
-        self.flops = flops_per_image(self.model)
-        self.optimizer = _make_optimizer(cfg)
-        self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
-        # each rank loads its own copy of the frozen teacher (never in a checkpoint)
-        self.teacher = load_online_teacher(cfg.teacher, self.manifest) \
-            if cfg.targets == "online" else None
-        self.objective = Objective(
-            cfg.targets, self.manifest.num_classes, cfg.temperature, cfg.mixup, cfg.seed,
-            *((self.teacher.teacher, self.teacher.teacher_ids) if self.teacher else ()))
-        self.state = TrainState(with_kl=self.objective.reports_kl)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              state=self.state)
-
-    def _setup_run_dir(self) -> None:
-        """Rank 0 checks or writes config.json and restores; then every rank has its state."""
-        cfg, world, chief = self.cfg, self.world, self.world.is_chief
-        resolved = _resolved(cfg, self.manifest, world, self.steps, self.schedule, self.flops,
-                             self.teacher)
+        # rank 0 checks or writes config.json and restores; then every rank has its state
+        resolved = resolved_config(cfg, manifest, world, steps, schedule, flops, teacher)
         resolved[PRECISION_WHY_KEY] = self.precision_why
+        checkpoints, resumed_from = self._open_run_dir(
+            resolved, manifest, tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                                    state=state))
+        # rank 0's weights, moments, counters (restored or freshly initialised) everywhere
+        world.broadcast_variables(_all_variables(model, optimizer, state))
+        if not chief:
+            state.reset_sums()  # rank 0 holds the epoch's sums so far for everyone
+
+        done = int(state.epoch.numpy())
+        history = [r for r in load_history(self.run_dir) if r.epoch <= done] if chief else []
+        peak = peak_per_rank(cfg.precision, cfg.peak_flops, world.local_size)
+        val = manifest.splits.get("val")
+        self.parts = TrainingParts(
+            manifest=manifest, steps=steps, schedule=schedule, model=model, flops=flops,
+            optimizer=optimizer, objective=objective, state=state, checkpoints=checkpoints,
+            resumed_from=resumed_from, history=history,
+            tensorboard=TensorBoardLog(self.run_dir) if chief else None,
+            curves=CurvePlotter(self.run_dir) if chief else None,
+            data_threads=data.default_parallelism(world.local_size),
+            peak_total=peak.flops_per_s * world.size if peak.flops_per_s else None,
+            peak_source=peak.source,
+            train_step=make_train_step(model, optimizer, world, state, objective,
+                                       fp16=cfg.precision == "fp16", xla=cfg.xla),
+            eval_step=make_eval_step(model),
+            has_val=val is not None and val.count > 0)
+
+    def _open_run_dir(self, resolved: dict, manifest: Manifest, checkpoint: tf.train.Checkpoint
+                      ) -> tuple[Checkpoints | None, str | None]:
+        """Rank 0 locks RUN_DIR, checks or writes config.json and restores the newest
+        checkpoint that restores; every rank raises rank 0's error, if any. Returns rank 0's
+        Checkpoints (None on the others) and the checkpoint restored (None: a new run)."""
+        cfg, world, chief = self.cfg, self.world, self.world.is_chief
         error = self._lock_run_dir() if chief else None
         if chief and error is None:
             run_state.note_previous_session(self.run_dir)
-            error = _prepare_run_dir(self.run_dir, resolved, self.manifest.class_names)
+            error = prepare_run_dir(self.run_dir, resolved, manifest.class_names)
         error = world.broadcast_object(error, name="config_check")
         if error:
             raise UserError(error)
         self.prepared = True
 
-        self.checkpoints = Checkpoints(self.run_dir, self.checkpoint, cfg.keep_checkpoints) \
+        checkpoints = Checkpoints(self.run_dir, checkpoint, cfg.keep_checkpoints) \
             if chief else None
-        outcome = self._restore() if chief else None
+        outcome = self._restore(checkpoints) if chief else None
         resumed, error = world.broadcast_object(outcome, name="resumed_from")
         if error:
             raise UserError(error)
-        self.resumed_from = resumed
-        # rank 0's weights, moments, counters (restored or freshly initialised) everywhere
-        world.broadcast_variables(_all_variables(self.model, self.optimizer, self.state))
-        if not chief:
-            self.state.reset_sums()  # rank 0 holds the epoch's sums so far for everyone
-
-    def _setup_loop(self) -> None:
-        """History, logs, input threads, the MFU peak and the compiled steps."""
-        cfg, world, chief = self.cfg, self.world, self.world.is_chief
-        self.history = []
-        if chief:
-            done = int(self.state.epoch.numpy())
-            self.history = [r for r in load_history(self.run_dir) if r.epoch <= done]
-        self.tensorboard = TensorBoardLog(self.run_dir) if chief else None
-        self.curves = CurvePlotter(self.run_dir) if chief else None
-        # tf.data threads per pipeline: this rank's share of the host's cores
-        self.data_threads = data.default_parallelism(world.local_size)
-        self._ahead: tuple[int, data.StartedInBackground] | None = None  # (epoch, batches)
-        peak = peak_per_rank(cfg.precision, cfg.peak_flops, world.local_size)
-        self.peak_total = peak.flops_per_s * world.size if peak.flops_per_s else None
-        self.peak_source = peak.source
-        self.train_step = make_train_step(self.model, self.optimizer, world, self.state,
-                                          self.objective, fp16=cfg.precision == "fp16",
-                                          xla=cfg.xla)
-        self.eval_step = make_eval_step(self.model)
-        val = self.manifest.splits.get("val")
-        self.has_val = val is not None and val.count > 0
+        return checkpoints, resumed
 
     def _lock_run_dir(self) -> str | None:
         """Rank 0: RUN_DIR's lock (one writer per folder), unless `train --np` started this
@@ -477,16 +274,16 @@ class _Trainer:
             return str(e)
         return None
 
-    def _restore(self) -> tuple[str | None, str | None]:
+    def _restore(self, checkpoints: Checkpoints) -> tuple[str | None, str | None]:
         """Rank 0: restore the newest checkpoint that restores. (path or None, error)."""
         try:
-            restored = self.checkpoints.restore_newest(self.cfg.restart_if_damaged)
+            restored = checkpoints.restore_newest(self.cfg.restart_if_damaged)
         except UserError as e:
             return None, str(e)
         if restored.skipped and restored.path is None:
             log.warning("none of the %d checkpoint(s) restores: starting over at epoch 1 "
                         "(--restart-if-damaged); the damaged ones are kept in %s",
-                        len(restored.skipped), self.checkpoints.damaged_dir)
+                        len(restored.skipped), checkpoints.damaged_dir)
         return restored.path, None
 
     # -- helpers
@@ -494,35 +291,36 @@ class _Trainer:
     def guarded(self, batches: tf.data.Dataset, split: str):
         """Iterate `batches`; a read error (a damaged shard) becomes a UserError that names
         the shard (found by checking this rank's shards of `split` against the manifest)."""
-        paths = self.manifest.shard_paths(split)
+        manifest = self.parts.manifest
+        paths = manifest.shard_paths(split)
         if len(paths) >= self.world.size:  # the files this rank reads (input_pipeline's dealing)
             paths = paths[self.world.rank::self.world.size]
-        return shard_errors.guarded(batches, self.manifest, split, paths)
+        return shard_errors.guarded(batches, manifest, split, paths)
 
     def info(self, msg: str, *args) -> None:
         if self.world.is_chief:
             log.info(msg, *args)
 
     def epoch_batches(self, epoch: int, skip: int) -> tf.data.Dataset:
-        cfg, w = self.cfg, self.world
+        cfg, w, p = self.cfg, self.world, self.parts
         options = data.InputOptions(shuffle=cfg.shuffle, augment=cfg.augment,
-                                    seed=cfg.seed * 1000 + epoch, parallelism=self.data_threads,
-                                    with_soft_labels=self.objective.needs_soft_labels)
-        ds = data.training_dataset(self.manifest, "train", cfg.batch_size, options,
-                                   rank=w.rank, size=w.size)
-        return ds.skip(skip).take(self.steps - skip)
+                                    seed=cfg.seed * 1000 + epoch, parallelism=p.data_threads,
+                                    with_soft_labels=p.objective.needs_soft_labels)
+        ds = data.records_dataset(p.manifest, "train", cfg.batch_size, options,
+                                  rank=w.rank, size=w.size)
+        return ds.skip(skip).take(p.steps - skip)
 
     def validate(self) -> ValScores:
-        cfg, w = self.cfg, self.world
-        if not self.has_val:
+        cfg, w, p = self.cfg, self.world, self.parts
+        if not p.has_val:
             return ValScores()
-        options = dataclasses.replace(data.ONE_PASS, parallelism=self.data_threads,
+        options = dataclasses.replace(data.ONE_PASS, parallelism=p.data_threads,
                                       with_soft_labels=True)
-        ds = data.training_dataset(self.manifest, "val", cfg.batch_size, options,
-                                   rank=w.rank, size=w.size)
+        ds = data.records_dataset(p.manifest, "val", cfg.batch_size, options,
+                                  rank=w.rank, size=w.size)
         sums = np.zeros(6)
         for images, labels, teacher_mass in self.guarded(ds, "val"):
-            s = self.eval_step(images, labels, teacher_mass)
+            s = p.eval_step(images, labels, teacher_mass)
             sums += [float(s["loss_sum"]), float(s["correct"]), len(labels),
                      float(s["with_teacher"]), float(s["kl_sum"]), float(s["agreements"])]
         loss_sum, correct, count, with_teacher, kl_sum, agreements = w.sum(sums, name="val_sums")
@@ -535,79 +333,101 @@ class _Trainer:
 
     def set_status(self, state: str, **extra) -> None:
         if self.world.is_chief:
+            counters, steps = self.counters
             atomic.write_json(self.run_dir / STATUS, {
-                "state": state, "epoch": int(self.state.epoch.numpy()),
-                "step_in_epoch": int(self.state.step_in_epoch.numpy()),
-                "global_step": int(self.state.global_step.numpy()),
-                "epochs": self.cfg.epochs, "steps_per_epoch": self.steps,
+                "state": state, "epoch": int(counters.epoch.numpy()),
+                "step_in_epoch": int(counters.step_in_epoch.numpy()),
+                "global_step": int(counters.global_step.numpy()),
+                "epochs": self.cfg.epochs, "steps_per_epoch": steps,
                 "time": time.time(), **run_state.writer(), **extra})
 
     def sync_batchnorm(self) -> None:
         """Each rank's BatchNorm moving statistics come from its own batches: average them
         (collective)."""
-        bn = [v for v in self.model.non_trainable_variables if "moving_" in v.name]
+        bn = [v for v in self.parts.model.non_trainable_variables if "moving_" in v.name]
         self.world.average_variables(bn, name="bn_stats")
 
-    def save_checkpoint(self) -> str | None:
-        """Collective: every rank calls it at the same step."""
-        # The epoch's running sums of all ranks go into rank 0's copy (saved); the others
-        # restart from zero, so an epoch's metrics stay exact across a resume.
-        # Averaging BatchNorm statistics now and again at the epoch's end gives the same
-        # end-of-epoch values as averaging only there (the moving average is linear), and
-        # rank 0's copy, the one saved, then stands for all ranks.
+    def save_checkpoint(self, at: tuple[int, int, float] | None = None,
+                        close_epoch: Callable[[np.ndarray], None] | None = None
+                        ) -> tuple[str | None, float]:
+        """Every save (mid-epoch, on a stop, at an epoch's end) is this one sequence, called
+        by every rank at the same point, so that every rank issues the same collectives in
+        the same order whoever saves (tf.distribute numbers them per process): the weights
+        checked finite (no collective; `at`: the (epoch, step, lr) an error names), the
+        epoch's running sums of all ranks folded into rank 0's copy (one allreduce), then
+        `close_epoch(totals)` at an epoch's end (every rank; rank 0 writes its history
+        there), rank 0 writes the checkpoint, and a barrier. The BatchNorm statistics are
+        equal on every rank before (the caller averaged or recomputed them): rank 0's copy,
+        the one saved, stands for all ranks. Returns the checkpoint's path (rank 0; None on
+        the others) and this rank's seconds in the barrier (waiting for rank 0's writes)."""
+        p, w = self.parts, self.world
+        self.check_weights_finite(*(at or ()))
+        # The others restart from zero, so an epoch's metrics stay exact across a resume.
+        totals = w.sum([v.numpy() for v in p.state.sums], name="ckpt_sums")
+        for v, total in zip(p.state.sums, totals):
+            v.assign(total if w.is_chief else 0.0)
+        if close_epoch is not None:
+            close_epoch(totals)
+        path = p.checkpoints.save(int(p.state.global_step.numpy())) if w.is_chief else None
+        t_barrier = time.perf_counter()
+        w.barrier()
+        return path, time.perf_counter() - t_barrier
+
+    def save_in_epoch(self) -> str | None:
+        """A checkpoint inside an epoch (every N steps, or on a stop); collective.
+        Averaging BatchNorm statistics now and again at the epoch's end gives the same
+        end-of-epoch values as averaging only there (the moving average is linear)."""
         self.sync_batchnorm()
-        self.check_weights_finite()
-        totals = self.world.sum([v.numpy() for v in self.state.sums], name="ckpt_sums")
-        for v, total in zip(self.state.sums, totals):
-            v.assign(total if self.world.is_chief else 0.0)
-        path = self.checkpoints.save(int(self.state.global_step.numpy())) \
-            if self.world.is_chief else None
-        self.world.barrier()
-        return path
+        return self.save_checkpoint()[0]
 
     def diverged(self, what: str, epoch: int, step: int, lr: float):
         """The error that ends a diverged run (raised on every rank at the same point)."""
-        kept = self.checkpoints.latest_path if self.checkpoints else "rank 0's newest"
+        checkpoints = self.parts.checkpoints
+        kept = checkpoints.latest_path if checkpoints else "rank 0's newest"
         return diverged(what, epoch, step, lr, self.cfg.precision, kept)
 
     def check_weights_finite(self, epoch: int | None = None, step: int | None = None,
                              lr: float | None = None) -> None:
         """Before a checkpoint: a weight that is inf or NaN ends the run (every rank holds
         the same weights, so every rank raises)."""
-        if variables_are_finite(self.model.variables):
+        p = self.parts
+        if variables_are_finite(p.model.variables):
             return
-        state = self.state
+        state = p.state
         raise self.diverged(
             "a weight is not finite",
             int(state.epoch.numpy()) + 1 if epoch is None else epoch,
             int(state.step_in_epoch.numpy()) if step is None else step,
-            self.schedule.at_step(int(state.global_step.numpy()), self.steps) if lr is None
+            p.schedule.at_step(int(state.global_step.numpy()), p.steps) if lr is None
             else lr)
 
     def dump_weights(self) -> None:
         if not self.cfg.dump_weights:
             return
         path = Path(self.cfg.dump_weights.format(rank=self.world.rank))
-        arrays = {f"{i:03d}:{v.name}": v.numpy() for i, v in enumerate(self.model.variables)}
+        arrays = {f"{i:03d}:{v.name}": v.numpy()
+                  for i, v in enumerate(self.parts.model.variables)}
         with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
     def result(self, state: str) -> TrainResult:
-        if self.curves:
-            self.curves.close()  # the last curves.png is written when the run returns
-        return TrainResult(state, int(self.state.epoch.numpy()),
-                           int(self.state.step_in_epoch.numpy()),
-                           int(self.state.global_step.numpy()), list(self.history),
+        p = self.parts
+        if p.curves:
+            p.curves.close()  # the last curves.png is written when the run returns
+        return TrainResult(state, int(p.state.epoch.numpy()),
+                           int(p.state.step_in_epoch.numpy()),
+                           int(p.state.global_step.numpy()), list(p.history),
                            self.world.rank, self.world.size)
 
     def preempt(self, stop: StopRequest) -> TrainResult:
         # nothing new since the restored (or last written) checkpoint, or nothing trained
         # at all yet: nothing is written (the path is the restored one, or None)
-        path = self.save_checkpoint()
+        path = self.save_in_epoch()
         reason = stop.reason
+        state = self.parts.state
         self.info("stop requested (%s): checkpoint %s at epoch %d step %d; exit %d to requeue",
-                  reason, path or "none (nothing trained yet)", int(self.state.epoch.numpy()) + 1,
-                  int(self.state.step_in_epoch.numpy()), REQUEUE_EXIT_CODE)
+                  reason, path or "none (nothing trained yet)", int(state.epoch.numpy()) + 1,
+                  int(state.step_in_epoch.numpy()), REQUEUE_EXIT_CODE)
         self.set_status(stop.state, checkpoint=path, reason=reason, exit_code=REQUEUE_EXIT_CODE)
         if self.world.is_chief and stop.stop_file is not None:
             stop.stop_file.unlink(missing_ok=True)  # consumed: the rerun must not stop again
@@ -619,7 +439,9 @@ class _Trainer:
         """After a failure: stop the curve-drawing thread and close the TensorBoard writer
         now, quietly (on a full disk their last writes fail too; left to the interpreter's
         exit, TensorFlow's writer aborts the process instead of exiting with the error)."""
-        for close in (getattr(self, "curves", None), getattr(self, "tensorboard", None)):
+        if self.parts is None:
+            return
+        for close in (self.parts.curves, self.parts.tensorboard):
             if close is not None:
                 with contextlib.suppress(Exception):
                     close.close()
@@ -627,7 +449,7 @@ class _Trainer:
     def record_failure(self, error: BaseException) -> None:
         """status.json says how the run ended when an exception ends it (rank 0, and only
         once this session has made RUN_DIR its own: a refused resume leaves it alone)."""
-        if not (self.world.is_chief and self.prepared and hasattr(self, "state")):
+        if not (self.world.is_chief and self.prepared and self.counters is not None):
             return
         try:
             if isinstance(error, KeyboardInterrupt):
@@ -644,12 +466,14 @@ class _Trainer:
 
     # -- one epoch
 
-    def run_epoch(self, epoch: int, stop: StopRequest) -> bool:
-        """Train the rest of `epoch`; returns False if the run must stop (preemption)."""
-        cfg, w, state = self.cfg, self.world, self.state
+    def run_epoch(self, epoch: int, stop: StopRequest) -> EpochOutcome | None:
+        """Train the rest of `epoch`; returns what it measured, or None if the run must stop
+        (preemption)."""
+        cfg, w, p = self.cfg, self.world, self.parts
+        state = p.state
         start = int(state.step_in_epoch.numpy())
         if start:
-            self.info("epoch %d: resuming at step %d/%d", epoch + 1, start, self.steps)
+            self.info("epoch %d: resuming at step %d/%d", epoch + 1, start, p.steps)
         per_step_images = cfg.batch_size * w.size
         timed_steps, t_first, last_log = 0, None, time.monotonic()
         # input stall: time blocked waiting for the next batch (pipeline start-up and end
@@ -657,17 +481,17 @@ class _Trainer:
         waited = data.InputWait()
         # the pipeline started in the background during the previous epoch's end, else a
         # new one (the first epoch of a session, or one resumed in its middle)
-        ahead, self._ahead = self._ahead, None
+        ahead, self.ahead = self.ahead, None
         batches = ahead[1] if ahead and ahead[0] == epoch and not start else \
             self.epoch_batches(epoch, start)
         t_begin = time.perf_counter()
         for batch in waited.timed(self.guarded(batches, "train")):
             global_step = int(state.global_step.numpy())
-            lr = self.schedule.at_step(global_step, self.steps)
-            self.optimizer.learning_rate.assign(lr)
+            lr = p.schedule.at_step(global_step, p.steps)
+            p.optimizer.learning_rate.assign(lr)
             images, labels, *teacher_mass = batch  # (the mass with soft targets only)
-            loss, stop_all, finite = self.train_step(images, labels,
-                                                     tf.constant(stop.requested), *teacher_mass)
+            loss, stop_all, finite = p.train_step(images, labels,
+                                                  tf.constant(stop.requested), *teacher_mass)
             if not bool(finite):  # every rank sees the same flag: all stop at this step
                 raise self.diverged(f"the loss ({float(loss):.3g} on this rank's batch) or a "
                                     "gradient is not finite", epoch + 1,
@@ -678,9 +502,9 @@ class _Trainer:
                 timed_steps += 1
             if cfg.checkpoint_every and (global_step + 1) % cfg.checkpoint_every == 0 \
                     and not bool(stop_all):
-                self.save_checkpoint()
+                self.save_in_epoch()
             if bool(stop_all):
-                return False
+                return None
             if w.is_chief and timed_steps and time.monotonic() - last_log >= cfg.log_every:
                 last_log = time.monotonic()
                 rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
@@ -688,112 +512,123 @@ class _Trainer:
                 self._log_progress(epoch, int(state.step_in_epoch.numpy()), float(loss), lr,
                                    rate, stall)
         seconds = time.perf_counter() - t_begin
-        self._input_stall = min(100.0, 100 * waited.seconds / max(seconds, 1e-9))
+        input_stall = min(100.0, 100 * waited.seconds / max(seconds, 1e-9))
         if timed_steps:
-            self._rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
+            rate = timed_steps * per_step_images / max(time.perf_counter() - t_first, 1e-9)
         else:
-            self._rate = (self.steps - start) * per_step_images / max(seconds, 1e-9)
-        self._seconds = seconds
+            rate = (p.steps - start) * per_step_images / max(seconds, 1e-9)
         if epoch + 1 < cfg.epochs:  # the next epoch's pipeline starts while this one ends
-            self._ahead = (epoch + 1, data.StartedInBackground(
+            self.ahead = (epoch + 1, data.StartedInBackground(
                 lambda: self.epoch_batches(epoch + 1, 0)))
-        return True
+        return EpochOutcome(seconds=seconds, images_per_s=rate, input_stall_pct=input_stall)
 
     def _log_progress(self, epoch, step, loss, lr, rate, stall) -> None:
-        util = mfu(rate, self.flops, self.peak_total)
+        p = self.parts
+        util = mfu(rate, p.flops, p.peak_total)
         self.info("epoch %d/%d step %d/%d loss %.4f lr %.3g | %.1f images/s%s | input stall "
-                  "%.1f%%", epoch + 1, self.cfg.epochs, step, self.steps, loss, lr, rate,
+                  "%.1f%%", epoch + 1, self.cfg.epochs, step, p.steps, loss, lr, rate,
                   f" | MFU {100 * util:.2f}%" if util is not None else "", stall)
-        if self.tensorboard:
-            self.tensorboard.step(int(self.state.global_step.numpy()), loss=loss, lr=lr,
-                                  images_per_s=rate)
+        if p.tensorboard:
+            p.tensorboard.step(int(p.state.global_step.numpy()), loss=loss, lr=lr,
+                               images_per_s=rate)
 
-    def end_epoch(self, epoch: int) -> None:
-        w, state = self.world, self.state
+    def end_epoch(self, epoch: int, outcome: EpochOutcome) -> None:
+        w, p = self.world, self.parts
+        state, manifest = p.state, p.manifest
         self.sync_batchnorm()
         # BatchNorm statistics of these weights, not the lagging moving averages (collective)
-        precise_statistics(self.model, self.manifest, self.cfg, self.steps, epoch, w,
-                           self.data_threads, self.guarded)
-        loss_sum, correct, seen, *kl_sum = w.sum([v.numpy() for v in state.sums],
-                                                 name="train_sums")
+        precise_statistics(p.model, manifest, self.cfg, p.steps, epoch, w, p.data_threads,
+                           self.guarded)
         val = self.validate()
         val_loss, val_acc = val.loss, val.accuracy
-        lr = self.schedule.at_step(int(state.global_step.numpy()), self.steps)
-        if self.has_val and absurd_val_loss(val_loss, self.manifest.num_classes):
+        lr = p.schedule.at_step(int(state.global_step.numpy()), p.steps)
+        if p.has_val and absurd_val_loss(val_loss, manifest.num_classes):
             raise self.diverged(f"val_loss {val_loss:.3g} (a uniform guess scores "
-                                f"{math.log(self.manifest.num_classes):.3g})", epoch + 1,
-                                self.steps, lr)
-        self.check_weights_finite(epoch + 1, self.steps, lr)
-        record = EpochRecord(
-            epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
-            val_loss=val_loss, val_accuracy=val_acc, lr=lr, images_per_s=self._rate,
-            seconds=self._seconds, mfu=mfu(self._rate, self.flops, self.peak_total),
-            input_stall_pct=self._input_stall,
-            kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
-            val_agreement=val.agreement)
-        state.epoch.assign(epoch + 1)
-        state.step_in_epoch.assign(0)
-        state.reset_sums()
-        improved = math.isfinite(val_loss) and val_loss < float(state.best_val_loss.numpy())
-        if improved:
-            state.best_val_loss.assign(val_loss)
-        if w.is_chief:
-            self.history.append(record)
-            # history first, checkpoint second: a kill in between redoes this epoch, and the
-            # rerun replaces its history row
-            write_history(self.run_dir, self.history)
-            self.curves.submit(self.history)  # drawn in the background: nobody waits for it
-            self.tensorboard.epoch(record)
-            if improved:
-                self.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val_loss)
-            self.checkpoints.save(int(state.global_step.numpy()))
-        t_barrier = time.perf_counter()
-        w.barrier()
-        record = self._record_rank0_wait(record, time.perf_counter() - t_barrier)
+                                f"{math.log(manifest.num_classes):.3g})", epoch + 1,
+                                p.steps, lr)
+        records: list[EpochRecord] = []  # (the row close_epoch makes, for the log below)
+        _, waited = self.save_checkpoint(
+            at=(epoch + 1, p.steps, lr),
+            close_epoch=lambda totals: records.append(
+                self._close_epoch(epoch, outcome, val, lr, totals)))
+        record = self._record_rank0_wait(records[0], waited)
         util = f" | MFU {100 * record.mfu:.2f}%" if record.mfu is not None else ""
         waits = f" | rank 0's writes held the others {record.rank0_wait_s:.2f} s" \
             if record.rank0_wait_s is not None else ""
         kl = f" kl {record.kl:.4f}" if record.kl is not None else ""
-        val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if self.has_val else \
+        val_text = f"val_loss {val_loss:.4f} val_acc {val_acc:.4f}" if p.has_val else \
             "no val split"  # never "val_loss nan": there was nothing to validate on
         self.info("epoch %d/%d done: loss %.4f%s acc %.4f | %s | lr %.3g "
                   "| %.1f images/s%s | input stall %.1f%%%s", epoch + 1, self.cfg.epochs,
                   record.loss, kl, record.accuracy, val_text, lr, record.images_per_s,
                   util, record.input_stall_pct, waits)
 
+    def _close_epoch(self, epoch: int, outcome: EpochOutcome, val: ValScores, lr: float,
+                     totals: np.ndarray) -> EpochRecord:
+        """Inside the epoch's checkpoint sequence: the epoch's row from the train sums of all
+        ranks (`totals`); the counters move on, and rank 0 writes history first, checkpoint
+        second: a kill in between redoes this epoch, and the rerun replaces its history
+        row."""
+        w, p = self.world, self.parts
+        state = p.state
+        loss_sum, correct, seen, *kl_sum = totals
+        record = EpochRecord(
+            epoch=epoch + 1, loss=loss_sum / max(seen, 1), accuracy=correct / max(seen, 1),
+            val_loss=val.loss, val_accuracy=val.accuracy, lr=lr,
+            images_per_s=outcome.images_per_s, seconds=outcome.seconds,
+            mfu=mfu(outcome.images_per_s, p.flops, p.peak_total),
+            input_stall_pct=outcome.input_stall_pct,
+            kl=kl_sum[0] / max(seen, 1) if kl_sum else None, val_kl=val.kl,
+            val_agreement=val.agreement)
+        state.epoch.assign(epoch + 1)
+        state.step_in_epoch.assign(0)
+        state.reset_sums()
+        improved = math.isfinite(val.loss) and val.loss < float(state.best_val_loss.numpy())
+        if improved:
+            state.best_val_loss.assign(val.loss)
+        if w.is_chief:
+            p.history.append(record)
+            write_history(self.run_dir, p.history)
+            p.curves.submit(p.history)  # drawn in the background: nobody waits for it
+            p.tensorboard.epoch(record)
+            if improved:
+                p.checkpoints.save_best(int(state.global_step.numpy()), epoch + 1, val.loss)
+        return record
+
     def _record_rank0_wait(self, record: EpochRecord, waited: float) -> EpochRecord:
         """`waited`: this rank's time in the barrier after rank 0's end-of-epoch writes. The
         mean over the other ranks (collective) goes into rank 0's history row."""
-        w = self.world
+        w, p = self.world, self.parts
         if w.size == 1:
             return record
         total = w.sum([0.0 if w.is_chief else waited], name="rank0_wait")[0]
         record = dataclasses.replace(record, rank0_wait_s=total / (w.size - 1))
         if w.is_chief:  # the row was written before the wait was known: complete it
-            self.history[-1] = record
-            write_history(self.run_dir, self.history)
-            self.tensorboard.epoch_scalars(record.epoch, rank0_wait_s=record.rank0_wait_s)
+            p.history[-1] = record
+            write_history(self.run_dir, p.history)
+            p.tensorboard.epoch_scalars(record.epoch, rank0_wait_s=record.rank0_wait_s)
         return record
 
     def run(self) -> TrainResult:
-        cfg, w, state, stop = self.cfg, self.world, self.state, self.stop
+        cfg, w, p, stop = self.cfg, self.world, self.parts, self.stop
+        state = p.state
         if w.is_chief:
             stop.stop_file = self.run_dir / STOP_FILE
             if stop.discard_stale_stop_file():
                 log.warning("removed a stale %s (older than this start)", stop.stop_file)
         self.info("training %s (%d ranks x batch %d, %d steps/epoch, %d epochs, %.3g FLOPs/image"
-                  ", peak %s) in %s", cfg.arch, w.size, cfg.batch_size, self.steps, cfg.epochs,
-                  self.flops, self.peak_source, self.run_dir)
-        if self.resumed_from:
-            self.info("resumed from %s: epoch %d, step %d, lr %.6g", self.resumed_from,
+                  ", peak %s) in %s", cfg.arch, w.size, cfg.batch_size, p.steps, cfg.epochs,
+                  p.flops, p.peak_source, self.run_dir)
+        if p.resumed_from:
+            self.info("resumed from %s: epoch %d, step %d, lr %.6g", p.resumed_from,
                       int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()),
-                      self.schedule.at_step(int(state.global_step.numpy()), self.steps))
-        if not self.has_val:
+                      p.schedule.at_step(int(state.global_step.numpy()), p.steps))
+        if not p.has_val:
             log.warning("dataset %s has no val split (shard-records --val-fraction 0): "
                         "training without validation; no val_loss, no best checkpoint "
-                        "(evaluate and export use the latest)", self.manifest.root)
+                        "(evaluate and export use the latest)", p.manifest.root)
         self.set_status("running")
-        self.reserve = run_state.SpaceReserve(self.run_dir) if w.is_chief else None
+        self.reserve = run_state.SpaceReserve(self.run_dir) if self.world.is_chief else None
         with stop:
             while True:
                 # a request that came during start-up or validation (the epoch's checkpoint
@@ -803,14 +638,44 @@ class _Trainer:
                 epoch = int(state.epoch.numpy())
                 if epoch >= cfg.epochs:
                     break
-                if not self.run_epoch(epoch, stop):
+                outcome = self.run_epoch(epoch, stop)
+                if outcome is None:
                     return self.preempt(stop)
-                self.end_epoch(epoch)
+                self.end_epoch(epoch, outcome)
         self.set_status("finished", exit_code=0)
         self.dump_weights()
-        if self.tensorboard:
-            self.tensorboard.close()
+        if p.tensorboard:
+            p.tensorboard.close()
         return self.result("finished")
+
+
+def _build_model(cfg: TrainConfig, manifest: Manifest) -> tuple[
+        tf.keras.Model, int, tf.keras.optimizers.Optimizer, OnlineTeacher | None, Objective,
+        TrainState]:
+    """The model (its FLOPs per image), optimizer, online teacher, objective and counters,
+    freshly initialised (restored, or broadcast from rank 0, afterwards)."""
+    model = cfg.model_config(manifest.num_classes).build(policy=PRECISIONS[cfg.precision])
+    flops = flops_per_image(model)
+    optimizer = make_optimizer(cfg)
+    optimizer.build(model.trainable_variables)  # slots exist before restore
+    # each rank loads its own copy of the frozen teacher (never in a checkpoint)
+    teacher = load_online_teacher(cfg.teacher, manifest) if cfg.targets == "online" else None
+    objective = Objective(
+        cfg.targets, manifest.num_classes, cfg.temperature, cfg.mixup, cfg.seed,
+        *((teacher.teacher, teacher.teacher_ids) if teacher else ()))
+    state = TrainState(with_kl=objective.reports_kl)
+    return model, flops, optimizer, teacher, objective, state
+
+
+def _steps_per_epoch(cfg: TrainConfig, manifest: Manifest, world: World) -> int:
+    """--steps-per-epoch, or one pass over the train split; at least 1 (else a UserError)."""
+    steps = cfg.steps_per_epoch or data.steps_per_epoch(manifest, "train", cfg.batch_size,
+                                                        world.size)
+    if steps < 1:
+        raise UserError(
+            f"the train split ({manifest.split('train').count} examples) is too small "
+            f"for --batch-size {cfg.batch_size} on {world.size} rank(s): lower --batch-size")
+    return steps
 
 
 _RUN_FILES = "the run's checkpoints and files"  # what a disk error names
@@ -823,13 +688,12 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> TrainResult:
 
     `stop`: the command's stop request, installed as early as possible so that a signal
     during start-up is not lost (by default the trainer makes and installs its own)."""
-    _check(cfg)
+    cfg.check()
     folder_lock.check_apart("RUN_DIR", cfg.run_dir, "DATASET_DIR", cfg.dataset)
     world = init_world(cfg.engine, stop_reason=(
         lambda: stop.reason if stop.requested else None) if stop else None)
     cfg, precision = resolve_precision(cfg, world)  # --precision auto: once, rank 0's choice
-    trainer = _Trainer(cfg, world, stop)
-    trainer.precision_why = precision.why
+    trainer = _Trainer(cfg, world, stop, precision.why)
     trainer.info("precision %s", precision.line())
     try:
         with trainer.stop:  # (already installed by the command: then this is a no-op)

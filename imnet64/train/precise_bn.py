@@ -48,7 +48,7 @@ def training_batches(manifest: Manifest, batch_size: int, batches: int, *, seed:
     `seed`), as the recomputation reads them. Repeats the split if it is shorter."""
     options = data.InputOptions(shuffle=False, augment=augment, repeat=True,
                                 drop_remainder=True, seed=seed, parallelism=parallelism)
-    return data.training_dataset(manifest, "train", batch_size, options, rank=rank,
+    return data.records_dataset(manifest, "train", batch_size, options, rank=rank,
                                  size=size).take(batches)
 
 

@@ -22,7 +22,7 @@ def _recorded(run_dir: Path) -> tuple[str, str] | None:
     """(precision, why) of the run being resumed in run_dir, if its config.json says."""
     try:
         old = atomic.read_json(run_dir / CONFIG)
-    except (OSError, ValueError):  # none (a new run) or damaged: _prepare_run_dir names it
+    except (OSError, ValueError):  # none (a new run) or damaged: run_dir.prepare_run_dir names it
         return None
     if not isinstance(old, dict) or old.get("precision") not in PRECISIONS:
         return None

@@ -1,10 +1,10 @@
 """The files of a RUN_DIR, their typed contracts and their one reader each (no TensorFlow).
 
-Writers: imnet64.train.loop (config.json, classes.json, status.json), imnet64.train.history
-(history.json, curves.png), imnet64.train.checkpoints (checkpoints/, best/best.json). Every
-read goes through here and imnet64.formats.read_back: a damaged file is one `error:` line
-naming it and what is wrong (and, where the file can be made again, how), never a
-traceback, and nothing is changed.
+Writers: imnet64.train.run_dir (config.json, classes.json), imnet64.train.loop (status.json),
+imnet64.train.history (history.json, curves.png), imnet64.train.checkpoints (checkpoints/,
+best/best.json). Every read goes through here and imnet64.formats.read_back: a damaged file
+is one `error:` line naming it and what is wrong (and, where the file can be made again,
+how), never a traceback, and nothing is changed.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ _CONFIG_REBUILD = ("it is written when a run starts and cannot be rebuilt: resto
 @dataclass(frozen=True)
 class ConfigContract:
     """The fields of config.json that readers rely on (train's resume check, evaluate,
-    export); the writer (imnet64.train.loop._resolved) writes these and more."""
+    export); the writer (imnet64.train.run_dir.resolved_config) writes these and more."""
 
     model: dict[str, Any]
     num_classes: int

@@ -39,7 +39,7 @@ def tempered_from_kept_mass(kept_probs: tf.Tensor, labels: tf.Tensor,
     """float32 [B, C] targets from the teacher's probability mass on each kept class.
 
     `kept_probs` [B, C] holds, per example, the stored probability of each kept class (0
-    where the class was not in the top-k): what `input_pipeline.training_dataset(...,
+    where the class was not in the top-k): what `input_pipeline.records_dataset(...,
     with_soft_labels=True)` yields. Each row becomes softmax(log p / T) over its classes
     with p > 0, i.e. p^(1/T) renormalised. A row with no mass at all (no class of the top-k
     was kept) falls back to the one-hot of its hard label `labels` [B].
