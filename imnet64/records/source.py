@@ -202,18 +202,15 @@ def _part_items(record_path: Path, part: int, class_names: dict[ClassKey, str]
                 ) -> list[SourceItem]:
     """The items of label part `part`; adds the classes met to `class_names`."""
     from imnet64.formats.tfrecord_schema import (
-        parse_labeled,  # TensorFlow only when really scanning
+        catalog_fields,  # TensorFlow only when really scanning
     )
 
     items = []
     try:
         for offset, data in iter_records(record_path):
-            item = parse_labeled(data)
-            class_names.setdefault(item.label, item.class_name)
-            items.append(SourceItem(
-                item.filename, item.label, item.confidence, part, offset, len(item.encoded),
-                -1 if item.truth is None else item.truth,
-            ))
+            filename, label, class_name, confidence, size, truth = catalog_fields(data)
+            class_names.setdefault(label, class_name)
+            items.append(SourceItem(filename, label, confidence, part, offset, size, truth))
     except RecordFileError as e:
         raise UserError(f"label part is damaged: {e}") from None
     except (DecodeError, KeyError, IndexError) as e:  # not a labeled-image tf.train.Example
