@@ -9,7 +9,10 @@ in each --layout, and runs what a user runs, each stage a fresh process of the r
                   largest of them (peak RSS, start-up)
   shard-records   `imnet64 shard-records` keeping every class the teacher found
   train-<engine>  `imnet64 train --epochs 1` with each of --engines (1 rank); a whole epoch
-                  unless --train-steps caps it (then its images are steps x batch)
+                  unless --train-steps or --train-fraction caps it (then its images are
+                  steps x batch; with a fraction, training and the epoch-end validation
+                  both grow with N, and the 1.28 M epoch is built from the steps' own
+                  images/s, the start-up and evaluate's cost per image)
   evaluate        `imnet64 evaluate` of the first engine's run (val split)
   input-pipeline  the records input pipeline alone over the whole train split
                   (bench/scale_pipeline.py: training's options without repeat)
@@ -39,13 +42,15 @@ label stage fails and the bench says so and skips the layout's later stages.
 
     .venv/bin/python bench/scale.py [--sizes 10000,40000,160000] [--full]
         [--layout png-tar|batch-files|both] [--teacher offline|tiny] [--engines horovod,tf]
-        [--train-steps S] [--work DIR] [--keep] [--json out.json]
+        [--train-steps S | --train-fraction F] [--work DIR] [--keep] [--json out.json]
+    .venv/bin/python bench/scale.py --report out.json [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -61,6 +66,7 @@ from imnet64.cluster.machine import machine_line
 import scale_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+BATCH = 32  # train's default batch size
 FULL = 1_281_167
 LABEL_TASKS = 4
 PROGRESS = "0.2"  # seconds between progress lines: the time to the first image within that
@@ -206,15 +212,20 @@ def run_size(work: Path, layout: str, n: int, args: argparse.Namespace) -> dict:
         first_run = None
         for engine in args.engines:
             run_dir = out / f"run-{engine}"
-            steps = ["--steps-per-epoch", str(args.train_steps)] if args.train_steps else []
+            n_steps = _train_steps(splits["train"], args)
+            steps = ["--steps-per-epoch", str(n_steps)] if n_steps else []
             run = check(run_timed(cli("train", str(dataset), str(run_dir), "--epochs", "1",
                                       "--warmup-epochs", "0", "--engine", engine,
                                       "--log-every", PROGRESS, *steps),
                                   FIRST_WORK["train"], out / f"train-{engine}.log"),
                         f"train --engine {engine}")
-            status = json.loads((run_dir / "history.json").read_text())
-            trained = _trained_images(status, splits["train"], args)
+            history = json.loads((run_dir / "history.json").read_text())["epochs"]
+            trained = n_steps * BATCH if n_steps else splits["train"] // BATCH * BATCH
             stages[f"train-{engine}"] = figures([run], trained, run_dir)
+            # the training steps' own rate (the log's images/s: no start-up, no validation),
+            # from which projection() builds a whole epoch at 1.28 M
+            stages[f"train-{engine}"]["steps_images_per_s"] = history[-1]["images_per_s"]
+            stages[f"train-{engine}"]["val_images"] = splits["val"]
             first_run = first_run or run_dir
 
         before = {p.name for p in first_run.iterdir()}
@@ -236,12 +247,15 @@ def run_size(work: Path, layout: str, n: int, args: argparse.Namespace) -> dict:
     return result
 
 
-def _trained_images(history: dict, train_count: int, args: argparse.Namespace) -> int:
-    """Images one epoch went through: steps x batch (32), the whole split when uncapped."""
-    batch = 32
+def _train_steps(train_count: int, args: argparse.Namespace) -> int:
+    """Steps of train's one epoch: --train-steps, or --train-fraction of the train split
+    (then training images and the epoch-end validation both grow with N, in the same
+    proportion at every N), else 0 = the whole epoch."""
     if args.train_steps:
-        return args.train_steps * batch
-    return train_count // batch * batch
+        return args.train_steps
+    if args.train_fraction:
+        return max(1, math.ceil(args.train_fraction * train_count / BATCH))
+    return 0
 
 
 def count_problems(result: dict) -> list[str]:
@@ -303,12 +317,16 @@ def projection(by_size: dict[int, dict], target: int, capped: bool) -> dict[str,
     images through its two largest sizes (one size: its time to the first image or step is
     taken as the fixed part). A stage whose first-image time is not measured (evaluate) or
     whose start-up grows with N is projected right this way, which scaling one size's wall
-    is not. Train: one whole epoch (train split) on 1 rank; left out when `capped` by
-    --train-steps, whose figures are steps x batch whatever N is."""
+    is not. Train: one whole epoch (train split) on 1 rank, from its steps' own images/s
+    where the run kept it; else left out when `capped` by --train-steps, whose figures are
+    steps x batch whatever N is."""
     sizes = sorted(n for n in by_size if by_size[n].get("stages"))
     largest = sizes[-1]
     out = {}
     for stage, f in by_size[largest]["stages"].items():
+        if stage.startswith("train-") and f.get("steps_images_per_s"):
+            out[stage] = _train_epoch_at(by_size, stage, target)
+            continue
         if stage.startswith("train-") and capped:
             continue
         images = _stage_images_at(by_size[largest], stage, target, largest)
@@ -324,6 +342,24 @@ def projection(by_size: dict[int, dict], target: int, capped: bool) -> dict[str,
             per_image = (f["wall_s"] - fixed) / f["images"]
         out[stage] = round(fixed + per_image * images, 0)
     return out
+
+
+def _train_epoch_at(by_size: dict[int, dict], stage: str, target: int) -> float:
+    """One whole epoch of `stage` at `target` images: its start-up (time to the first step)
+    at the largest N, the train split at the steps' own images/s, and the validation at the
+    end at evaluate's cost per added image (its line through the two largest sizes)."""
+    largest = max(n for n in by_size if stage in by_size[n].get("stages", {}))
+    result = by_size[largest]
+    f = result["stages"][stage]
+    splits = result["counts"]["splits"]
+    train = splits["train"] * target / largest
+    val = splits["val"] * target / largest
+    have = [n for n in sorted(by_size) if "evaluate" in by_size[n].get("stages", {})]
+    per_val = 0.0
+    if len(have) >= 2:
+        a, b = (by_size[n]["stages"]["evaluate"] for n in have[-2:])
+        per_val = max((b["wall_s"] - a["wall_s"]) / max(b["images"] - a["images"], 1), 0.0)
+    return round((f["first_s"] or 0.0) + train / f["steps_images_per_s"] + val * per_val, 0)
 
 
 def _stage_images_at(result: dict, stage: str, target: int, n: int) -> float:
@@ -469,6 +505,9 @@ def main() -> int:
                         help="train engines, the first also evaluated")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="cap train's epoch at S steps (0: the whole train split)")
+    parser.add_argument("--train-fraction", type=float, default=0.0,
+                        help="cap train's epoch at this fraction of the train split (so the "
+                             "work, validation included, grows with N; 0: --train-steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", help="folder for inputs and outputs [a temporary one]")
     parser.add_argument("--keep", action="store_true", help="keep each N's outputs")
@@ -494,6 +533,7 @@ def main() -> int:
              "(images/s, CPU per image) are NOT the real teacher's; the rest are"), flush=True)
     results: dict = {"machine": machine_line(), "teacher": args.teacher,
                      "engines": args.engines, "train_steps": args.train_steps,
+                     "train_fraction": args.train_fraction,
                      "label_tasks": LABEL_TASKS, "layouts": {}}
     for layout in layouts:
         by_size: dict[int, dict] = {}
