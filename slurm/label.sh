@@ -37,6 +37,9 @@
 # stays flat from 1,000 to 20,000 files per shard; 3G leaves ~60% for a larger --batch-size
 # or the TF Hub teacher's graph. No GPU by default (a CPU partition refuses any GPU
 # request); with one, the teacher's forward pass (the ceiling on CPU) moves to it.
+# Time: the full 1,281,167 images over this array's 8 tasks are 160,146 per task; at the
+# slowest rate measured on 2 CPUs (35 images/s, an AVX2 CPU with oneDNN off; 86 with it
+# on, 222-262 on the AVX-512 EPYC) that is 76 min, x1.5 = 2 h (docs/slurm.md, Sizing).
 #
 # Logs: one per task, <job name>-<array job id>_<task id>.log in the submit folder,
 # appended to when Slurm requeues the task (node failure, `scontrol requeue A_T`); each
@@ -46,7 +49,7 @@
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task=2
 #SBATCH --mem=3G
-#SBATCH --time=04:00:00
+#SBATCH --time=02:00:00
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%A_%a.log
 set -euo pipefail

@@ -101,7 +101,7 @@ def test_pipeline_dry_run_chains_three_scripts(capsys, tmp_path):
     assert list(stages) == ["label", "shard", "train"]
     assert "#SBATCH --array=0-2" in stages["label"]
     assert "#SBATCH --time=1:00:00" in stages["label"]
-    assert "#SBATCH --time=02:00:00" in stages["shard"]  # the template's own
+    assert "#SBATCH --time=00:30:00" in stages["shard"]  # the template's own
     assert "#SBATCH --time=8:00:00" in stages["train"]
     assert "#SBATCH --dependency" not in stages["label"]
     assert "#SBATCH --dependency=afterok:<label-job-id>" in stages["shard"]
