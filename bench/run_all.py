@@ -152,16 +152,36 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(HERE), help="folder for results.json/results.md")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
+    parser.add_argument("--add", nargs="*", default=[], metavar="NAME=JSON",
+                        help="run nothing: fold figures a benchmark wrote with --json when run "
+                             "by hand (e.g. bench/scale.py, hours) into results.json/md as "
+                             "NAME, every other entry kept")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "benchmarks": {}}
+    if any("=" not in a for a in args.add):
+        parser.error("--add takes NAME=JSON")
+    added = dict(a.split("=", 1) for a in args.add)
+    if set(added) - set(BENCHES):
+        parser.error(f"--add: no benchmark named {sorted(set(added) - set(BENCHES))}; "
+                     f"choose from {sorted(BENCHES)}")
+    if added:
+        args.only = [n for n in added if n in BENCHES]
     kept = kept_entries(out / "results.json", args.only) if args.only else {}
     for name, script in BENCHES.items():
         if args.only and name not in args.only:
             if name in kept:
                 results["benchmarks"][name] = kept[name]
+            continue
+        if name in added:
+            figures = json.loads(Path(added[name]).read_text())
+            results["benchmarks"][name] = {
+                "exit_code": 0, "seconds": None, "started": results["started"],
+                "machine": figures.get("machine", results["machine"]["line"]),
+                "command": f"{' '.join(script)} (run by hand, folded in with --add)",
+                "figures": figures}
             continue
         path = out / f".{name}.json"
         path.unlink(missing_ok=True)
