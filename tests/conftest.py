@@ -48,3 +48,24 @@ def sample_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     write_sample(root, 120, per_folder=50)
     return root
+
+
+@pytest.fixture(scope="session")
+def read_back_dataset(tmp_path_factory) -> Path:
+    """A tiny dataset (3 classes x 12 images, one shard per split); never modified."""
+    from tiny_dataset import build_tiny_dataset
+
+    return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), per_class=12, shards=1)
+
+
+@pytest.fixture(scope="session")
+def read_back_run(read_back_dataset, tmp_path_factory) -> Path:
+    """A run trained on read_back_dataset with read_back_support.TRAIN_ARGS; tests copy it before
+    they change anything."""
+    from imnet64_cli.main import main
+    from read_back_support import TRAIN_ARGS
+
+    run_dir = tmp_path_factory.mktemp("base") / "run"
+    assert main([str(a) for a in ["train", read_back_dataset, run_dir, *TRAIN_ARGS]]) == 0
+    assert (run_dir / "checkpoints" / "best" / "best.json").is_file()
+    return run_dir

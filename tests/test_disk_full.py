@@ -16,7 +16,6 @@ import imnet64  # noqa: F401  (Keras 2 before TensorFlow)
 
 import pytest
 from test_read_back import TRAIN_ARGS, cli_main, one_error_line, snapshot
-from tiny_dataset import build_tiny_dataset
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
@@ -51,15 +50,13 @@ def read_only(mnt: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), per_class=12, shards=1)
+def dataset(read_back_dataset) -> Path:
+    return read_back_dataset
 
 
 @pytest.fixture(scope="module")
-def base_run(dataset, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("base") / "run"
-    assert cli_main(["train", dataset, run_dir, *TRAIN_ARGS]) == 0
-    return run_dir
+def base_run(read_back_run) -> Path:
+    return read_back_run
 
 
 def refused(argv: list, capsys, *expected: str) -> str:

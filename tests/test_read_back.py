@@ -18,12 +18,7 @@ from imnet64.errors import UserError
 from imnet64.formats import read_back
 
 import pytest
-from tiny_dataset import build_tiny_dataset
-
-TRAIN_ARGS = ["--widths", "4,8,8", "--repeats", "1,1,1", "--epochs", "2",
-              "--warmup-epochs", "1", "--batch-size", "8", "--lr-max", "0.01",
-              "--steps-per-epoch", "2", "--no-shuffle", "--log-every", "0", "--engine", "tf",
-              "--targets", "hard"]
+from read_back_support import TRAIN_ARGS
 
 
 def cli_main(argv: list[str]) -> int:
@@ -33,16 +28,13 @@ def cli_main(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return build_tiny_dataset(tmp_path_factory.mktemp("tiny"), per_class=12, shards=1)
+def dataset(read_back_dataset) -> Path:
+    return read_back_dataset
 
 
 @pytest.fixture(scope="module")
-def base_run(dataset, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("base") / "run"
-    assert cli_main(["train", dataset, run_dir, *TRAIN_ARGS]) == 0
-    assert (run_dir / "checkpoints" / "best" / "best.json").is_file()
-    return run_dir
+def base_run(read_back_run) -> Path:
+    return read_back_run
 
 
 @pytest.fixture
