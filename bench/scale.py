@@ -301,11 +301,10 @@ def add_ratios(by_size: dict[int, dict]) -> None:
         for n in have:
             f = by_size[n]["stages"][stage]
             # the goal allows RSS to grow by a stated number of bytes per image beyond 1.10x:
-            # this is the growth per added image against the smallest N
+            # this is the growth per image added to the input (N), against the smallest N
             f["rss_growth_bytes_per_image"] = (
-                round((f["peak_rss_mb"] - base["peak_rss_mb"]) * 2**20
-                      / (f["images"] - base["images"]), 1)
-                if f["images"] > base["images"] else None)
+                round((f["peak_rss_mb"] - base["peak_rss_mb"]) * 2**20 / (n - have[0]), 1)
+                if n > have[0] else None)
             f["ratio_to_smallest"] = {
                 k: round(f[k] / base[k], 3) for k in RATIO_KEYS
                 if isinstance(f.get(k), (int, float)) and isinstance(base.get(k), (int, float))
@@ -435,7 +434,9 @@ def report(results: dict, markdown: bool = False) -> int:
         by_size = {int(n): r for n, r in lay["sizes"].items()}
         add_ratios(by_size)
         ok = {n: r for n, r in by_size.items() if r.get("stages")}
-        projected = projection(ok, FULL, bool(results["train_steps"])) if ok else {}
+        # a layout may carry its own --train-steps (runs folded together by hand)
+        capped = bool(lay.get("train_steps", results["train_steps"]))
+        projected = projection(ok, FULL, capped) if ok else {}
         print("\n".join(markdown_table(layout, by_size, projected) if markdown
                         else table(layout, by_size)))
         if projected and not markdown:

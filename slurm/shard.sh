@@ -24,7 +24,7 @@
 # Time: 1,281,167 images take one rank 5.7 min on 2 cores of a Zen 4 EPYC (bench/scale.py,
 # projected from 160,000), each of the 4 ranks about a quarter of that plus ~30 s to read
 # the catalog; 30 min leaves room for a slow parallel filesystem. Memory: each rank holds
-# the whole catalog, ~0.6 GB + ~700 bytes per image = ~1.5 GB at 1.28 M (docs/slurm.md).
+# the whole catalog, ~0.6 GB + ~790 bytes per image = ~1.6 GB at 1.28 M (docs/slurm.md).
 #SBATCH --job-name=imnet64-shard
 #SBATCH --ntasks=4
 #SBATCH --time=00:30:00
