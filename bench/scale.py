@@ -520,6 +520,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.report:
         return report(json.loads(Path(args.report).read_text()), args.markdown)
+    if not 0.0 <= args.train_fraction <= 1.0:
+        parser.error(f"--train-fraction must be in [0, 1], got {args.train_fraction}")
+    if args.train_fraction and args.train_steps:
+        parser.error("--train-steps and --train-fraction both cap train's epoch: give one")
     args.engines = [e for e in args.engines.split(",") if e]
     sizes = sorted(int(s) for s in args.sizes.split(","))
     layouts = scale_inputs.LAYOUTS if args.layout == "both" else (args.layout,)

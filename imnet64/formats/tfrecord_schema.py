@@ -109,8 +109,9 @@ def parse_labeled(serialized: bytes) -> LabeledImage:
 def catalog_fields(serialized: bytes) -> tuple[str, int, str, float, int, int]:
     """(filename, label, class name, confidence, image bytes, truth or -1) of a label-part
     record: the fields shard-records' catalog needs, for every record of every part on
-    every rank. parse_labeled's other fields (top-k tuples, format, sizes) cost it 12 us
-    a record more (20.9 against 8.9 us, 40,000 records, Zen 4): 15 s per rank at 1.28 M."""
+    every rank. parse_labeled's other fields (top-k tuples, format, sizes) cost it 8 us a
+    record more (bench/catalog_scan.py, 160,000 records, Zen 4: 17.2 against 9.1 us), 10 s
+    per rank at 1.28 M."""
     f = tf.train.Example.FromString(serialized).features.feature
     return (f[FILENAME].bytes_list.value[0].decode("utf-8", "surrogateescape"),
             int(f[LABEL].int64_list.value[0]),
